@@ -1,0 +1,92 @@
+"""Input validation shared by every public camkit function.
+
+One helper, :func:`check_tensor`, states what an argument must look like and raises an error that
+names the argument, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["check_tensor", "check_positive", "check_probability"]
+
+
+def _describe(x: torch.Tensor) -> str:
+    return f"tensor of shape {tuple(x.shape)} and dtype {x.dtype}"
+
+
+def check_tensor(
+    x: object,
+    name: str,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    shape: Sequence[int | None] | None = None,
+    floating: bool | None = None,
+    dtype: torch.dtype | Sequence[torch.dtype] | None = None,
+    finite: bool = False,
+) -> torch.Tensor:
+    """Check that ``x`` is a tensor of the expected rank, shape and dtype.
+
+    Args:
+        x: the value to check.
+        name: the argument's name, used in the error message.
+        ndim: allowed number(s) of dimensions.
+        shape: expected shape; ``None`` entries match any size. Implies ``ndim``.
+        floating: require a floating (``True``) or integer (``False``) dtype.
+        dtype: allowed dtype(s).
+        finite: require every element to be finite (costs a host sync: not for hot paths).
+
+    Returns:
+        ``x`` unchanged.
+
+    Raises:
+        TypeError: ``x`` is not a tensor or has a wrong dtype.
+        ValueError: ``x`` has a wrong rank, shape, or non-finite values.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if shape is not None:
+        ndim = len(shape)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{name}: expected a {want}-D tensor, got a {_describe(x)}")
+    if shape is not None:
+        for got, want in zip(x.shape, shape, strict=True):
+            if want is not None and got != want:
+                pretty = tuple("*" if s is None else s for s in shape)
+                raise ValueError(f"{name}: expected shape {pretty}, got a {_describe(x)}")
+    if floating is True and not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got a {_describe(x)}")
+    if floating is False and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        raise TypeError(f"{name}: expected an integer tensor, got a {_describe(x)}")
+    if dtype is not None:
+        allowed_dt = (dtype,) if isinstance(dtype, torch.dtype) else tuple(dtype)
+        if x.dtype not in allowed_dt:
+            want = " or ".join(str(d) for d in allowed_dt)
+            raise TypeError(f"{name}: expected dtype {want}, got a {_describe(x)}")
+    if finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: expected finite values, got NaN or inf in a {_describe(x)}")
+    return x
+
+
+def check_positive(value: float, name: str, *, strict: bool = True) -> float:
+    """Check that a number is positive (``strict``) or non-negative."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if (value <= 0 if strict else value < 0) or value != value:
+        want = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name}: expected a value {want}, got {value}")
+    return float(value)
+
+
+def check_probability(value: float, name: str) -> float:
+    """Check that a number lies in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number in [0, 1], got {type(value).__name__}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: expected a value in [0, 1], got {value}")
+    return float(value)
