@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_tensor", "check_positive", "check_probability"]
+__all__ = ["check_positive", "check_probability", "check_tensor"]
 
 
 def _describe(x: torch.Tensor) -> str:

@@ -1,0 +1,29 @@
+"""camkit: class activation maps as training and inference tools for timm classifiers.
+
+Four parts, usable alone or together:
+
+- :class:`CAMExtractor` — logits, feature map and CAMs of any timm classifier from one forward;
+- :class:`SnapMix` — CAM-weighted CutMix with soft labels, batched on the device;
+- :class:`ContrastivePatchLoss` — the contrastive patch embedding loss (Eq. 1);
+- :class:`CAMMaskingTTA` — CAM-directed masking test-time augmentation with voting.
+"""
+
+from camkit.cam import CAMExtractor, CAMOutput, cell_sums, normalize_cams, upsample_cams
+from camkit.losses import ContrastivePatchLoss, contrastive_patch_loss
+from camkit.snapmix import SnapMix, snapmix
+from camkit.tta import CAMMaskingTTA, TTAResult
+
+__all__ = [
+    "CAMExtractor",
+    "CAMMaskingTTA",
+    "CAMOutput",
+    "ContrastivePatchLoss",
+    "SnapMix",
+    "TTAResult",
+    "cell_sums",
+    "contrastive_patch_loss",
+    "normalize_cams",
+    "snapmix",
+    "upsample_cams",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,457 @@
+"""Class activation maps for any timm classifier, and the map reductions camkit builds on.
+
+A class activation map (CAM, Zhou et al. 2016) of class ``c`` is the class's weight vector
+applied at every cell of the final feature map ``F``::
+
+    M_c(h, w) = alpha_c · F[:, h, w]
+
+For a head that average-pools ``F`` and applies a linear layer, ``alpha_c`` is the class row
+``w_c`` of that layer and ``mean_{h,w} M_c + b_c`` is exactly the class logit: the CAM is *exact*.
+For any other head (a norm or an MLP after pooling, a class token, a convolutional pre-logits block)
+camkit uses the *head-gradient* weights ``alpha_c = d logit_c / d pooled``, the gradient of the
+class logit with respect to the pooled feature vector, computed through the head only (the
+features enter the head as a detached leaf, so no backbone backward is needed). On an exact head
+both definitions coincide; elsewhere the map is an approximation and :attr:`CAMExtractor.exact`
+is ``False``.
+
+Everything goes through timm's model contract — ``forward_features``, ``forward_head``,
+``get_classifier``, ``output_fmt``, ``num_prefix_tokens`` and ``patch_embed`` grids — never
+through hooks or hand-named layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camkit._checks import check_tensor
+
+__all__ = [
+    "CAMExtractor",
+    "CAMOutput",
+    "cell_sums",
+    "normalize_cams",
+    "upsample_cams",
+]
+
+CAMNormalization = Literal["raw", "minmax", "distribution"]
+
+
+class CAMOutput(NamedTuple):
+    """What one forward of :class:`CAMExtractor` returns.
+
+    Attributes:
+        logits: ``(B, K)`` class logits, identical to ``model(images)``.
+        features: ``(B, C, h, w)`` final feature map in NCHW order (prefix tokens of token models
+            removed), part of the autograd graph when autograd is on.
+        cams: ``(B, h, w)`` raw class activation maps ``alpha_c · F(h, w)`` of the requested (or
+            predicted) class: no bias, no ReLU, no normalisation. Differentiable with respect to
+            the features; the class weights ``alpha`` are constants.
+        target: ``(B,)`` int64, the class each map belongs to.
+    """
+
+    logits: torch.Tensor
+    features: torch.Tensor
+    cams: torch.Tensor
+    target: torch.Tensor
+
+
+class _MethodCall(nn.Module):
+    """Exposes one model method as ``forward``, for :func:`torch.func.functional_call`."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, *args: object) -> object:
+        return getattr(self.model, self.method)(*args)
+
+
+def call_with_frozen_state(model: nn.Module, method: str, *args: object) -> object:
+    """Run ``model.<method>(*args)`` so that no buffer of ``model`` changes.
+
+    In training mode, modules such as BatchNorm update running statistics on every forward. Here
+    the forward runs on clones of the model's buffers (:func:`torch.func.functional_call`), so the
+    model behaves exactly as in training mode (batch statistics) but its state is left as it was.
+    The mode (``model.training``) is never switched. In eval mode no buffer is cloned.
+    """
+    if not model.training:
+        return getattr(model, method)(*args)
+    runner = _MethodCall(model, method)
+    buffers = {f"model.{name}": buf.clone() for name, buf in model.named_buffers()}
+    return torch.func.functional_call(runner, buffers, args, strict=False)
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return f"{type(model).__name__}" + (f" ({arch})" if arch else "")
+
+
+def _linear_weights(
+    classifier: object, num_features: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(W (K, C), b (K,))`` of a linear or 1×1-convolution classifier, else ``None``."""
+    if isinstance(classifier, nn.Linear) and classifier.in_features == num_features:
+        weight = classifier.weight
+    elif (
+        isinstance(classifier, nn.Conv2d)
+        and classifier.kernel_size == (1, 1)
+        and classifier.groups == 1
+        and classifier.in_channels == num_features
+    ):
+        weight = classifier.weight.flatten(1)
+    else:
+        return None
+    bias = classifier.bias if classifier.bias is not None else weight.new_zeros(weight.shape[0])
+    return weight, bias
+
+
+class CAMExtractor(nn.Module):
+    """Logits, feature map and class activation maps of a timm classifier from one forward.
+
+    Wraps any timm classifier without changing it: ``forward_features`` gives the feature map,
+    ``forward_head`` the logits, and the class weights come from ``get_classifier()`` (exact heads)
+    or from the head gradient (all others). Works in training (autograd on, train mode): the model's
+    mode is never switched. :meth:`forward` is the model's ordinary forward (BatchNorm statistics
+    update as they would under ``model(images)``); :meth:`forward_frozen` is a side pass with
+    autograd off that leaves every buffer untouched — the pass SnapMix needs for the CAMs of the
+    un-mixed batch.
+
+    Convention:
+        - ``images``: ``(B, 3, H, W)`` float, the model's normalised input.
+        - ``features``: ``(B, C, h, w)``, NCHW whatever the model's ``output_fmt``; token models
+          (ViT, DeiT, Mixer, …) drop their ``num_prefix_tokens`` and fold the patch tokens onto
+          their ``patch_embed`` grid (or the square grid when the model has none).
+        - ``cams``: ``(B, h, w)``, ``cams[b] = alpha[target[b]] · features[b]``; for exact heads
+          ``cams.mean((1, 2)) + bias[target] == logits[range(B), target]``.
+        - ``target=None`` means the predicted class ``logits.argmax(1)``.
+
+    Exactness is decided once, at construction, by probing ``forward_head`` of a copy of the
+    model in eval mode with random features: the head is exact when its output equals average
+    pooling over the patch cells followed by ``get_classifier()``'s affine map.
+
+    Args:
+        model: a timm classifier with ``num_classes > 0`` (or another :class:`CAMExtractor`,
+            which is unwrapped).
+
+    Attributes:
+        model: the wrapped model (not copied: its parameters are the ones being trained).
+        exact: ``True`` when the CAM is exact (average pooling + linear head).
+        num_classes: number of classes ``K``.
+
+    Raises:
+        TypeError: the model lacks ``forward_features``/``forward_head``/``get_classifier``.
+        ValueError: the model has no classifier (``num_classes=0``), or its features are pooled
+            already or otherwise not a spatial map.
+
+    Example:
+        >>> import timm, torch
+        >>> from camkit import CAMExtractor
+        >>> model = timm.create_model("resnet18", pretrained=False, num_classes=2)
+        >>> ext = CAMExtractor(model)
+        >>> out = ext(torch.randn(2, 3, 64, 64))
+        >>> out.logits.shape, out.features.shape, out.cams.shape, ext.exact
+        (torch.Size([2, 2]), torch.Size([2, 512, 2, 2]), torch.Size([2, 2, 2]), True)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if isinstance(model, CAMExtractor):
+            model = model.model
+        for method in ("forward_features", "forward_head", "get_classifier"):
+            if not callable(getattr(model, method, None)):
+                raise TypeError(
+                    f"model: expected a timm classifier with forward_features, forward_head and "
+                    f"get_classifier; {_model_name(model)} has no {method}()"
+                )
+        num_classes = getattr(model, "num_classes", None)
+        classifier = model.get_classifier()
+        if not num_classes or isinstance(classifier, nn.Identity):
+            raise ValueError(
+                f"model: {_model_name(model)} has no classifier (num_classes={num_classes}); "
+                "CAMs need class weights: create it with num_classes > 0"
+            )
+        self.model = model
+        self.num_classes = int(num_classes)
+        self.exact = self._probe_exact()
+
+    # -- structure -------------------------------------------------------------------------
+
+    def _output_fmt(self) -> str:
+        fmt = getattr(self.model, "output_fmt", "NCHW")
+        return str(getattr(fmt, "value", fmt)).upper()
+
+    def _num_prefix_tokens(self) -> int:
+        return int(getattr(self.model, "num_prefix_tokens", 0) or 0)
+
+    def _token_grid(self, num_tokens: int, image_size: tuple[int, int] | None) -> tuple[int, int]:
+        patch_embed = getattr(self.model, "patch_embed", None)
+        candidates: list[tuple[int, int]] = []
+        if patch_embed is not None:
+            if image_size is not None and callable(getattr(patch_embed, "dynamic_feat_size", None)):
+                try:
+                    candidates.append(tuple(patch_embed.dynamic_feat_size(image_size)))
+                except Exception:
+                    pass
+            grid = getattr(patch_embed, "grid_size", None)
+            if grid is not None:
+                candidates.append((int(grid[0]), int(grid[1])))
+        side = round(num_tokens**0.5)
+        candidates.append((side, side))
+        for h, w in candidates:
+            if h * w == num_tokens:
+                return int(h), int(w)
+        raise ValueError(
+            f"model: cannot fold {num_tokens} patch tokens of {_model_name(self.model)} onto a "
+            "grid "
+            f"(patch_embed grid {candidates[:-1] or 'absent'}, not a square either); "
+            "set model.num_prefix_tokens correctly or use a model with a patch grid"
+        )
+
+    def _to_grid(self, feats: object, image_size: tuple[int, int] | None) -> torch.Tensor:
+        """The feature map in NCHW order, prefix tokens dropped."""
+        if not isinstance(feats, torch.Tensor):
+            raise ValueError(
+                f"model: {_model_name(self.model)}.forward_features returned a "
+                f"{type(feats).__name__}, expected one tensor (a spatial feature map)"
+            )
+        if feats.ndim == 4:
+            return feats.permute(0, 3, 1, 2) if self._output_fmt() == "NHWC" else feats
+        if feats.ndim == 3:
+            prefix = self._num_prefix_tokens()
+            tokens = feats[:, prefix:]
+            h, w = self._token_grid(tokens.shape[1], image_size)
+            return tokens.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], h, w)
+        raise ValueError(
+            f"model: {_model_name(self.model)}.forward_features returned shape "
+            f"{tuple(feats.shape)}; CAMs need a spatial map (B, C, h, w), (B, h, w, C) or tokens "
+            "(B, N, C), not features pooled inside the model"
+        )
+
+    def _spatial_dims(self, feats: torch.Tensor) -> tuple[int, ...]:
+        if feats.ndim == 3:
+            return (1,)
+        return (1, 2) if self._output_fmt() == "NHWC" else (2, 3)
+
+    def _dummy_input(self, model: nn.Module) -> torch.Tensor:
+        """A small zero image the model accepts: its channels, its fixed size if it has one."""
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = first_conv.in_channels if first_conv is not None else 3
+        # a fixed-size patch embedding (timm's PatchEmbed, wherever the model keeps it) wins
+        size = next(
+            (
+                m.img_size
+                for m in model.modules()
+                if hasattr(m, "patch_size") and getattr(m, "img_size", None)
+            ),
+            None,
+        )
+        if size is None:
+            cfg = getattr(model, "pretrained_cfg", None) or {}
+            size = tuple(cfg.get("input_size", (channels, 224, 224)))[1:]
+        param = next(model.parameters())
+        return torch.zeros(
+            1, channels, int(size[0]), int(size[1]), device=param.device, dtype=param.dtype
+        )
+
+    @torch.no_grad()
+    def _probe_exact(self) -> bool:
+        """Does ``forward_head`` equal average pooling followed by ``get_classifier()``?
+
+        Runs on a copy of the model in eval mode (the user's model is not touched): one forward of
+        a zero image gives the feature layout, then random features of that layout go through the
+        head and are compared with ``mean over cells`` → classifier.
+        """
+        probe_model = copy.deepcopy(self.model).eval()
+        try:
+            feats = probe_model.forward_features(self._dummy_input(probe_model))
+        except Exception:
+            return False
+        grid = self._to_grid(feats, None)
+        linear = _linear_weights(probe_model.get_classifier(), grid.shape[1])
+        if linear is None:
+            return False
+        weight, bias = linear
+        gen = torch.Generator().manual_seed(0)
+        feats = torch.randn(feats.shape, generator=gen).to(feats)
+        logits = probe_model.forward_head(feats)
+        expected = self._to_grid(feats, None).mean((2, 3)) @ weight.T + bias
+        if not isinstance(logits, torch.Tensor) or logits.shape != expected.shape:
+            return False
+        return bool(torch.allclose(logits.float(), expected.float(), rtol=1e-4, atol=1e-4))
+
+    # -- class weights -----------------------------------------------------------------------
+
+    def class_weights(self, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The ``(B, C)`` weight vectors ``alpha`` of each sample's target class (constants).
+
+        Exact heads: the class rows of the classifier. Other heads: ``d logit_c / d pooled``,
+        the gradient of the class logit through the head only, summed over the feature positions
+        (for an average-pooled head this is the gradient with respect to the pooled vector; for a
+        class-token head, the gradient at that token). A head's dropout, when active, acts on this
+        gradient as it acts on the logits.
+
+        Args:
+            feats: raw output of ``model.forward_features``.
+            target: ``(B,)`` int64 class of each sample.
+        """
+        if self.exact:
+            channels = (
+                feats.shape[1]
+                if feats.ndim == 4 and self._output_fmt() != "NHWC"
+                else feats.shape[-1]
+            )
+            weight, _ = _linear_weights(self.model.get_classifier(), channels)
+            return weight.detach()[target]
+        with torch.enable_grad():
+            leaf = feats.detach().requires_grad_(True)
+            logits = call_with_frozen_state(self.model, "forward_head", leaf)
+            chosen = logits.gather(1, target[:, None]).sum()
+            (grad,) = torch.autograd.grad(chosen, leaf)
+        return grad.sum(self._spatial_dims(feats)).detach()
+
+    # -- passes ------------------------------------------------------------------------------
+
+    def _check_inputs(self, images: torch.Tensor, target: torch.Tensor | None) -> None:
+        check_tensor(images, "images", ndim=4, floating=True)
+        if target is not None:
+            check_tensor(target, "target", shape=(images.shape[0],), floating=False)
+            if target.dtype == torch.bool:
+                raise TypeError(f"target: expected int64 class indices, got dtype {target.dtype}")
+
+    def _cams_from(
+        self,
+        feats: torch.Tensor,
+        logits: torch.Tensor,
+        images: torch.Tensor,
+        target: torch.Tensor | None,
+    ) -> CAMOutput:
+        grid = self._to_grid(feats, (images.shape[-2], images.shape[-1]))
+        cls = logits.detach().argmax(1) if target is None else target.to(logits.device).long()
+        alpha = self.class_weights(feats, cls)
+        cams = torch.einsum("bc,bchw->bhw", alpha.to(grid.dtype), grid)
+        return CAMOutput(logits=logits, features=grid, cams=cams, target=cls)
+
+    def forward(self, images: torch.Tensor, target: torch.Tensor | None = None) -> CAMOutput:
+        """One forward of the model returning logits, features and CAMs.
+
+        Args:
+            images: ``(B, 3, H, W)`` float input batch.
+            target: ``(B,)`` int64 class whose CAM to compute; ``None`` for the predicted class.
+
+        Returns:
+            :class:`CAMOutput` with ``logits`` identical to ``model(images)``.
+        """
+        self._check_inputs(images, target)
+        feats = self.model.forward_features(images)
+        logits = self.model.forward_head(feats)
+        return self._cams_from(feats, logits, images, target)
+
+    @torch.no_grad()
+    def forward_frozen(self, images: torch.Tensor, target: torch.Tensor | None = None) -> CAMOutput:
+        """A side pass with autograd off that leaves the model exactly as it was.
+
+        Runs in the model's current mode (train mode keeps batch statistics, as the training
+        forward does) on clones of its buffers, so BatchNorm running statistics and every other
+        buffer are unchanged and ``model.training`` is never touched. SnapMix uses it for the CAMs
+        of the un-mixed batch; the TTA for its prediction pass.
+
+        Args:
+            images: ``(B, 3, H, W)`` float input batch.
+            target: ``(B,)`` int64 class whose CAM to compute; ``None`` for the predicted class.
+
+        Returns:
+            :class:`CAMOutput`; nothing in it requires grad.
+        """
+        self._check_inputs(images, target)
+        feats = call_with_frozen_state(self.model, "forward_features", images)
+        logits = call_with_frozen_state(self.model, "forward_head", feats)
+        return self._cams_from(feats, logits, images, target)
+
+
+def normalize_cams(cams: torch.Tensor, mode: CAMNormalization = "distribution") -> torch.Tensor:
+    """Normalise each map of a batch independently.
+
+    Convention:
+        - ``"raw"``: unchanged.
+        - ``"minmax"``: ``(M - min) / (max - min)`` in [0, 1]; a constant map gives zeros.
+        - ``"distribution"``: ``(M - min) / sum(M - min)``, a spatial distribution summing to 1
+          (the SnapMix normalisation, no ReLU); a constant map gives the uniform distribution,
+          so box shares fall back to area ratios.
+
+    Args:
+        cams: ``(B, h, w)`` float maps.
+        mode: one of ``"raw"``, ``"minmax"``, ``"distribution"``.
+
+    Returns:
+        ``(B, h, w)`` maps in ``cams.dtype``; never NaN for finite input.
+
+    Example:
+        >>> normalize_cams(torch.tensor([[[1.0, 3.0]]])).tolist()
+        [[[0.0, 1.0]]]
+    """
+    check_tensor(cams, "cams", ndim=3, floating=True)
+    if mode == "raw":
+        return cams
+    if mode not in ("minmax", "distribution"):
+        raise ValueError(f"mode: expected 'raw', 'minmax' or 'distribution', got {mode!r}")
+    flat = cams.flatten(1)
+    shifted = flat - flat.amin(1, keepdim=True)
+    denom = shifted.amax(1, keepdim=True) if mode == "minmax" else shifted.sum(1, keepdim=True)
+    if mode == "minmax":
+        out = torch.where(denom > 0, shifted / denom.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
+    else:
+        uniform = torch.full_like(shifted, 1.0 / shifted.shape[1])
+        out = torch.where(
+            denom > 0, shifted / denom.clamp_min(torch.finfo(flat.dtype).tiny), uniform
+        )
+    return out.view_as(cams)
+
+
+def upsample_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize ``(B, h, w)`` maps to ``size = (H, W)`` bilinearly (``align_corners=False``).
+
+    Example:
+        >>> upsample_cams(torch.zeros(2, 7, 7), (224, 224)).shape
+        torch.Size([2, 224, 224])
+    """
+    check_tensor(cams, "cams", ndim=3, floating=True)
+    if tuple(cams.shape[-2:]) == tuple(size):
+        return cams
+    return F.interpolate(cams[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def cell_sums(maps: torch.Tensor, cell_size: int) -> torch.Tensor:
+    """Sum ``(B, H, W)`` maps over non-overlapping ``cell_size × cell_size`` pixel cells.
+
+    Convention:
+        Cell ``(i, j)`` covers rows ``i*s … i*s+s-1`` and columns ``j*s … j*s+s-1`` (``s`` =
+        ``cell_size``); when ``H`` or ``W`` is not a multiple of ``s`` the last row/column of cells
+        is partial. The grid is ``(ceil(H/s), ceil(W/s))``; pixel ``(y, x)`` lies in cell
+        ``(y // s, x // s)``.
+
+    Args:
+        maps: ``(B, H, W)`` float maps.
+        cell_size: side of a cell in pixels, ≥ 1.
+
+    Returns:
+        ``(B, ceil(H/s), ceil(W/s))`` sums.
+
+    Example:
+        >>> cell_sums(torch.ones(1, 4, 4), 2).tolist()
+        [[[4.0, 4.0], [4.0, 4.0]]]
+    """
+    check_tensor(maps, "maps", ndim=3, floating=True)
+    if isinstance(cell_size, bool) or not isinstance(cell_size, int) or cell_size < 1:
+        raise ValueError(f"cell_size: expected an int >= 1, got {cell_size!r}")
+    if cell_size == 1:
+        return maps
+    return F.avg_pool2d(
+        maps[:, None], cell_size, stride=cell_size, ceil_mode=True, divisor_override=1
+    )[:, 0]

@@ -1,0 +1,369 @@
+"""Classification metrics as reported in the paper, and a table printer for results over seeds.
+
+The paper reports accuracy, precision, recall and F1 of the positive class (COVID = class 1) on the
+binary site-A/B tasks, and accuracy plus per-class sensitivity (recall) and PPV (precision) on
+COVIDx-CT (Normal, Pneumonia, COVID-19). :func:`classification_metrics` builds all of them as one
+:class:`torchmetrics.MetricCollection` from torchmetrics' own multiclass metrics, so they
+accumulate over batches and synchronise across processes like any torchmetrics metric.
+:func:`format_table` prints ``mean ± std`` over seeds, one row per method.
+
+Conventions: every score is a fraction in ``[0, 1]``; a score whose denominator is zero (a class
+never predicted has no precision, a class absent from the targets has no recall) is ``0``, never
+NaN, through torchmetrics' ``zero_division=0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+from torchmetrics.wrappers.abstract import WrapperMetric
+
+from camkit._checks import check_tensor
+
+__all__ = ["classification_metrics", "format_table"]
+
+_ZERO_DIVISION = 0.0
+
+
+class _SelectClass(WrapperMetric):
+    """Expose one entry of a per-class (``average=None``) metric as a scalar metric.
+
+    All state lives in the wrapped metric, which also does the synchronisation across processes.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, metric: Metric, index: int) -> None:
+        super().__init__()
+        self.metric = metric
+        self.index = index
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.metric.update(*args, **kwargs)
+
+    def compute(self) -> Tensor:
+        return self.metric.compute()[self.index]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self.metric(*args, **kwargs)[self.index]
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def persistent(self, mode: bool = False) -> None:
+        self.metric.persistent(mode)
+
+    def _filter_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        return self.metric._filter_kwargs(**kwargs)
+
+
+class _CheckedCollection(MetricCollection):
+    """A :class:`~torchmetrics.MetricCollection` that checks ``preds`` and ``target`` once per call.
+
+    torchmetrics does not reject out-of-range class labels in every case (a predicted label
+    ``>= num_classes`` is silently miscounted), so the labels' range is checked here.
+    """
+
+    def __init__(self, metrics: dict[str, Metric], num_classes: int, prefix: str | None) -> None:
+        super().__init__(metrics, prefix=prefix, compute_groups=False)
+        self.num_classes = num_classes
+
+    def _check_inputs(self, preds: object, target: object) -> None:
+        k = self.num_classes
+        target = check_tensor(target, "target", ndim=1, floating=False)
+        preds = check_tensor(preds, "preds", ndim=(1, 2))
+        if preds.ndim == 2:
+            check_tensor(preds, "preds", shape=(target.shape[0], k), floating=True)
+        else:
+            check_tensor(preds, "preds", shape=(target.shape[0],), floating=False)
+            _check_labels(preds, "preds", k)
+        _check_labels(target, "target", k)
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        """Check the inputs, then update every metric (an empty batch is a no-op)."""
+        self._check_inputs(preds, target)
+        if target.shape[0] > 0:  # torchmetrics fails on empty batches
+            super().update(preds, target)
+
+    def forward(self, preds: Tensor, target: Tensor) -> dict[str, Any]:  # type: ignore[override]
+        """Check the inputs, update every metric and return the values on this batch alone."""
+        self._check_inputs(preds, target)
+        if target.shape[0] == 0:
+            raise ValueError(
+                "preds, target: expected a non-empty batch to compute batch values on, "
+                "got 0 samples (use update() to skip empty batches)"
+            )
+        return super().forward(preds, target)
+
+
+def _check_labels(x: Tensor, name: str, num_classes: int) -> None:
+    if x.numel() and bool(((x < 0) | (x >= num_classes)).any()):
+        lo, hi = int(x.min()), int(x.max())
+        raise ValueError(
+            f"{name}: expected class labels in [0, {num_classes - 1}], "
+            f"got values in [{lo}, {hi}] in a tensor of shape {tuple(x.shape)}"
+        )
+
+
+def _check_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    return value
+
+
+def classification_metrics(
+    num_classes: int = 2,
+    positive_class: int | None = 1,
+    class_names: Sequence[str] | None = None,
+    prefix: str | None = None,
+) -> MetricCollection:
+    """Build the paper's classification metrics as one torchmetrics collection.
+
+    The collection's keys (and the keys of ``compute()``, which torchmetrics sorts
+    alphabetically), each preceded by ``prefix``:
+
+    - ``accuracy``: overall accuracy (fraction of correctly classified samples).
+    - ``precision``, ``recall``, ``f1``: of class ``positive_class`` against all others; only
+      when ``positive_class`` is not None.
+    - ``sensitivity_<name>`` and ``ppv_<name>`` for every class: its recall and its precision
+      (one-vs-rest), with ``<name>`` from ``class_names``.
+
+    Feed it with ``update(preds, target)`` (or call it, which also returns the values on that batch
+    alone): ``preds`` is either a ``(B, num_classes)`` float tensor of probabilities or logits, of
+    which the argmax is taken, or a ``(B,)`` integer tensor of predicted labels; ``target`` is a
+    ``(B,)`` integer tensor of labels in ``[0, num_classes)``; ``update`` skips an empty batch
+    (``B = 0``). Every value is a 0-d float tensor in ``[0, 1]``; a score whose denominator is
+    zero (a class never predicted has no precision, a class absent from the targets has no recall)
+    is 0, not NaN.
+
+    The metrics are torchmetrics' ``MulticlassAccuracy`` (``average="micro"``) and
+    ``MulticlassPrecision`` / ``MulticlassRecall`` / ``MulticlassF1Score`` (``average=None``,
+    ``zero_division=0``), one instance per key.
+
+    Args:
+        num_classes: number of classes, at least 2 (2 for the site-A/B tasks, 3 for COVIDx-CT).
+        positive_class: the class whose precision, recall and F1 are reported (COVID = 1 in the
+            binary tasks); ``None`` to report only accuracy and the per-class values.
+        class_names: one name per class, used in the per-class keys; default ``"0"``, ``"1"``, ...
+            Names must be unique, non-empty and without ``"."``.
+        prefix: string put in front of every key, e.g. ``"val_"``.
+
+    Returns:
+        A :class:`torchmetrics.MetricCollection`; move it to the predictions' device with ``.to``.
+
+    Raises:
+        TypeError: an argument has a wrong type; on update, ``preds`` or ``target`` has a wrong
+            dtype.
+        ValueError: ``num_classes < 2``, ``positive_class`` outside ``[0, num_classes)``,
+            ``class_names`` of the wrong length or with duplicate or invalid names; on update,
+            ``preds`` or ``target`` has a wrong shape or labels outside ``[0, num_classes)``.
+
+    Example:
+        >>> import torch
+        >>> from camkit.metrics import classification_metrics
+        >>> metrics = classification_metrics()
+        >>> logits = torch.tensor([[2.0, -1.0], [0.1, 0.9], [-0.5, 0.5], [0.0, 1.0], [-1.0, 3.0]])
+        >>> metrics.update(logits, torch.tensor([0, 1, 0, 0, 1]))
+        >>> for key, value in metrics.compute().items():
+        ...     print(f"{key}: {value.item():.4f}")
+        accuracy: 0.6000
+        f1: 0.6667
+        ppv_0: 1.0000
+        ppv_1: 0.5000
+        precision: 0.5000
+        recall: 1.0000
+        sensitivity_0: 0.3333
+        sensitivity_1: 1.0000
+
+        COVIDx-CT: accuracy plus per-class sensitivity and PPV, predictions given as labels.
+
+        >>> covidx = classification_metrics(
+        ...     3, positive_class=None, class_names=["Normal", "Pneumonia", "COVID-19"]
+        ... )
+        >>> covidx.update(torch.tensor([0, 1, 2, 2, 1]), torch.tensor([0, 1, 2, 1, 1]))
+        >>> for key, value in covidx.compute().items():
+        ...     print(f"{key}: {100 * value.item():.1f}")
+        accuracy: 80.0
+        ppv_COVID-19: 50.0
+        ppv_Normal: 100.0
+        ppv_Pneumonia: 100.0
+        sensitivity_COVID-19: 100.0
+        sensitivity_Normal: 100.0
+        sensitivity_Pneumonia: 66.7
+    """
+    num_classes = _check_int(num_classes, "num_classes")
+    if num_classes < 2:
+        raise ValueError(f"num_classes: expected an int >= 2, got {num_classes}")
+    if positive_class is not None:
+        positive_class = _check_int(positive_class, "positive_class")
+        if not 0 <= positive_class < num_classes:
+            raise ValueError(
+                f"positive_class: expected None or an int in [0, {num_classes - 1}] "
+                f"(num_classes={num_classes}), got {positive_class}"
+            )
+    names = _check_class_names(class_names, num_classes)
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix: expected None or a str, got {type(prefix).__name__}")
+
+    def per_class(cls: Callable[..., Metric]) -> Metric:
+        return cls(num_classes=num_classes, average=None, zero_division=_ZERO_DIVISION)
+
+    metrics: dict[str, Metric] = {
+        "accuracy": MulticlassAccuracy(num_classes=num_classes, average="micro"),
+    }
+    if positive_class is not None:
+        metrics["precision"] = _SelectClass(per_class(MulticlassPrecision), positive_class)
+        metrics["recall"] = _SelectClass(per_class(MulticlassRecall), positive_class)
+        metrics["f1"] = _SelectClass(per_class(MulticlassF1Score), positive_class)
+    for i, name in enumerate(names):
+        metrics[f"sensitivity_{name}"] = _SelectClass(per_class(MulticlassRecall), i)
+    for i, name in enumerate(names):
+        metrics[f"ppv_{name}"] = _SelectClass(per_class(MulticlassPrecision), i)
+    return _CheckedCollection(metrics, num_classes=num_classes, prefix=prefix)
+
+
+def _check_class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    if class_names is None:
+        return [str(i) for i in range(num_classes)]
+    if isinstance(class_names, str) or not isinstance(class_names, Sequence):
+        raise TypeError(
+            f"class_names: expected None or a sequence of {num_classes} str, "
+            f"got {type(class_names).__name__}"
+        )
+    names = list(class_names)
+    if len(names) != num_classes:
+        raise ValueError(
+            f"class_names: expected {num_classes} names (num_classes={num_classes}), "
+            f"got {len(names)}: {names!r}"
+        )
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"class_names: expected str names, got {type(name).__name__} {name!r}")
+        if not name or "." in name:
+            raise ValueError(f"class_names: expected non-empty names without '.', got {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names: expected unique names, got {names!r}")
+    return names
+
+
+def format_table(
+    rows: Mapping[str, Mapping[str, Sequence[float] | float]],
+    metrics: Sequence[str] | None = None,
+    percent: bool = True,
+) -> str:
+    """Format results as a markdown table, one row per method and one column per metric.
+
+    A cell given as a sequence of values (one per seed) shows ``mean ± std``, with the population
+    standard deviation (``ddof=0``); a cell given as a single number, or as a sequence of one
+    value, shows just that value. Values are printed with 2 decimals as percentages
+    (``percent=True``, values multiplied by 100) or with 4 decimals as fractions. A metric missing
+    from a method's row shows ``-``. The columns are padded so that the table also reads as plain
+    text.
+
+    Args:
+        rows: ``{method: {metric: value or values over seeds}}``; values may be floats, 0-d or 1-D
+            tensors or arrays.
+        metrics: the columns, in order; default: every metric of ``rows`` in order of first
+            appearance.
+        percent: multiply values by 100 (metrics in ``[0, 1]`` shown as percentages).
+
+    Returns:
+        The table, one line per row, without a trailing newline.
+
+    Raises:
+        TypeError: ``rows`` is not a mapping of mappings, ``metrics`` is a single string, or a
+            value is not numeric.
+        ValueError: ``rows`` or the list of metrics is empty, or a value is an empty sequence or
+            has more than one dimension.
+
+    Example:
+        >>> from camkit.metrics import format_table
+        >>> print(format_table({
+        ...     "baseline": {"accuracy": [0.90, 0.92], "f1": 0.875},
+        ...     "CAM-TTA": {"accuracy": [0.95, 0.96, 0.97], "f1": [0.9]},
+        ... }))
+        | method   |     accuracy |    f1 |
+        | :------- | -----------: | ----: |
+        | baseline | 91.00 ± 1.00 | 87.50 |
+        | CAM-TTA  | 96.00 ± 0.82 | 90.00 |
+    """
+    if not isinstance(rows, Mapping):
+        raise TypeError(
+            f"rows: expected a mapping {{method: {{metric: value}}}}, got {type(rows).__name__}"
+        )
+    if not rows:
+        raise ValueError("rows: expected at least one method, got an empty mapping")
+    for method, row in rows.items():
+        if not isinstance(row, Mapping):
+            raise TypeError(
+                f"rows[{method!r}]: expected a mapping {{metric: value}}, got {type(row).__name__}"
+            )
+    if metrics is None:
+        columns = list(dict.fromkeys(m for row in rows.values() for m in row))
+    else:
+        if isinstance(metrics, str) or not isinstance(metrics, Sequence):
+            raise TypeError(
+                "metrics: expected None or a sequence of metric names, "
+                f"got {type(metrics).__name__}"
+            )
+        columns = list(metrics)
+    if not columns:
+        raise ValueError("metrics: expected at least one metric to show, got none")
+
+    header = ["method", *(str(c) for c in columns)]
+    body = [
+        [str(method)]
+        + [
+            _format_cell(row[c], f"rows[{method!r}][{c!r}]", percent) if c in row else "-"
+            for c in columns
+        ]
+        for method, row in rows.items()
+    ]
+    widths = [max(3, *(len(line[j]) for line in [header, *body])) for j in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        padded = [cells[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = (
+        "| "
+        + " | ".join([":" + "-" * (widths[0] - 1)] + ["-" * (w - 1) + ":" for w in widths[1:]])
+        + " |"
+    )
+    return "\n".join([render(header), rule, *(render(line) for line in body)])
+
+
+def _format_cell(value: object, name: str, percent: bool) -> str:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().tolist()
+    try:
+        values = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name}: expected a number or a sequence of numbers, got {type(value).__name__}"
+        ) from None
+    if values.ndim > 1:
+        raise ValueError(f"{name}: expected a number or a 1-D sequence, got shape {values.shape}")
+    values = values.reshape(-1)
+    if values.size == 0:
+        raise ValueError(f"{name}: expected a number or a non-empty sequence, got an empty one")
+    scale, decimals = (100.0, 2) if percent else (1.0, 4)
+    mean = f"{values.mean() * scale:.{decimals}f}"
+    if values.size == 1:
+        return mean
+    return f"{mean} ± {values.std(ddof=0) * scale:.{decimals}f}"

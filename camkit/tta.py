@@ -1,0 +1,265 @@
+"""CAM-directed test-time augmentation (Ali, Shaharabany & Wolf, MIDL 2022, §3.3).
+
+The image is classified once; the CAM of the predicted class is upsampled to the image, summed
+over non-overlapping ``patch_size × patch_size`` cells, and ``k`` masked copies are classified:
+copy ``j`` masks the ``j`` most relevant cells (cumulatively). A copy *supports* the prediction when
+its probability of the predicted class exceeds ``θ``; when more than half of the votes do not
+support it, the label is flipped. For two classes this is the paper's rule (``p ≥ θ`` for a positive
+prediction, ``p < 1 − θ`` for a negative one, up to ties); for ``K`` classes the flipped label is
+the runner-up class of the unmasked prediction.
+
+camkit evaluates the copies batched over images and masks, without autograd, and stops evaluating
+an image as soon as one side has a majority (*exact early exit*: the labels are identical to the
+full vote, only skipped copies are never computed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from camkit._checks import check_probability, check_tensor
+from camkit.cam import CAMExtractor, call_with_frozen_state, cell_sums, upsample_cams
+
+__all__ = ["CAMMaskingTTA", "TTAResult", "cell_ranks", "masked_copies"]
+
+
+class TTAResult(NamedTuple):
+    """Per-image outcome of :meth:`CAMMaskingTTA.predict`.
+
+    Attributes:
+        labels: ``(B,)`` int64 labels after voting.
+        flipped: ``(B,)`` bool, whether the vote flipped the prediction.
+        probs: ``(B, K)`` probabilities after voting: the unmasked softmax, one-hot where flipped.
+        original_labels: ``(B,)`` the unmasked prediction.
+        original_probs: ``(B, K)`` the unmasked softmax.
+        votes_for: ``(B,)`` int64 supporting votes counted (the unmasked vote included when
+            ``count_original``).
+        votes_against: ``(B,)`` int64 non-supporting votes counted.
+        step_probs: ``(B, k)`` probability of the predicted class for mask step ``j = 1 … k``;
+            NaN where early exit skipped the step.
+        forwards: ``(B,)`` int64 image-forwards spent per image (1 + masked copies evaluated).
+    """
+
+    labels: torch.Tensor
+    flipped: torch.Tensor
+    probs: torch.Tensor
+    original_labels: torch.Tensor
+    original_probs: torch.Tensor
+    votes_for: torch.Tensor
+    votes_against: torch.Tensor
+    step_probs: torch.Tensor
+    forwards: torch.Tensor
+
+
+def cell_ranks(cams: torch.Tensor, image_size: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """Rank of each pixel's cell by CAM mass: 0 for the most relevant cell.
+
+    Convention:
+        ``cams`` are upsampled bilinearly (``align_corners=False``) to ``image_size``, summed over
+        ``patch_size`` cells (:func:`camkit.cell_sums`), and the cells sorted by decreasing sum
+        (ties by row-major cell index). Masking the top ``j`` cells means masking pixels whose rank
+        is ``< j``.
+
+    Args:
+        cams: ``(B, h, w)`` CAMs of the predicted class.
+        image_size: ``(H, W)``.
+        patch_size: cell side in pixels.
+
+    Returns:
+        ``(B, H, W)`` int64 ranks.
+
+    Example:
+        >>> cell_ranks(torch.tensor([[[0.0, 1.0]]]), (2, 4), 2).tolist()
+        [[[1, 1, 0, 0], [1, 1, 0, 0]]]
+    """
+    check_tensor(cams, "cams", ndim=3, floating=True)
+    height, width = image_size
+    sums = cell_sums(upsample_cams(cams.float(), (height, width)), patch_size)
+    b, gh, gw = sums.shape
+    order = torch.argsort(sums.flatten(1), dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(gh * gw, device=cams.device).expand(b, -1))
+    rows = torch.arange(height, device=cams.device) // patch_size
+    cols = torch.arange(width, device=cams.device) // patch_size
+    pixel_cell = (rows[:, None] * gw + cols[None, :]).flatten()
+    return ranks[:, pixel_cell].view(b, height, width)
+
+
+def masked_copies(
+    images: torch.Tensor,
+    ranks: torch.Tensor,
+    steps: torch.Tensor,
+    mask_value: float | torch.Tensor = 0.0,
+) -> torch.Tensor:
+    """Images with their ``steps[i]`` most relevant cells set to ``mask_value``.
+
+    Args:
+        images: ``(N, C, H, W)``.
+        ranks: ``(N, H, W)`` pixel cell ranks from :func:`cell_ranks`.
+        steps: ``(N,)`` number of cells to mask per image.
+        mask_value: a number, or a ``(C,)`` tensor of per-channel values (default 0: the dataset
+            mean of normalised images, as in the released code).
+
+    Returns:
+        ``(N, C, H, W)`` masked images.
+    """
+    if isinstance(mask_value, torch.Tensor):
+        fill = mask_value.to(images)
+        fill = fill.view(1, -1, 1, 1) if fill.ndim == 1 else fill
+    else:
+        fill = torch.tensor(float(mask_value), dtype=images.dtype, device=images.device)
+    hidden = (ranks < steps.view(-1, 1, 1))[:, None]
+    return torch.where(hidden, fill, images)
+
+
+class CAMMaskingTTA(nn.Module):
+    """CAM-directed test-time augmentation with voting, wrapping a classifier.
+
+    Convention:
+        ``p_j`` = probability of the unmasked prediction ``c`` on the copy with the top ``j``
+        cells masked, ``j = 1 … k``. Vote ``j`` supports ``c`` when ``p_j > θ``. With ``V = k``
+        votes (``k + 1`` when ``count_original``, the unmasked image voting by the same rule), the
+        label flips to the runner-up class when the non-supporting votes number more than ``V/2``.
+        ``forward`` returns the probabilities after voting (one-hot where flipped).
+
+    Args:
+        model: a timm classifier or a :class:`camkit.CAMExtractor`. Put it in eval mode yourself:
+            the wrapper never switches modes (in train mode it still leaves buffers unchanged).
+        k: number of masked copies (paper: 31; released code: 100).
+        theta: vote threshold θ (paper: 0.2; released code: 0.3).
+        patch_size: cell side in pixels (paper: 8, a 28×28 grid at 224²).
+        early_exit: stop evaluating an image once the vote is decided (same labels, fewer
+            forwards).
+        count_original: count the unmasked image as a vote (released code).
+        mask_value: value of masked pixels in the model's input space: a number or a per-channel
+            sequence (default 0, the mean of ImageNet-normalised inputs).
+        chunk_size: masked copies per model forward.
+
+    Example:
+        >>> import timm, torch
+        >>> from camkit import CAMMaskingTTA
+        >>> model = timm.create_model("resnet18", pretrained=False, num_classes=2).eval()
+        >>> tta = CAMMaskingTTA(model, k=5, patch_size=16)
+        >>> res = tta.predict(torch.randn(3, 3, 64, 64))
+        >>> res.labels.shape, res.step_probs.shape
+        (torch.Size([3]), torch.Size([3, 5]))
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        k: int = 31,
+        theta: float = 0.2,
+        patch_size: int = 8,
+        early_exit: bool = True,
+        *,
+        count_original: bool = False,
+        mask_value: float | Sequence[float] = 0.0,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__()
+        for name, value in (("k", k), ("patch_size", patch_size), ("chunk_size", chunk_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        check_probability(theta, "theta")
+        self.extractor = model if isinstance(model, CAMExtractor) else CAMExtractor(model)
+        self.k = k
+        self.theta = float(theta)
+        self.patch_size = patch_size
+        self.early_exit = bool(early_exit)
+        self.count_original = bool(count_original)
+        if isinstance(mask_value, (int, float)) and not isinstance(mask_value, bool):
+            self.mask_value: float | torch.Tensor = float(mask_value)
+        else:
+            self.mask_value = torch.as_tensor(mask_value, dtype=torch.float32).flatten()
+        self.chunk_size = chunk_size
+
+    def _probs(self, images: torch.Tensor) -> torch.Tensor:
+        model = self.extractor.model
+        feats = call_with_frozen_state(model, "forward_features", images)
+        return call_with_frozen_state(model, "forward_head", feats).float().softmax(1)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> TTAResult:
+        """Classify ``images`` (B, C, H, W) with CAM-masking voting; see the class doc."""
+        check_tensor(images, "images", ndim=4, floating=True)
+        b, c, height, width = images.shape
+        grid = -(-height // self.patch_size) * -(-width // self.patch_size)
+        if self.k > grid:
+            raise ValueError(
+                f"k: {self.k} masks need as many cells, but a {height}×{width} image has only "
+                f"{grid} cells of {self.patch_size}×{self.patch_size}"
+            )
+        if isinstance(self.mask_value, torch.Tensor) and self.mask_value.numel() not in (1, c):
+            raise ValueError(
+                f"mask_value: expected 1 or {c} values (one per channel), "
+                f"got {self.mask_value.numel()}"
+            )
+        out = self.extractor.forward_frozen(images)
+        probs0 = out.logits.float().softmax(1)
+        pred = out.target
+        runner_up = probs0.topk(min(2, probs0.shape[1]), dim=1).indices[:, -1]
+        ranks = cell_ranks(out.cams, (height, width), self.patch_size)
+
+        votes = self.k + int(self.count_original)
+        flip_at = votes // 2 + 1  # non-supporting votes needed to flip
+        against0 = torch.zeros(b, dtype=torch.long, device=images.device)
+        if self.count_original:
+            against0 = (probs0.gather(1, pred[:, None])[:, 0] <= self.theta).long()
+        step_probs = torch.full((b, self.k), float("nan"), device=images.device)
+        done = torch.zeros(b, dtype=torch.long, device=images.device)
+        against = against0.clone()
+        while True:
+            remaining = self.k - done
+            if self.early_exit:
+                undecided = (against < flip_at) & (against + remaining >= flip_at)
+                # fewest further copies after which either side could have its majority
+                need = torch.minimum(flip_at - against, remaining - (flip_at - 1 - against))
+                need = torch.where(undecided, need.clamp_min(1), 0)
+            else:
+                need = remaining
+            total = int(need.sum())
+            if total == 0:
+                break
+            image_idx = torch.repeat_interleave(torch.arange(b, device=images.device), need)
+            start = torch.cumsum(need, 0) - need
+            offset = torch.arange(total, device=images.device) - start[image_idx]
+            step = done[image_idx] + offset + 1
+            for lo in range(0, total, self.chunk_size):
+                idx, steps = image_idx[lo : lo + self.chunk_size], step[lo : lo + self.chunk_size]
+                copies = masked_copies(images[idx], ranks[idx], steps, self.mask_value)
+                p = self._probs(copies).gather(1, pred[idx, None])[:, 0]
+                step_probs[idx, steps - 1] = p
+            done = done + need
+            evaluated = ~torch.isnan(step_probs)
+            against = against0 + ((step_probs <= self.theta) & evaluated).sum(1)
+
+        flipped = against >= flip_at
+        labels = torch.where(flipped, runner_up, pred)
+        onehot = torch.zeros_like(probs0).scatter_(1, runner_up[:, None], 1.0)
+        counted = done + int(self.count_original)
+        return TTAResult(
+            labels=labels,
+            flipped=flipped,
+            probs=torch.where(flipped[:, None], onehot, probs0),
+            original_labels=pred,
+            original_probs=probs0,
+            votes_for=counted - against,
+            votes_against=against,
+            step_probs=step_probs,
+            forwards=done + 1,
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` probabilities after voting for ``images`` (B, C, H, W)."""
+        return self.predict(images).probs
+
+    def extra_repr(self) -> str:
+        return (
+            f"k={self.k}, theta={self.theta}, patch_size={self.patch_size}, "
+            f"early_exit={self.early_exit}, count_original={self.count_original}"
+        )

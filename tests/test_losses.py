@@ -1,0 +1,135 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from camkit import ContrastivePatchLoss, contrastive_patch_loss
+from camkit.losses import select_patches
+
+
+def reference_cpe(features, cams, n=2, normalize=False, temperature=1.0):
+    """Slow float64 version of Eq. 1 (generalised to n): python sort, explicit exp sums."""
+    features, cams = features.double(), cams.double()
+    losses = []
+    for b in range(features.shape[0]):
+        cells = features[b].flatten(1).T
+        scores = cams[b].flatten().tolist()
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        rev = sorted(range(len(scores)), key=lambda i: (scores[i], -i))
+        u = [cells[i] for i in order[:n]]
+        v = [cells[i] for i in rev[:n]]
+        if normalize:
+            u = [x / x.norm() for x in u]
+            v = [x / x.norm() for x in v]
+
+        def s(a, c):
+            return float(a @ c) / temperature
+
+        cross = [s(a, c) for a in u for c in v]
+        total = 0.0
+        for group in (u, v):
+            pairs = list(itertools.combinations(range(n), 2))
+            term = 0.0
+            for i, j in pairs:
+                pos = s(group[i], group[j])
+                shift = max([pos, *cross])  # exp of raw dot products would overflow
+                num = math.exp(pos - shift)
+                term += -math.log(num / (num + sum(math.exp(x - shift) for x in cross)))
+            total += term / len(pairs)
+        losses.append(total)
+    return torch.tensor(losses, dtype=torch.float64)
+
+
+def test_equals_eq1_written_out():
+    """Eq. 1 with u1, u2 (top) and v1, v2 (bottom) typed in literally."""
+    features = torch.randn(1, 5, 3, 3, dtype=torch.float64) * 0.5
+    cams = torch.arange(9, dtype=torch.float64).view(1, 3, 3)
+    cells = features[0].flatten(1).T
+    u1, u2, v1, v2 = cells[8], cells[7], cells[0], cells[1]
+    e = torch.exp
+    cross = e(u1 @ v1) + e(u1 @ v2) + e(u2 @ v1) + e(u2 @ v2)
+    eq1 = -torch.log(e(u1 @ u2) / (e(u1 @ u2) + cross)) - torch.log(
+        e(v1 @ v2) / (e(v1 @ v2) + cross)
+    )
+    torch.testing.assert_close(contrastive_patch_loss(features, cams), eq1)
+
+
+@pytest.mark.parametrize(
+    ("n", "normalize", "temperature"),
+    [(2, False, 1.0), (3, False, 1.0), (2, True, 0.1), (4, True, 0.5)],
+)
+def test_matches_slow_reference(n, normalize, temperature):
+    gen = torch.Generator().manual_seed(n)
+    features = torch.randn(4, 16, 4, 5, generator=gen)
+    cams = torch.randn(4, 4, 5, generator=gen)
+    loss = contrastive_patch_loss(
+        features, cams, n, normalize=normalize, temperature=temperature, reduction="none"
+    )
+    ref = reference_cpe(features, cams, n, normalize, temperature)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+    mean = ContrastivePatchLoss(n, normalize=normalize, temperature=temperature)(features, cams)
+    torch.testing.assert_close(mean.double(), ref.mean(), rtol=1e-5, atol=1e-5)
+
+
+def test_large_post_relu_features_stay_finite():
+    """2048-d post-ReLU cells: dot products of order 10^3 would overflow exp() in float32."""
+    gen = torch.Generator().manual_seed(0)
+    features = (torch.randn(3, 2048, 7, 7, generator=gen) * 3).relu().requires_grad_(True)
+    cams = torch.randn(3, 7, 7, generator=gen)
+    loss = contrastive_patch_loss(features, cams, reduction="none")
+    assert torch.isfinite(loss).all()
+    torch.testing.assert_close(
+        loss.double(), reference_cpe(features.detach(), cams), rtol=1e-4, atol=1e-3
+    )
+    loss.sum().backward()
+    assert torch.isfinite(features.grad).all()
+
+
+def test_gradient_reaches_exactly_the_selected_cells():
+    features = torch.randn(2, 8, 3, 3, requires_grad=True)
+    cams = torch.randn(2, 3, 3)
+    contrastive_patch_loss(features, cams).backward()
+    touched = features.grad.abs().sum(1) > 0
+    for b in range(2):
+        order = torch.argsort(cams[b].flatten(), descending=True)
+        expected = torch.zeros(9, dtype=torch.bool)
+        expected[order[:2]] = True
+        expected[order[-2:]] = True
+        assert torch.equal(touched[b].flatten(), expected)
+
+
+def test_cams_at_image_resolution_rank_by_cell_mass():
+    features = torch.randn(1, 4, 2, 2)
+    cams = torch.zeros(1, 8, 8)
+    cams[0, :4, 4:] = 3.0  # cell (0, 1) most relevant
+    cams[0, 4:, 4:] = 1.0  # then (1, 1)
+    cams[0, 4:, :4] = -2.0  # (1, 0) least relevant, (0, 0) next
+    top, bottom = select_patches(features, cams, 2)
+    cells = features[0].flatten(1).T
+    torch.testing.assert_close(top[0], cells[[1, 3]])
+    torch.testing.assert_close(bottom[0], cells[[2, 0]])
+
+
+def test_constant_cams_give_disjoint_groups():
+    features = torch.randn(1, 4, 3, 3)
+    top, bottom = select_patches(features, torch.zeros(1, 3, 3), 2)
+    cells = features[0].flatten(1).T
+    torch.testing.assert_close(top[0], cells[[0, 1]])
+    torch.testing.assert_close(bottom[0], cells[[8, 7]])
+
+
+def test_errors():
+    features, cams = torch.randn(2, 4, 3, 3), torch.randn(2, 3, 3)
+    with pytest.raises(ValueError, match="num_patches"):
+        ContrastivePatchLoss(1)
+    with pytest.raises(ValueError, match="num_patches"):
+        contrastive_patch_loss(features, cams, 5)  # 10 cells > 9
+    with pytest.raises(ValueError, match="temperature"):
+        ContrastivePatchLoss(temperature=0.0)
+    with pytest.raises(ValueError, match="cams: expected 2 maps"):
+        contrastive_patch_loss(features, torch.randn(3, 3, 3))
+    with pytest.raises(ValueError, match="features: expected a 4-D tensor"):
+        contrastive_patch_loss(features[0], cams)
+    with pytest.raises(ValueError, match="reduction"):
+        ContrastivePatchLoss(reduction="max")

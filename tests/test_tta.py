@@ -1,0 +1,147 @@
+import copy
+
+import pytest
+import timm
+import torch
+
+from camkit import CAMExtractor, CAMMaskingTTA
+from camkit.tta import cell_ranks, masked_copies
+from tests.helpers import TinyNet
+
+
+def _evidence_model(seed: int = 0) -> TinyNet:
+    """A TinyNet whose class-1 evidence is local, so masking relevant cells moves predictions."""
+    torch.manual_seed(seed)
+    model = TinyNet(num_classes=2, channels=4, stride=4, bn=False)
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[-1.0, 0.5, -0.2, 0.1], [1.0, -0.5, 0.2, -0.1]]) * 4)
+        model.fc.bias.zero_()
+    return model.eval()
+
+
+def reference_vote(step_probs, original_prob, theta, count_original):
+    """Paper's rule, one image at a time: flip when non-supporting votes exceed half."""
+    flips = []
+    for row, p0 in zip(step_probs.tolist(), original_prob.tolist(), strict=True):
+        against = sum(1 for p in row if not p > theta)
+        votes = len(row)
+        if count_original:
+            against += 0 if p0 > theta else 1
+            votes += 1
+        flips.append(against > votes / 2)
+    return torch.tensor(flips)
+
+
+def test_masked_copies_match_loop_reference():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 12, 10, generator=gen)
+    cams = torch.rand(2, 3, 3, generator=gen)
+    ranks = cell_ranks(cams, (12, 10), 4)
+    up = torch.nn.functional.interpolate(
+        cams[:, None], size=(12, 10), mode="bilinear", align_corners=False
+    )[:, 0]
+    for b in range(2):
+        cells = {}
+        for y in range(12):
+            for x in range(10):
+                cells[(y // 4, x // 4)] = cells.get((y // 4, x // 4), 0.0) + float(up[b, y, x])
+        order = sorted(cells, key=lambda c: (-cells[c], c[0] * 3 + c[1]))
+        for steps in (0, 1, 4, 9):
+            out = masked_copies(images[b : b + 1], ranks[b : b + 1], torch.tensor([steps]), -1.5)
+            hidden = set(order[:steps])
+            for y in range(12):
+                for x in range(10):
+                    want = -1.5 if (y // 4, x // 4) in hidden else images[b, :, y, x]
+                    torch.testing.assert_close(
+                        out[0, :, y, x], torch.as_tensor(want).expand(3).to(out)
+                    )
+
+
+@pytest.mark.parametrize("count_original", [False, True])
+@pytest.mark.parametrize("theta", [0.2, 0.5, 0.8])
+def test_early_exit_labels_equal_full_vote(theta, count_original):
+    model = _evidence_model()
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    kwargs = dict(k=9, theta=theta, patch_size=4, count_original=count_original, chunk_size=7)
+    fast = CAMMaskingTTA(model, early_exit=True, **kwargs).predict(images)
+    full = CAMMaskingTTA(model, early_exit=False, **kwargs).predict(images)
+    assert torch.equal(fast.labels, full.labels)
+    assert torch.equal(fast.flipped, full.flipped)
+    assert (fast.forwards <= full.forwards).all() and (full.forwards == 10).all()
+    evaluated = ~torch.isnan(fast.step_probs)
+    torch.testing.assert_close(fast.step_probs[evaluated], full.step_probs[evaluated])
+    expected_flip = reference_vote(
+        full.step_probs,
+        full.original_probs.gather(1, full.original_labels[:, None])[:, 0],
+        theta,
+        count_original,
+    )
+    assert torch.equal(full.flipped, expected_flip)
+
+
+def test_flips_happen_and_probs_are_one_hot_there():
+    model = _evidence_model()
+    images = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    res = CAMMaskingTTA(model, k=9, theta=0.5, patch_size=4).predict(images)
+    assert res.flipped.any() and (~res.flipped).any()
+    assert torch.equal(res.labels[res.flipped], 1 - res.original_labels[res.flipped])
+    assert torch.equal(
+        res.probs[res.flipped], torch.nn.functional.one_hot(res.labels[res.flipped], 2).float()
+    )
+    assert torch.equal(res.probs[~res.flipped], res.original_probs[~res.flipped])
+    assert torch.equal(res.votes_for + res.votes_against, res.forwards - 1)
+    assert (res.forwards < 10).any()  # early exit saved work
+
+
+def test_step_probs_are_model_probs_on_masked_copies():
+    model = _evidence_model()
+    images = torch.randn(3, 3, 16, 16)
+    res = CAMMaskingTTA(model, k=4, patch_size=4, early_exit=False).predict(images)
+    with torch.no_grad():
+        out = CAMExtractor(model)(images)
+    ranks = cell_ranks(out.cams, (16, 16), 4)
+    for j in range(1, 5):
+        copies = masked_copies(images, ranks, torch.full((3,), j))
+        with torch.no_grad():
+            p = model(copies).softmax(1).gather(1, res.original_labels[:, None])[:, 0]
+        torch.testing.assert_close(res.step_probs[:, j - 1], p)
+
+
+def test_multiclass_flip_goes_to_runner_up():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=5).eval()
+    images = torch.randn(4, 3, 32, 32)
+    res = CAMMaskingTTA(model, k=3, theta=0.99, patch_size=8).predict(images)
+    assert res.flipped.all()  # no 5-class copy reaches 0.99
+    assert torch.equal(res.labels, res.original_probs.topk(2, dim=1).indices[:, 1])
+
+
+def test_no_grad_and_model_state_untouched():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=2)
+    model.train()
+    state = copy.deepcopy(model.state_dict())
+    probs = CAMMaskingTTA(model, k=4, patch_size=16)(torch.randn(2, 3, 64, 64))
+    assert probs.shape == (2, 2) and not probs.requires_grad
+    assert model.training
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_per_channel_mask_value():
+    model = _evidence_model()
+    tta = CAMMaskingTTA(model, k=2, patch_size=4, mask_value=(0.1, 0.2, 0.3))
+    assert tta.predict(torch.randn(2, 3, 16, 16)).labels.shape == (2,)
+    with pytest.raises(ValueError, match="mask_value: expected 1 or 3"):
+        CAMMaskingTTA(model, k=2, patch_size=4, mask_value=(0.1, 0.2)).predict(
+            torch.randn(2, 3, 16, 16)
+        )
+
+
+def test_errors():
+    model = _evidence_model()
+    with pytest.raises(ValueError, match="k: expected an int"):
+        CAMMaskingTTA(model, k=0)
+    with pytest.raises(ValueError, match="theta"):
+        CAMMaskingTTA(model, theta=1.5)
+    with pytest.raises(ValueError, match="only 4 cells"):
+        CAMMaskingTTA(model, k=5, patch_size=8).predict(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="images: expected a 4-D tensor"):
+        CAMMaskingTTA(model, k=2, patch_size=4).predict(torch.randn(3, 16, 16))
