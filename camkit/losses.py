@@ -130,14 +130,16 @@ def contrastive_patch_loss(
         )
     top, bottom = select_patches(features, cams, num_patches)
     compute_dtype = torch.promote_types(features.dtype, torch.float32)
-    u, v = top.to(compute_dtype), bottom.to(compute_dtype)
-    if normalize:
-        u, v = F.normalize(u, dim=-1), F.normalize(v, dim=-1)
-    scale = 1.0 / temperature
-    cross = (u @ v.transpose(1, 2)).flatten(1) * scale
-    loss = _group_term(u @ u.transpose(1, 2) * scale, cross) + _group_term(
-        v @ v.transpose(1, 2) * scale, cross
-    )
+    # autocast would run the dot products in bf16/fp16: raw 2048-d products of order 10^3 need fp32
+    with torch.autocast(features.device.type, enabled=False):
+        u, v = top.to(compute_dtype), bottom.to(compute_dtype)
+        if normalize:
+            u, v = F.normalize(u, dim=-1), F.normalize(v, dim=-1)
+        scale = 1.0 / temperature
+        cross = (u @ v.transpose(1, 2)).flatten(1) * scale
+        loss = _group_term(u @ u.transpose(1, 2) * scale, cross) + _group_term(
+            v @ v.transpose(1, 2) * scale, cross
+        )
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":

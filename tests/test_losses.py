@@ -133,3 +133,14 @@ def test_errors():
         contrastive_patch_loss(features[0], cams)
     with pytest.raises(ValueError, match="reduction"):
         ContrastivePatchLoss(reduction="max")
+
+
+def test_autocast_keeps_dot_products_in_float32():
+    gen = torch.Generator().manual_seed(1)
+    features = (torch.randn(2, 512, 4, 4, generator=gen) * 2).relu()
+    cams = torch.randn(2, 4, 4, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = contrastive_patch_loss(features.bfloat16(), cams)
+    assert loss.dtype == torch.float32
+    ref = reference_cpe(features.bfloat16().double(), cams).mean()
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-3)
