@@ -225,7 +225,7 @@ class COVIDCT(_ImageFolderDataset):
             name does not exist (the message gives the list file and line).
         ValueError: unknown ``split``, an empty list, or a name listed twice.
 
-    Example:
+    Examples:
         >>> from camkit.datasets import COVIDCT, default_data_root
         >>> ds = COVIDCT(default_data_root() / "COVID-CT", split="val")
         >>> len(ds), ds.targets.count(1)
@@ -314,7 +314,7 @@ class SARSCoV2CT(_ImageFolderDataset):
         ValueError: unknown ``split``, a bad ``seed``/``train_fraction``, a class folder with no
             images, or a split that comes out empty.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> from PIL import Image
         >>> from camkit.datasets import SARSCoV2CT
@@ -412,7 +412,7 @@ class COVIDxCT(_ImageFolderDataset):
             class outside 0..2, a box with ``xmin >= xmax``, ``ymin >= ymax`` or a negative
             coordinate, or a name listed twice. The message gives the file and line.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> from PIL import Image
         >>> from camkit.datasets import COVIDxCT
@@ -528,7 +528,7 @@ def load_digits_npz(path: PathLike) -> dict[str, np.ndarray]:
         ValueError: the file is not a readable ``.npz`` archive, a key is missing, or an array
             has a wrong dtype or shape. The message names the file and the key.
 
-    Example:
+    Examples:
         >>> from camkit.datasets import default_data_root, load_digits_npz
         >>> data = load_digits_npz(default_data_root() / "mnist.npz")
         >>> data["x_train"].shape, data["x_test"].dtype, data["y_train"][:5].tolist()
@@ -611,7 +611,7 @@ class DigitsDataset(Dataset[tuple[Any, int]]):
         TypeError: ``images`` is not ``uint8`` or ``labels`` not integer.
         ValueError: wrong shapes, ``N`` mismatch, negative labels, or a bad ``channels``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from camkit.datasets import DigitsDataset
         >>> images = np.full((2, 28, 28), 255, dtype=np.uint8)
@@ -734,7 +734,7 @@ def mnist(
         ValueError: the ``.npz`` is malformed or its images are not 28x28.
         RuntimeError: from torchvision, when the folder holds no MNIST and ``download`` is False.
 
-    Example:
+    Examples:
         >>> from camkit.datasets import default_data_root, mnist
         >>> test = mnist(default_data_root() / "mnist.npz", train=False)
         >>> x, y = test[0]
@@ -771,7 +771,7 @@ def usps(
         FileNotFoundError: the ``.npz`` file (or, from torchvision, the ``.bz2`` file) is missing.
         ValueError: the ``.npz`` is malformed or its images are not 16x16.
 
-    Example:
+    Examples:
         >>> from camkit.datasets import default_data_root, usps
         >>> train = usps(default_data_root() / "usps.npz")
         >>> len(train), tuple(train[0][0].shape), train[0][1]
@@ -926,7 +926,7 @@ def build_mnist_m(
         FileNotFoundError: ``bsds_dir`` is missing or holds no photographs.
         OSError: a photograph cannot be decoded (the message names it).
 
-    Example:
+    Examples:
         >>> from camkit.datasets import build_mnist_m, default_data_root, load_digits_npz
         >>> root = default_data_root()
         >>> digits = load_digits_npz(root / "mnist.npz")["x_test"][:8]
@@ -1051,7 +1051,7 @@ def mnist_m(
         ValueError: ``mnist_npz`` is malformed or not grayscale, a bad ``seed``, or a stale cache.
         FileNotFoundError: ``mnist_npz`` or ``bsds_dir`` is missing.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> from camkit.datasets import DigitsDataset, default_data_root, mnist_m
         >>> root = default_data_root()
@@ -1103,7 +1103,7 @@ def default_data_root() -> Path | None:
     Returns:
         The data folder (holding e.g. ``mnist.npz`` and ``COVID-CT/``), or ``None``.
 
-    Example:
+    Examples:
         >>> from camkit.datasets import default_data_root
         >>> root = default_data_root()
         >>> root is None or root.name == "data" or "CAMKIT_DATA" in __import__("os").environ

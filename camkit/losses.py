@@ -34,9 +34,12 @@ def select_patches(
 
     Convention:
         Cells are ranked at the feature map's own resolution. ``cams`` at another resolution are
-        first averaged onto the feature grid (``F.interpolate(mode="area")``; the paper sums the
-        CAM over each cell's 32×32 patch, which ranks identically). Ties are broken by the
-        row-major cell index (stable sort), so the two groups never share a cell.
+        first averaged onto the feature grid (``F.interpolate(mode="area")``). Passing the CAM
+        at feature resolution ranks by the raw cell values; passing it bilinearly upsampled to
+        the image (224² for a 7×7 map) reproduces the paper's ranking by the CAM sum over each
+        cell's 32×32 patch — the two can differ, since upsampling mixes neighbouring cells.
+        Ties are broken by the row-major cell index (stable sort), so the groups never share a
+        cell.
 
     Args:
         features: ``(B, C, h, w)`` feature map.
@@ -114,7 +117,7 @@ def contrastive_patch_loss(
     Returns:
         the loss (scalar, or ``(B,)`` for ``reduction="none"``).
 
-    Example:
+    Examples:
         >>> features = torch.randn(2, 8, 4, 4, requires_grad=True)
         >>> loss = contrastive_patch_loss(features, torch.rand(2, 4, 4))
         >>> loss.backward()
@@ -165,7 +168,7 @@ class ContrastivePatchLoss(nn.Module):
         temperature: ``τ > 0``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
-    Example:
+    Examples:
         >>> import timm, torch
         >>> from camkit import CAMExtractor, ContrastivePatchLoss
         >>> ext = CAMExtractor(timm.create_model("resnet18", pretrained=False, num_classes=2))

@@ -171,7 +171,7 @@ def classification_metrics(
             ``class_names`` of the wrong length or with duplicate or invalid names; on update,
             ``preds`` or ``target`` has a wrong shape or labels outside ``[0, num_classes)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from camkit.metrics import classification_metrics
         >>> metrics = classification_metrics()
@@ -289,7 +289,7 @@ def format_table(
         ValueError: ``rows`` or the list of metrics is empty, or a value is an empty sequence or
             has more than one dimension.
 
-    Example:
+    Examples:
         >>> from camkit.metrics import format_table
         >>> print(format_table({
         ...     "baseline": {"accuracy": [0.90, 0.92], "f1": 0.875},

@@ -91,7 +91,7 @@ def sample_beta(
     Returns:
         float32 tensor of ``shape`` with values in [0, 1].
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> sample_beta(1.0, (3,), generator=g).shape
         torch.Size([3])
@@ -130,7 +130,7 @@ def sample_boxes(
     Returns:
         ``(N, 4)`` int64 boxes on ``lam``'s device.
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> sample_boxes(torch.tensor([0.0]), 8, 8, generator=g).shape
         torch.Size([1, 4])
@@ -152,7 +152,7 @@ def sample_boxes(
 def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """``(N, H, W)`` boolean masks, ``True`` inside each half-open ``(y0, x0, y1, x1)`` box.
 
-    Example:
+    Examples:
         >>> box_masks(torch.tensor([[0, 0, 1, 2]]), 2, 2).tolist()
         [[[True, True], [False, False]]]
     """
@@ -357,7 +357,7 @@ def snapmix(
 
     See :func:`sample_snapmix_params` and :func:`apply_snapmix` for the conventions.
 
-    Example:
+    Examples:
         >>> images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
         >>> mixed, soft = snapmix(images, labels, torch.rand(4, 4, 4), num_classes=2)
         >>> mixed.shape, soft.shape
@@ -409,7 +409,7 @@ class SnapMix(nn.Module):
         same_label_bonus: the released code's weighting of same-label pairs (off by default).
         generator: random generator on the images' device, for reproducible draws.
 
-    Example:
+    Examples:
         >>> import timm, torch
         >>> from camkit import CAMExtractor, SnapMix
         >>> model = timm.create_model("resnet18", pretrained=False, num_classes=2)

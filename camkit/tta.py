@@ -72,7 +72,7 @@ def cell_ranks(cams: torch.Tensor, image_size: tuple[int, int], patch_size: int)
     Returns:
         ``(B, H, W)`` int64 ranks.
 
-    Example:
+    Examples:
         >>> cell_ranks(torch.tensor([[[0.0, 1.0]]]), (2, 4), 2).tolist()
         [[[1, 1, 0, 0], [1, 1, 0, 0]]]
     """
@@ -139,7 +139,7 @@ class CAMMaskingTTA(nn.Module):
             sequence (default 0, the mean of ImageNet-normalised inputs).
         chunk_size: masked copies per model forward.
 
-    Example:
+    Examples:
         >>> import timm, torch
         >>> from camkit import CAMMaskingTTA
         >>> model = timm.create_model("resnet18", pretrained=False, num_classes=2).eval()

@@ -234,3 +234,18 @@ def test_upsample_cams_bilinear_half_pixel():
     cams = torch.tensor([[[0.0, 1.0]]])
     up = upsample_cams(cams, (1, 4))
     torch.testing.assert_close(up, torch.tensor([[[0.0, 0.25, 0.75, 1.0]]]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exactness_does_not_depend_on_head_weights(seed):
+    torch.manual_seed(seed)
+    eva = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=2, img_size=56)
+    assert CAMExtractor(eva).exact is False  # fc_norm before the classifier; head scaled by 1e-3
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=32, weight_init="jax"
+    )
+    assert CAMExtractor(vit).exact is False  # class-token head, zero-initialised
+    tiny = TinyNet()
+    with torch.no_grad():
+        tiny.fc.weight.zero_()
+    assert CAMExtractor(tiny).exact is True

@@ -1,0 +1,315 @@
+"""Tests of the example script ``examples/covid_ct.py`` and its helpers ``examples/common.py``.
+
+The helper tests need no data. The end-to-end tests run the script's ``main`` on a few images of
+the staged COVID-CT data (ResNet-18 at 64 px: the smallest size at which its 2×2 feature map has
+the four cells the contrastive patch loss picks) and are skipped when the data folder is absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import common  # noqa: E402
+import covid_ct  # noqa: E402
+
+from camkit.datasets import default_data_root  # noqa: E402
+
+DATA = default_data_root()
+HAS_SITE_B = DATA is not None and (DATA / "COVID-CT").is_dir()
+needs_data = pytest.mark.skipif(
+    not HAS_SITE_B,
+    reason="needs the staged COVID-CT data (shared/data/COVID-CT above the working directory, "
+    "or CAMKIT_DATA); not found",
+)
+
+SMOKE = [
+    "--site", "B",
+    "--model", "resnet18",
+    "--img-size", "64",
+    "--train-subset", "8",
+    "--test-subset", "4",
+    "--batch-size", "8",
+    "--method", "full",
+    "--seeds", "0",
+    "--device", "cpu",
+    "--workers", "2",
+]  # fmt: skip
+METRIC_KEYS = ("acc", "precision", "recall", "f1")
+
+
+def run_main(argv: list[str]) -> tuple[dict, str]:
+    """``covid_ct.main(argv)`` and everything it printed."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        results = covid_ct.main(argv)
+    return results, buffer.getvalue()
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers (no data needed)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_step_milestones_follow_the_released_recipe():
+    assert common.step_milestones(200) == [80, 150, 180]
+    assert common.step_milestones(20) == [8, 15, 18]
+
+
+def test_scheduler_divides_by_ten_at_the_milestones():
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    sched = common.make_scheduler(opt, 200)
+    lrs = []
+    for _ in range(200):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[79] == pytest.approx(1e-2) and lrs[80] == pytest.approx(1e-3)
+    assert lrs[149] == pytest.approx(1e-3) and lrs[150] == pytest.approx(1e-4)
+    assert lrs[179] == pytest.approx(1e-4) and lrs[180] == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize(("pretrained", "backbone_lr"), [(True, 1e-3), (False, 1e-2)])
+def test_optimizer_groups(pretrained, backbone_lr):
+    model = timm.create_model("resnet18", pretrained=False, num_classes=2)
+    opt = common.make_optimizer(model, 1e-2, pretrained=pretrained)
+    backbone, head = opt.param_groups
+    assert backbone["lr"] == pytest.approx(backbone_lr) and head["lr"] == pytest.approx(1e-2)
+    assert {id(p) for p in head["params"]} == {id(p) for p in model.fc.parameters()}
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each exactly once
+    for group in opt.param_groups:
+        assert group["nesterov"] and group["momentum"] == 0.9 and group["weight_decay"] == 1e-4
+
+
+def test_tta_geometry_scales_the_cells_and_caps_k():
+    assert common.tta_geometry(224) == (8, 784, 31)
+    assert common.tta_geometry(112) == (4, 784, 31)
+    assert common.tta_geometry(64) == (2, 1024, 31)
+    assert common.tta_geometry(24, k=100) == (1, 576, 100)
+    assert common.tta_geometry(16, k=1000) == (1, 256, 256)
+
+
+def test_first_n_per_class_is_deterministic_and_ordered():
+    assert common.first_n_per_class([1, 1, 0, 1, 0, 0], 2) == [0, 1, 2, 4]
+    assert common.first_n_per_class([1, 0], None) == [0, 1]
+    assert common.first_n_per_class([0, 0, 1], 5) == [0, 1, 2]
+
+
+def test_atomic_save_never_leaves_a_partial_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    common.atomic_save({"x": torch.ones(2)}, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickling raises
+        common.atomic_save({"x": lambda: None}, path)
+    assert torch.equal(load_ckpt(path)["x"], torch.ones(2))  # the old file survives
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(1)
+    common.atomic_save(common.capture_rng({"g": gen}), tmp_path / "rng.pt")
+    first = (torch.rand(3), torch.rand(3, generator=gen))
+    common.restore_rng(load_ckpt(tmp_path / "rng.pt"), {"g": gen})
+    second = (torch.rand(3), torch.rand(3, generator=gen))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+class _FakeDataset:
+    def __init__(self, root: Path, n: int = 3):
+        self.samples = []
+        for i in range(n):
+            path = root / f"{i}.png"
+            Image.new("RGB", (20, 10), (40 * i, 0, 0)).save(path)
+            self.samples.append((path, i % 2))
+        self.targets = [label for _, label in self.samples]
+        self.reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        with Image.open(self.samples[i][0]) as image:
+            return image.convert("RGB"), self.samples[i][1]
+
+
+def test_image_cache_decodes_each_image_once(tmp_path):
+    ds = _FakeDataset(tmp_path)
+    cache_file = tmp_path / "cache.pt"
+    cache = common.ImageCache(cache_file, log=lambda _: None)
+    first = cache.images(ds, [0, 2], 8, workers=2)
+    cache.save()
+    assert first.shape == (2, 3, 8, 8) and first.dtype == torch.uint8
+    assert first[1, 0, 0, 0] == 80 and ds.reads == 2  # squashed to 8×8, red channel kept
+    again = common.ImageCache(cache_file, log=lambda _: None)
+    assert torch.equal(again.images(ds, [0, 2], 8), first) and ds.reads == 2  # from the file
+    again.images(ds, [0, 1, 2], 8)
+    assert ds.reads == 3  # only the new image is decoded
+    os.utime(ds.samples[0][0], ns=(0, 0))  # a changed file is decoded again
+    again.images(ds, [0], 8)
+    assert ds.reads == 4
+
+
+def test_demo_preset_and_explicit_options():
+    args = covid_ct.parse_args(["--demo"])
+    assert (args.model, args.img_size, args.epochs) == ("resnet18", 112, covid_ct.DEMO["epochs"])
+    assert args.method == ["snapmix_cpe"] and args.tta and args.seeds == [0]
+    assert covid_ct.parse_args(["--demo", "--epochs", "1"]).epochs == 1
+    defaults = covid_ct.parse_args([])
+    assert defaults.method == list(covid_ct.METHODS) and defaults.seeds == [0, 1, 2]
+    assert (defaults.img_size, defaults.epochs, defaults.batch_size) == (224, 200, 64)
+    assert not defaults.tta and defaults.lr == 1e-2
+
+
+def test_cpe_needs_four_feature_cells(tmp_path):
+    # ResNet-18 at 32 px has a 1×1 feature map: the CPE methods must refuse before loading data.
+    with pytest.raises(ValueError, match=r"1×1 feature map.*--img-size"):
+        covid_ct.main([*SMOKE, "--img-size", "32", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end on the staged COVID-CT data
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One epoch of ``full`` on 8+8 training images; returns (out dir, results, printed text)."""
+    if not HAS_SITE_B:
+        pytest.skip("needs the staged COVID-CT data")
+    out = tmp_path_factory.mktemp("smoke")
+    results, text = run_main([*SMOKE, "--epochs", "1", "--out", str(out)])
+    return out, results, text
+
+
+@needs_data
+def test_smoke_results_json(smoke):
+    out, results, _ = smoke
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == results
+    assert set(results) == {"B"} and list(results["B"]) == ["full", "full+tta"]
+    for row, entry in results["B"].items():
+        for key in (*METRIC_KEYS, "train_seconds"):
+            assert len(entry[key]) == 1, (row, key)
+        for key in METRIC_KEYS:
+            assert 0.0 <= entry[key][0] <= 100.0, (row, key)
+        assert entry["train_seconds"][0] > 0
+        assert entry["best_epoch"] == [1] and entry["epochs"] == [1]
+    tta = results["B"]["full+tta"]
+    assert 1 <= tta["tta_forwards"][0] <= 1 + 31  # the unmasked pass plus at most k copies
+    assert 0 <= tta["tta_flipped"][0] <= 8
+    assert "tta_forwards" not in results["B"]["full"]
+    # 4 + 4 test images: accuracy is a multiple of 12.5 %
+    assert (results["B"]["full"]["acc"][0] / 12.5) == pytest.approx(
+        round(results["B"]["full"]["acc"][0] / 12.5)
+    )
+
+
+@needs_data
+def test_smoke_checkpoint_and_cache(smoke):
+    out, _, _ = smoke
+    ckpt = load_ckpt(out / "B_full_seed0.pt")
+    assert ckpt["epoch"] == 1 and ckpt["best_epoch"] == 1
+    assert ckpt["config"]["snapmix"] and ckpt["config"]["cpe"]
+    assert ckpt["best_state"] is not None  # site B has a validation split
+    assert {"optimizer", "scheduler", "rng", "model", "best_val"} <= set(ckpt)
+    assert (out / "cache_B_64.pt").is_file()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@needs_data
+def test_smoke_printed_table(smoke):
+    _, results, text = smoke
+    assert "| method" in text and "accuracy" in text and "f1" in text
+    full_rows = [line for line in text.splitlines() if line.startswith("| full ")]
+    tta_rows = [line for line in text.splitlines() if line.startswith("| full+tta ")]
+    assert len(full_rows) == 1 and len(tta_rows) == 1
+    assert f"{results['B']['full']['acc'][0]:.2f}" in full_rows[0]
+    assert "k = 31" in text and "2×2-pixel cells" in text  # TTA geometry scaled to 64 px
+    assert "image-forwards per test image" in text and "labels flipped" in text
+
+
+@needs_data
+def test_resume_continues_and_matches_an_uninterrupted_run(smoke, tmp_path):
+    out, _, _ = smoke
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    results, text = run_main([*SMOKE, "--epochs", "2", "--resume", "--out", str(resumed)])
+    assert "resuming B_full_seed0.pt from epoch 1/2" in text
+    assert "16 from cache, 0 decoded" in text
+    # only the missing epoch is trained
+    assert "epoch 1/2 loss" not in text and "epoch 2/2 loss" in text
+    ckpt = load_ckpt(resumed / "B_full_seed0.pt")
+    assert ckpt["epoch"] == 2 and ckpt["epochs"] == 2
+    assert results["B"]["full"]["epochs"] == [2]
+
+    fresh = tmp_path / "fresh"
+    fresh_results, _ = run_main([*SMOKE, "--epochs", "2", "--out", str(fresh)])
+    straight = load_ckpt(fresh / "B_full_seed0.pt")
+    for name, tensor in straight["model"].items():
+        assert torch.allclose(ckpt["model"][name].float(), tensor.float(), atol=1e-5), name
+    for row in ("full", "full+tta"):
+        for key in METRIC_KEYS:
+            assert results["B"][row][key] == pytest.approx(fresh_results["B"][row][key])
+
+    # a finished run is only evaluated again
+    again, text = run_main([*SMOKE, "--epochs", "2", "--resume", "--out", str(resumed)])
+    assert "from epoch 2/2" in text and "epoch 2/2 loss" not in text
+    assert again["B"]["full"]["acc"] == results["B"]["full"]["acc"]
+
+
+@needs_data
+def test_resume_refuses_other_settings(smoke, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(smoke[0], out)
+    with pytest.raises(ValueError, match="other settings"):
+        run_main([*SMOKE, "--epochs", "2", "--lr", "0.1", "--resume", "--out", str(out)])
+    with pytest.raises(ValueError, match="ask for at least 1 epochs"):
+        run_main([*SMOKE, "--epochs", "0", "--resume", "--out", str(out)])
+
+
+@needs_data
+def test_checkpoint_option_evaluates_the_selected_weights(smoke, tmp_path):
+    out, results, _ = smoke
+    argv = [*SMOKE, "--method", "baseline", "--epochs", "0", "--out", str(tmp_path)]
+    evaluated, _ = run_main([*argv, "--checkpoint", str(out / "B_full_seed0.pt")])
+    for key in METRIC_KEYS:
+        assert evaluated["B"]["baseline"][key] == pytest.approx(results["B"]["full"][key])
+    assert evaluated["B"]["baseline"]["train_seconds"] == [0.0]
+
+
+@needs_data
+def test_both_sites_train_jointly_and_report_per_site(tmp_path):
+    # a stand-in site A: a few COVID-CT images in the SARS-CoV-2 CT folder layout
+    site_a = tmp_path / "site_a"
+    for label, (src, dst) in enumerate([("CT_NonCOVID", "non-COVID"), ("CT_COVID", "COVID")]):
+        (site_a / dst).mkdir(parents=True)
+        for path in sorted((DATA / "COVID-CT" / src).iterdir())[:4]:
+            shutil.copy(path, site_a / dst / f"{label}_{path.name}")
+    argv = [*SMOKE, "--site", "both", "--data-a", str(site_a), "--method", "baseline", "--tta"]
+    results, text = run_main([*argv, "--epochs", "1", "--out", str(tmp_path / "out")])
+    assert set(results) == {"A", "B"}
+    assert all(list(results[s]) == ["baseline", "baseline+tta"] for s in results)
+    assert "train 22 images, val 8, test A 2, test B 8" in text  # A: 3+3 train, 1+1 test
+    assert "SARS-CoV-2 CT (site A)" in text and "COVID-CT (site B)" in text
+    assert (tmp_path / "out" / "both_baseline_seed0.pt").is_file()
+    assert (tmp_path / "out" / "cache_A_64.pt").is_file()
+    # one model: the same training time reported for both sites
+    assert results["A"]["baseline"]["train_seconds"] == results["B"]["baseline"]["train_seconds"]
