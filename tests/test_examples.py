@@ -30,11 +30,17 @@ from camkit.datasets import default_data_root  # noqa: E402
 
 DATA = default_data_root()
 HAS_SITE_B = DATA is not None and (DATA / "COVID-CT").is_dir()
-needs_data = pytest.mark.skipif(
+_skip_without_data = pytest.mark.skipif(
     not HAS_SITE_B,
     reason="needs the staged COVID-CT data (shared/data/COVID-CT above the working directory, "
     "or CAMKIT_DATA); not found",
 )
+
+
+def needs_data(test):
+    """Mark a test as using the staged data (``-m data``) and skip it when that is absent."""
+    return pytest.mark.data(_skip_without_data(test))
+
 
 SMOKE = [
     "--site", "B",
@@ -49,6 +55,15 @@ SMOKE = [
     "--workers", "2",
 ]  # fmt: skip
 METRIC_KEYS = ("acc", "precision", "recall", "f1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run as fast on one thread, and do not stall when other jobs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def run_main(argv: list[str]) -> tuple[dict, str]:
@@ -313,3 +328,53 @@ def test_both_sites_train_jointly_and_report_per_site(tmp_path):
     assert (tmp_path / "out" / "cache_A_64.pt").is_file()
     # one model: the same training time reported for both sites
     assert results["A"]["baseline"]["train_seconds"] == results["B"]["baseline"]["train_seconds"]
+
+
+@needs_data
+def test_full_reuses_the_snapmix_cpe_model_and_checkpoint(tmp_path):
+    argv = [*SMOKE, "--method", "snapmix_cpe", "full", "--epochs", "1", "--out", str(tmp_path)]
+    results, text = run_main(argv)
+    assert list(results["B"]) == ["snapmix_cpe", "full", "full+tta"]
+    assert "full seed 0: same training recipe as snapmix_cpe, reusing its model" in text
+    assert text.count("epoch 1/1 loss") == 1  # trained once
+    for key in METRIC_KEYS:
+        assert results["B"]["full"][key] == results["B"]["snapmix_cpe"][key]
+    ckpt = load_ckpt(tmp_path / "B_full_seed0.pt")  # --resume --method full finds the run
+    assert ckpt["epoch"] == 1 and ckpt["config"]["snapmix"] and ckpt["config"]["cpe"]
+    _, text = run_main(
+        [*SMOKE, "--method", "full", "--epochs", "1", "--resume", "--out", str(tmp_path)]
+    )
+    assert "resuming B_full_seed0.pt from epoch 1/1" in text
+
+
+def test_pretrained_backbone_is_fetched_once_and_the_head_is_new(monkeypatch):
+    create = timm.create_model
+    calls = []
+
+    def fake_create(name, pretrained=False, **kwargs):
+        calls.append(pretrained)
+        torch.manual_seed(1234 if pretrained else torch.initial_seed())
+        return create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(covid_ct.timm, "create_model", fake_create)
+    args = covid_ct.parse_args(["--pretrained", "--img-size", "64"])
+    backbone = covid_ct.pretrained_weights(args)
+    assert calls == [True] and "fc.weight" not in backbone and "conv1.weight" in backbone
+    torch.manual_seed(5)
+    model = covid_ct.create_model(args, torch.device("cpu"), backbone)
+    assert torch.equal(model.conv1.weight, backbone["conv1.weight"])
+    torch.manual_seed(5)
+    assert torch.equal(model.fc.weight, create("resnet18", num_classes=2).fc.weight)
+    opt = common.make_optimizer(model, args.lr, pretrained=args.pretrained)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-2])
+
+
+def test_pretrained_failure_is_explained(monkeypatch):
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("no route to the Hugging Face Hub")
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(covid_ct.timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match=r"--pretrained: could not load .*no route"):
+        covid_ct.pretrained_weights(covid_ct.parse_args(["--pretrained"]))
