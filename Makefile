@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[dev,examples]"
+	$(PY) -m pip install --quiet -e ".[dev,examples,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,7 +26,6 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check camkit tests examples benchmarks
 
 docs: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[docs]"
 	$(VENV)/bin/mkdocs build --strict
 
 clean:
