@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> dict:
     wall = load(args.out / "wall_seconds.json")
     # the paper's form for every seed first, then the normalised-CPE variants
     schedule = [
-        (key, seed) for key in args.runs if not key.endswith("_norm") for seed in args.seeds
+        (key, seed) for seed in args.seeds for key in args.runs if not key.endswith("_norm")
     ]
-    schedule += [(key, seed) for key in args.runs if key.endswith("_norm") for seed in args.seeds]
+    schedule += [(key, seed) for seed in args.seeds for key in args.runs if key.endswith("_norm")]
     recipes = {run[0]: run[1:] for run in SITE_B_RUNS}
     for key, seed in schedule:
         if key not in recipes:
