@@ -6,15 +6,18 @@
 #
 # On the GPU machine, from the repository root:
 #   bash benchmarks/gpu_check.sh
-# It expects python3 with torch, timm and torchmetrics; kornia wheels in .whl/ are installed
+# One device command may run 10 minutes: run it as two calls, STAGES="checks perf" then
+# STAGES="train" (the train stage reads the step time measured by the checks from $OUT; without
+# it, it assumes 60 ms). It expects python3 with torch, timm and torchmetrics; kornia wheels in .whl/ are installed
 # first when present. Data: DATA (default .gpu_data/COVID-CT, made here with
 #   python benchmarks/make_gpu_data.py --src ../shared/data/COVID-CT --dst .gpu_data/COVID-CT
 # because ../shared does not travel). Results go to OUT (default /tmp/camkit-gpu).
 set -uo pipefail
 OUT=${OUT:-/tmp/camkit-gpu}
 DATA=${DATA:-.gpu_data/COVID-CT}
-TRAIN_SECONDS=${TRAIN_SECONDS:-150}
-PERF_SECONDS=${PERF_SECONDS:-120}
+TRAIN_SECONDS=${TRAIN_SECONDS:-120}
+PERF_SECONDS=${PERF_SECONDS:-240}
+STAGES=${STAGES:-checks perf train}
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -23,12 +26,18 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-echo "== 1. CUDA checks"
-timeout 180 python3 benchmarks/gpu_checks.py 2>&1 | tee "$OUT/checks.log"
+if [[ " $STAGES " == *" checks "* ]]; then
+  echo "== 1. CUDA checks"
+  timeout 180 python3 benchmarks/gpu_checks.py 2>&1 | tee "$OUT/checks.log"
+fi
 
-echo "== 2. performance benchmarks on CUDA"
-timeout "$PERF_SECONDS" python3 benchmarks/perf.py --device cuda --out "$OUT/perf" 2>&1 \
-  | tee "$OUT/perf.log" | tail -40
+if [[ " $STAGES " == *" perf "* ]]; then
+  echo "== 2. performance benchmarks on CUDA"
+  CAMKIT_DATA="$(dirname "$DATA")" timeout "$PERF_SECONDS" python3 benchmarks/perf.py --device cuda --out "$OUT/perf" 2>&1 \
+    | tee "$OUT/perf.log" | tail -40
+fi
+[[ " $STAGES " == *" train "* ]] || exit 0
+touch "$OUT/checks.log"
 
 echo "== 3. site-B, resnet50 224², baseline and full method"
 # epochs that fit: plain step time from the checks, 7 steps per epoch (425 images, batch 64),

@@ -1,0 +1,135 @@
+"""The training-step variants compared by the benchmarks, on one model, batch and optimizer.
+
+Exactly the steps of the issue (``ce`` = cross-entropy, ``soft_ce`` = timm's
+``SoftTargetCrossEntropy``, SGD with Nesterov momentum):
+
+- ``plain``: ``loss = ce(model(x), y)``
+- ``cpe``: ``out = ext(x, y); loss = ce(out.logits, y) + cpe(out.features, out.cams)``
+- ``snapmix``: ``cams = ext.forward_frozen(x, y).cams; xm, soft = mix(x, y, cams);
+  loss = soft_ce(model(xm), soft)``
+- ``full``: ``cams = ext.forward_frozen(x, y).cams; xm, soft = mix(x, y, cams);
+  out = ext(xm, soft.argmax(1)); loss = soft_ce(out.logits, soft) + cpe(out.features, out.cams)``
+- ``timm_cutmix`` (the peer): ``xm, soft = Mixup(mixup_alpha=0, cutmix_alpha=1.0, prob=1.0,
+  num_classes=2)(x, y); loss = soft_ce(model(xm), soft)`` — timm mixes in place, so it gets a copy
+  of the shared batch (one copy of the batch, < 1 ms here, included in its time).
+
+each followed by ``zero_grad(set_to_none=True)``, ``backward()``, ``step()``. Three further entries
+time parts of the SnapMix steps alone (no backward), to decompose their overhead:
+``frozen_fwd`` (``ext.forward_frozen(x, y)``), ``nograd_fwd`` (``model(x)`` under ``no_grad``, the
+cheapest possible extra forward) and ``snapmix_op`` (``mix(x, y, cams)`` with given CAMs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import timm
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+
+from camkit import CAMExtractor, ContrastivePatchLoss, SnapMix
+
+STEP_VARIANTS = ("plain", "cpe", "snapmix", "full", "timm_cutmix")
+PART_VARIANTS = ("frozen_fwd", "nograd_fwd", "snapmix_op")
+
+
+class StepBench:
+    """One model (train mode), one batch, one optimizer, and a callable per step variant."""
+
+    def __init__(
+        self,
+        arch: str,
+        size: int,
+        batch: int,
+        device: torch.device,
+        *,
+        num_classes: int = 2,
+        seed: int = 0,
+    ) -> None:
+        torch.manual_seed(seed)
+        self.device = device
+        self.model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        self.model.to(device).train()
+        self.ext = CAMExtractor(self.model)
+        self.mix = SnapMix(num_classes)
+        self.cpe = ContrastivePatchLoss()
+        self.ce = nn.CrossEntropyLoss()
+        self.soft_ce = SoftTargetCrossEntropy()
+        self.timm_mix = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, num_classes=num_classes)
+        # small lr: the weights barely move over a benchmark's steps on random data
+        self.opt = torch.optim.SGD(
+            self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4
+        )
+        gen = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+        self.y = (torch.arange(batch) % num_classes)[torch.randperm(batch, generator=gen)].to(
+            device
+        )
+        # given CAMs for `snapmix_op`, at the model's feature resolution
+        grid = self.ext.forward_frozen(self.x, self.y).cams.shape[-2:]
+        self.cams = torch.randn(batch, *grid, generator=gen).to(device)
+
+    def _update(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    # -- the steps ------------------------------------------------------------------------------
+
+    def plain(self) -> None:
+        x, y = self.x, self.y
+        loss = self.ce(self.model(x), y)
+        self._update(loss)
+
+    def cpe_step(self) -> None:
+        x, y = self.x, self.y
+        out = self.ext(x, y)
+        loss = self.ce(out.logits, y) + self.cpe(out.features, out.cams)
+        self._update(loss)
+
+    def snapmix(self) -> None:
+        x, y = self.x, self.y
+        cams = self.ext.forward_frozen(x, y).cams
+        xm, soft = self.mix(x, y, cams)
+        loss = self.soft_ce(self.model(xm), soft)
+        self._update(loss)
+
+    def full(self) -> None:
+        x, y = self.x, self.y
+        cams = self.ext.forward_frozen(x, y).cams
+        xm, soft = self.mix(x, y, cams)
+        out = self.ext(xm, soft.argmax(1))
+        loss = self.soft_ce(out.logits, soft) + self.cpe(out.features, out.cams)
+        self._update(loss)
+
+    def timm_cutmix(self) -> None:
+        xm, soft = self.timm_mix(self.x.clone(), self.y)
+        loss = self.soft_ce(self.model(xm), soft)
+        self._update(loss)
+
+    # -- parts ----------------------------------------------------------------------------------
+
+    def frozen_fwd(self) -> None:
+        self.ext.forward_frozen(self.x, self.y)
+
+    def nograd_fwd(self) -> None:
+        with torch.no_grad():
+            self.model(self.x)
+
+    def snapmix_op(self) -> None:
+        self.mix(self.x, self.y, self.cams)
+
+    def callables(self, names: tuple[str, ...]) -> dict[str, Callable[[], None]]:
+        table = {
+            "plain": self.plain,
+            "cpe": self.cpe_step,
+            "snapmix": self.snapmix,
+            "full": self.full,
+            "timm_cutmix": self.timm_cutmix,
+            "frozen_fwd": self.frozen_fwd,
+            "nograd_fwd": self.nograd_fwd,
+            "snapmix_op": self.snapmix_op,
+        }
+        return {name: table[name] for name in names}

@@ -1,0 +1,116 @@
+"""The benchmarks run end to end (``--smoke``) and compare against correct reference code.
+
+No timing is asserted here: the numbers are benchmarks, reported by ``benchmarks/perf.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.reference import (
+    loop_sample_params,
+    loop_snapmix_apply,
+    params_to_lists,
+    released_tta,
+)
+from camkit import CAMMaskingTTA
+from camkit.snapmix import apply_snapmix, sample_snapmix_params
+from tests.helpers import TinyNet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FLOAT_KEYS = (
+    "train_step_ratio_cpe",
+    "train_step_ratio_snapmix",
+    "train_step_ratio_full",
+    "train_step_ratio_timm_cutmix",
+    "cam_speedup_vs_gradcam",
+    "cam_corr_vs_gradcam",
+    "snapmix_op_speedup_vs_loop",
+    "tta_forwards_per_image",
+    "tta_speedup_vs_full_vote",
+    "tta_speedup_vs_released",
+    "memory_ratio_full",
+)
+
+
+def test_smoke_run_writes_all_keys(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "perf_cpu_smoke.json").read_text())
+    for key in FLOAT_KEYS:
+        value = results[key]
+        assert isinstance(value, float) and not isinstance(value, bool), (key, value)
+        assert math.isfinite(value), (key, value)
+        assert value > 0, (key, value)
+    assert isinstance(results["tta_labels_identical"], bool)
+    assert -1.0 <= results["cam_corr_vs_gradcam"] <= 1.0 + 1e-9
+    assert results["meta"]["smoke"] is True
+    md = (tmp_path / "perf_cpu_smoke.md").read_text()
+    assert "memory_ratio_full" in md and "python benchmarks/perf.py --smoke" in md
+
+
+@pytest.mark.parametrize("box_mode", ["batch", "sample"])
+def test_loop_snapmix_reference_matches_camkit(box_mode):
+    """The benchmark's per-sample loop computes what camkit's batched op computes."""
+    gen = torch.Generator().manual_seed(0)
+    b, h, w, k = 9, 40, 36, 3
+    images = torch.randn(b, 3, h, w, generator=gen)
+    labels = torch.randint(0, k, (b,), generator=gen)
+    cams = torch.randn(b, 5, 4, generator=gen)
+    cams[0] = 1.5  # a constant map: uniform distribution (area ratios)
+    mixed_any = False
+    for seed in range(6):
+        params = sample_snapmix_params(
+            b, h, w, box_mode=box_mode, prob=0.8, generator=torch.Generator().manual_seed(seed)
+        )
+        mixed, soft = apply_snapmix(images, labels, cams, params, k)
+        ref_mixed, ref_soft = loop_snapmix_apply(images, labels, cams, *params_to_lists(params), k)
+        # float32 both ways (camkit's grid_sample vs the loop's F.interpolate): rounding only
+        torch.testing.assert_close(ref_mixed, mixed, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ref_soft, soft, rtol=1e-5, atol=1e-5)
+        mixed_any = mixed_any or not torch.equal(mixed, images)
+    assert mixed_any  # the draws did mix something
+
+
+def test_loop_sampler_draws_valid_boxes():
+    rng = np.random.default_rng(0)
+    for mode in ("batch", "sample"):
+        perm, box_a, box_b, apply = loop_sample_params(16, 30, 20, rng, box_mode=mode)
+        assert sorted(perm) == list(range(16))
+        for (y0, x0, y1, x1), ok in zip(box_a, apply, strict=True):
+            assert 0 <= y0 <= y1 <= 30 and 0 <= x0 <= x1 <= 20
+            assert not ok or (y1 > y0 and x1 > x0)
+        assert all(0 <= v <= 30 for box in box_b for v in box)
+
+
+def test_released_tta_reference_matches_camkit_full_vote():
+    """The released protocol (one image at a time, autograd on) gives camkit's labels."""
+    torch.manual_seed(0)
+    # local class evidence (as in test_tta.py), so that masking cells moves the predictions
+    model = TinyNet(num_classes=2, channels=4, stride=4, bn=False)
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[-1.0, 0.5, -0.2, 0.1], [1.0, -0.5, 0.2, -0.1]]) * 4)
+        model.fc.bias.zero_()
+    model.eval()
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    result = CAMMaskingTTA(model, k=15, theta=0.4, patch_size=4, early_exit=False).predict(images)
+    assert 0 < int(result.flipped.sum()) < 8  # flips and keeps, with split votes
+    assert set(result.votes_against.tolist()) - {0, 15}
+    got = released_tta(model, images, k=15, theta=0.4, patch_size=4)
+    assert torch.equal(got, result.labels)
