@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+from torchmetrics import MetricCollection
 
 from camkit import CAMMaskingTTA
 from camkit.metrics import classification_metrics
@@ -360,9 +361,11 @@ def evaluate(
     labels: torch.Tensor,
     *,
     batch_size: int,
-    class_names: Sequence[str],
+    class_names: Sequence[str] = (),
     tta: CAMMaskingTTA | None = None,
     channels_last: bool = False,
+    metrics: MetricCollection | None = None,
+    to_unit: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Accuracy, precision, recall and F1 (positive class 1) of ``model`` on a resident test set.
 
@@ -374,6 +377,9 @@ def evaluate(
         class_names: class names for :func:`camkit.metrics.classification_metrics`.
         tta: evaluate with this CAM-masking TTA instead of a plain forward.
         channels_last: feed channels-last batches.
+        metrics: the collection to fill (default: the binary one of ``class_names``).
+        to_unit: maps a uint8 batch to the float ``[0, 1]`` model input before normalisation
+            (default: ``/ 255``, for images already at the test size).
 
     Returns:
         The metrics as fractions (``accuracy``, ``precision``, ``recall``, ``f1``, per-class
@@ -382,12 +388,16 @@ def evaluate(
         flipped).
     """
     device = images.device
-    metrics = classification_metrics(2, positive_class=1, class_names=list(class_names)).to(device)
+    if metrics is None:
+        metrics = classification_metrics(2, positive_class=1, class_names=list(class_names))
+    metrics = metrics.to(device)
+    if to_unit is None:
+        to_unit = lambda batch: batch.float().div_(255)  # noqa: E731
     normalize = normalizer().to(device)
     forwards = torch.zeros((), dtype=torch.long, device=device)
     flipped = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, images.shape[0], batch_size):
-        x = normalize(images[start : start + batch_size].float().div_(255))
+        x = normalize(to_unit(images[start : start + batch_size]))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device):

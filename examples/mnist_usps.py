@@ -117,6 +117,7 @@ from common import (
     tta_geometry,
     write_line,
 )
+from common import evaluate as common_evaluate
 from covid_ct import (  # the method vocabulary and the generic pieces of the sibling example
     CPE_PATCHES,
     JSON_KEYS,
@@ -511,29 +512,19 @@ def evaluate(
     :func:`to_input` and normalised on the device. With ``tta`` also ``tta_forwards`` (mean
     image-forwards per test image) and ``tta_flipped`` (labels the vote flipped).
     """
-    device = digits.images.device
-    metrics = classification_metrics(NUM_CLASSES, positive_class=None).to(device)
-    normalize = normalizer().to(device)
-    forwards = torch.zeros((), dtype=torch.long, device=device)
-    flipped = torch.zeros((), dtype=torch.long, device=device)
-    for start in range(0, len(digits), batch_size):
-        x = normalize(to_input(digits.images[start : start + batch_size], img_size))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            if tta is not None:
-                result = tta.predict(x)
-                probs = result.probs
-                forwards += result.forwards.sum()
-                flipped += result.flipped.sum()
-            else:
-                probs = model(x).float().softmax(1)
-        metrics.update(probs, digits.labels[start : start + batch_size])
-    values = macro_scores({name: float(value) for name, value in metrics.compute().items()})
-    if tta is not None:
-        values["tta_forwards"] = float(forwards) / max(1, len(digits))
-        values["tta_flipped"] = int(flipped)
-    return values
+    values = common_evaluate(
+        model,
+        digits.images,
+        digits.labels,
+        batch_size=batch_size,
+        tta=tta,
+        channels_last=channels_last,
+        metrics=classification_metrics(NUM_CLASSES, positive_class=None),
+        to_unit=lambda batch: to_input(batch, img_size),
+    )
+    scores = macro_scores(values)
+    scores.update({k: values[k] for k in ("tta_forwards", "tta_flipped") if k in values})
+    return scores
 
 
 # ------------------------------------------------------------------------------------------------
