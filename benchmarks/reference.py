@@ -82,16 +82,17 @@ def loop_snapmix_apply(
 
     ``mixed[i]`` is ``images[i]`` with ``box_a[i]`` replaced by the bilinear resize
     (``align_corners=False``) of ``images[perm[i]]``'s ``box_b[i]``; the CAM of every image is
-    upsampled to the image size, shifted by its minimum and divided by its sum (uniform when
-    constant); ``ρ_a = 1 − ΣS_i(box_a)``, ``ρ_b = ΣS_perm[i](box_b)``; un-mixed images keep
-    their one-hot label.
+    shifted by its minimum, upsampled to the image size, shifted by its minimum again and divided by
+    its sum (uniform when constant); ``ρ_a = 1 − ΣS_i(box_a)``, ``ρ_b = ΣS_perm[i](box_b)``;
+    un-mixed images keep their one-hot label.
     """
     b, _, h, w = images.shape
     dists = []
     for i in range(b):
-        up = F.interpolate(
-            cams[i][None, None].float(), size=(h, w), mode="bilinear", align_corners=False
-        )[0, 0]
+        # shifted by its minimum first: a resized constant map is not exactly constant in floating
+        # point, and its rounding noise would otherwise be normalised into a distribution
+        cam = cams[i].float() - cams[i].float().min()
+        up = F.interpolate(cam[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         shifted = up - up.min()
         total = shifted.sum()
         dists.append(shifted / total if total > 0 else torch.full_like(up, 1.0 / (h * w)))

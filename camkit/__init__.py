@@ -8,7 +8,14 @@ Four parts, usable alone or together:
 - :class:`CAMMaskingTTA` — CAM-directed masking test-time augmentation with voting.
 """
 
-from camkit.cam import CAMExtractor, CAMOutput, cell_sums, normalize_cams, upsample_cams
+from camkit.cam import (
+    CAMExtractor,
+    CAMOutput,
+    cell_sums,
+    frozen_state,
+    normalize_cams,
+    upsample_cams,
+)
 from camkit.losses import ContrastivePatchLoss, contrastive_patch_loss
 from camkit.snapmix import SnapMix, snapmix
 from camkit.tta import CAMMaskingTTA, TTAResult
@@ -22,6 +29,7 @@ __all__ = [
     "TTAResult",
     "cell_sums",
     "contrastive_patch_loss",
+    "frozen_state",
     "normalize_cams",
     "snapmix",
     "upsample_cams",

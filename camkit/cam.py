@@ -21,12 +21,15 @@ through hooks or hand-named layers.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from camkit._checks import check_tensor
 
@@ -34,6 +37,7 @@ __all__ = [
     "CAMExtractor",
     "CAMOutput",
     "cell_sums",
+    "frozen_state",
     "normalize_cams",
     "upsample_cams",
 ]
@@ -60,31 +64,44 @@ class CAMOutput(NamedTuple):
     target: torch.Tensor
 
 
-class _MethodCall(nn.Module):
-    """Exposes one model method as ``forward``, for :func:`torch.func.functional_call`."""
+@contextlib.contextmanager
+def frozen_state(model: nn.Module) -> Iterator[None]:
+    """Within the block, forwards of ``model`` leave every buffer as it was.
 
-    def __init__(self, model: nn.Module, method: str) -> None:
-        super().__init__()
-        self.model = model
-        self.method = method
+    In training mode BatchNorm layers update their running statistics on each forward. Inside this
+    block they are told not to track them (``track_running_stats=False``, which in training mode
+    normalises with the batch statistics exactly as before, so the output is bit-identical), and
+    any other buffer (an InstanceNorm's statistics, an EvoNorm's running variance, ...) is
+    snapshotted and copied back on exit. The mode (``model.training``) is never switched; in eval
+    mode nothing is done. The switch is undone on exit, also when the block raises.
 
-    def forward(self, *args: object) -> object:
-        return getattr(self.model, self.method)(*args)
-
-
-def call_with_frozen_state(model: nn.Module, method: str, *args: object) -> object:
-    """Run ``model.<method>(*args)`` so that no buffer of ``model`` changes.
-
-    In training mode, modules such as BatchNorm update running statistics on every forward. Here
-    the forward runs on clones of the model's buffers (:func:`torch.func.functional_call`), so the
-    model behaves exactly as in training mode (batch statistics) but its state is left as it was.
-    The mode (``model.training``) is never switched. In eval mode no buffer is cloned.
+    Examples:
+        >>> import timm
+        >>> model = timm.create_model("resnet18", pretrained=False, num_classes=2).train()
+        >>> before = model.bn1.running_mean.clone()
+        >>> with frozen_state(model), torch.no_grad():
+        ...     _ = model(torch.randn(2, 3, 32, 32))
+        >>> torch.equal(model.bn1.running_mean, before), model.bn1.track_running_stats
+        (True, True)
     """
     if not model.training:
-        return getattr(model, method)(*args)
-    runner = _MethodCall(model, method)
-    buffers = {f"model.{name}": buf.clone() for name, buf in model.named_buffers()}
-    return torch.func.functional_call(runner, buffers, args, strict=False)
+        yield
+        return
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    tracked = {id(t) for m in norms for t in (m.running_mean, m.running_var, m.num_batches_tracked)}
+    others = [b for b in model.buffers() if id(b) not in tracked]
+    saved = [b.clone() for b in others]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+        if others:
+            # through ``.data`` so the restore does not bump the version counter of a buffer an
+            # autograd graph of the block (the head-gradient pass) may have saved
+            torch._foreach_copy_([b.data for b in others], saved)
 
 
 def _model_name(model: nn.Module) -> str:
@@ -316,7 +333,8 @@ class CAMExtractor(nn.Module):
             return weight.detach()[target]
         with torch.enable_grad():
             leaf = feats.detach().requires_grad_(True)
-            logits = call_with_frozen_state(self.model, "forward_head", leaf)
+            with frozen_state(self.model):
+                logits = self.model.forward_head(leaf)
             chosen = logits.gather(1, target[:, None]).sum()
             (grad,) = torch.autograd.grad(chosen, leaf)
         return grad.sum(self._spatial_dims(feats)).detach()
@@ -363,7 +381,7 @@ class CAMExtractor(nn.Module):
         """A side pass with autograd off that leaves the model exactly as it was.
 
         Runs in the model's current mode (train mode keeps batch statistics, as the training
-        forward does) on clones of its buffers, so BatchNorm running statistics and every other
+        forward does) inside :func:`frozen_state`, so BatchNorm running statistics and every other
         buffer are unchanged and ``model.training`` is never touched. SnapMix uses it for the CAMs
         of the un-mixed batch; the TTA for its prediction pass.
 
@@ -375,8 +393,9 @@ class CAMExtractor(nn.Module):
             :class:`CAMOutput`; nothing in it requires grad.
         """
         self._check_inputs(images, target)
-        feats = call_with_frozen_state(self.model, "forward_features", images)
-        logits = call_with_frozen_state(self.model, "forward_head", feats)
+        with frozen_state(self.model):
+            feats = self.model.forward_features(images)
+            logits = self.model.forward_head(feats)
         return self._cams_from(feats, logits, images, target)
 
 

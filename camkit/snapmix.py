@@ -18,6 +18,7 @@ per-sample Python loops or host synchronisation.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 import torch
@@ -25,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from camkit._checks import check_positive, check_probability, check_tensor
-from camkit.cam import normalize_cams, upsample_cams
 
 __all__ = [
     "SnapMix",
@@ -100,8 +100,7 @@ def sample_beta(
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     device = torch.device(device)
-    g1 = _sample_gamma(tuple(shape), float(alpha), generator, device)
-    g2 = _sample_gamma(tuple(shape), float(alpha), generator, device)
+    g1, g2 = _sample_gamma((2, *shape), float(alpha), generator, device)
     total = g1 + g2
     return torch.where(total > 0, g1 / total.clamp_min(1e-30), torch.full_like(total, 0.5))
 
@@ -228,8 +227,8 @@ def sample_snapmix_params(
     draws = 1 if box_mode == "batch" else batch_size
     perm = torch.randperm(batch_size, generator=generator, device=device)
     lam = sample_beta(alpha, (2, draws), generator=generator, device=device)
-    box_a = sample_boxes(lam[0], height, width, generator=generator).expand(batch_size, 4)
-    box_b = sample_boxes(lam[1], height, width, generator=generator).expand(batch_size, 4)
+    boxes = sample_boxes(lam.flatten(), height, width, generator=generator).view(2, draws, 4)
+    box_a, box_b = boxes[0].expand(batch_size, 4), boxes[1].expand(batch_size, 4)
     coin = (torch.rand(draws, generator=generator, device=device) < prob).expand(batch_size)
     area_a = (box_a[:, 2] - box_a[:, 0]) * (box_a[:, 3] - box_a[:, 1])
     area_b = (box_b[:, 2] - box_b[:, 0]) * (box_b[:, 3] - box_b[:, 1])
@@ -262,6 +261,77 @@ def _paste_grid(box_a: torch.Tensor, box_b: torch.Tensor, height: int, width: in
     )
 
 
+class _ResizeTables(NamedTuple):
+    """1-D linear resizing ``src → dst`` (``R``, ``(dst, src)``) in the forms the box sums need."""
+
+    cumulative: torch.Tensor  # (dst + 1, src): row i is the sum of R's first i rows
+    extremes: torch.Tensor  # the rows of R where a resized signal can reach its extrema
+    column_sums: torch.Tensor  # (src,): the sum of all rows of R
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_tables(src: int, dst: int, device: torch.device) -> _ResizeTables:
+    """Tables of ``R``, with ``R @ v == F.interpolate(v, dst, mode="linear", align_corners=False)``.
+
+    Bilinear resizing is this along each axis. Between two knots a resized signal is linear in the
+    output position, so over each run of rows sharing a lower knot its extrema lie on the run's
+    first or last row: those rows are enough to find the exact minimum of a resized map without
+    resizing it.
+    """
+    eye = torch.eye(src, dtype=torch.float64)[None]
+    matrix = F.interpolate(eye, size=dst, mode="linear", align_corners=False)[0].T
+    lower = (matrix > 0).to(torch.int8).argmax(1)
+    change = torch.ones(dst + 1, dtype=torch.bool)
+    change[1:-1] = lower[1:] != lower[:-1]
+    rows = torch.unique(torch.cat([change[:-1].nonzero(), change[1:].nonzero()])[:, 0])
+    cumulative = torch.cat([matrix.new_zeros(1, src), matrix.cumsum(0)])
+    tables = (cumulative, matrix[rows], matrix.sum(0))
+    # non_blocking: a host-to-device copy from pageable memory is otherwise a stream sync
+    return _ResizeTables(
+        *(t.to(device=device, dtype=torch.float32, non_blocking=True) for t in tables)
+    )
+
+
+def _box_cam_shares(cams: torch.Tensor, box: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``ΣS(box)`` per map, ``S = normalize_cams(upsample_cams(cams, (H, W)), "distribution")``.
+
+    Computed at the CAM's resolution: with ``U = Ry·M·Rxᵀ`` the upsampled map, a box sum is
+    ``ay·M·ax − min(U)·area`` (``ay``, ``ax`` the summed rows of ``Ry``, ``Rx`` over the box) and
+    ``min(U)`` is taken over the rows and columns where it can lie. Mathematically identical to
+    upsampling and summing, at ``O(h·w)`` rather than ``O(H·W)`` per map; ``M`` is first shifted
+    by its own minimum so that the subtraction does not cancel (a constant map becomes exactly 0,
+    hence uniform).
+    """
+    _, h, w = cams.shape
+    ry = _resize_tables(h, height, cams.device)
+    rx = _resize_tables(w, width, cams.device)
+    flat = cams.float().flatten(1)
+    shifted = (flat - flat.amin(1, keepdim=True)).view_as(cams)
+    low = (ry.extremes @ shifted @ rx.extremes.T).flatten(1).amin(1)
+    total = (shifted * (ry.column_sums[:, None] * rx.column_sums)).sum((1, 2))
+    total = total - low * (height * width)
+    ay = ry.cumulative[box[:, 2]] - ry.cumulative[box[:, 0]]
+    ax = rx.cumulative[box[:, 3]] - rx.cumulative[box[:, 1]]
+    area = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).float()
+    inside = (ay[:, :, None] * shifted * ax[:, None, :]).sum((1, 2)) - low * area
+    uniform = area / (height * width)
+    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), uniform)
+
+
+def _host_box(params: SnapMixParams) -> tuple[list[int], list[int], bool] | None:
+    """The shared boxes and coin as Python ints when the draws live on the host, else ``None``."""
+    if any(t.device.type != "cpu" for t in (params.box_a, params.box_b, params.apply)):
+        return None
+    if not (
+        bool((params.box_a == params.box_a[:1]).all())
+        and bool((params.box_b == params.box_b[:1]).all())
+    ):
+        return None
+    if not bool((params.apply == params.apply[:1]).all()):
+        return None
+    return params.box_a[0].tolist(), params.box_b[0].tolist(), bool(params.apply[0])
+
+
 def apply_snapmix(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -282,6 +352,12 @@ def apply_snapmix(
         ``label_weights="area"`` uses uniform maps (box areas, CutMix-like); a constant CAM gives
         the same area ratios. ``same_label_bonus=True`` (the released SnapMix code) sets both
         weights to ``ρ_a + ρ_b`` when the two labels agree, i.e. target ``2(ρ_a + ρ_b)·onehot(y)``.
+
+    The box sums are computed at the CAMs' resolution (the upsampled maps are never formed).
+    When the draws are on the host and shared by the batch (``box_mode="batch"`` drawn with a
+    CPU generator, what :class:`SnapMix` does by default) the paste is one resize of the partner
+    crops into a slice of a copy of the batch, and a batch the coin leaves un-mixed is returned
+    as ``images`` itself; otherwise one ``grid_sample`` pastes every image's own box.
 
     Args:
         images: ``(B, C, H, W)`` float batch (not modified).
@@ -310,23 +386,38 @@ def apply_snapmix(
     check_tensor(params.box_a, "params.box_a", shape=(b, 4), floating=False)
     check_tensor(params.box_b, "params.box_b", shape=(b, 4), floating=False)
 
-    perm, apply = params.perm.to(images.device), params.apply.to(images.device)
-    box_a, box_b = params.box_a.to(images.device), params.box_b.to(images.device)
-    partners = images[perm]
-    grid = _paste_grid(box_a, box_b, h, w)
-    pasted = F.grid_sample(
-        partners.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
-    ).to(images.dtype)
-    mask_a = box_masks(box_a, h, w) & apply[:, None, None]
-    mixed = torch.where(mask_a[:, None], pasted, images)
-
-    if label_weights == "area":
-        dist = torch.full((b, h, w), 1.0 / (h * w), device=images.device)
+    host = _host_box(params)
+    # non_blocking: a host-to-device copy from pageable memory is otherwise a stream sync
+    perm, apply, box_a, box_b = (
+        t.to(images.device, non_blocking=True)
+        for t in (params.perm, params.apply, params.box_a, params.box_b)
+    )
+    if host is None:
+        partners = images[perm]
+        grid = _paste_grid(box_a, box_b, h, w)
+        pasted = F.grid_sample(
+            partners.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+        ).to(images.dtype)
+        mask_a = box_masks(box_a, h, w) & apply[:, None, None]
+        mixed = torch.where(mask_a[:, None], pasted, images)
+    elif not host[2]:
+        mixed = images
     else:
-        dist = normalize_cams(upsample_cams(cams.float(), (h, w)), "distribution")
-    rho_a = 1.0 - (dist * mask_a).sum((1, 2))
-    mask_b = box_masks(box_b, h, w) & apply[:, None, None]
-    rho_b = (dist[perm] * mask_b).sum((1, 2))
+        (ya0, xa0, ya1, xa1), (yb0, xb0, yb1, xb1), _ = host
+        crops = images[:, :, yb0:yb1, xb0:xb1][perm]
+        if (ya1 - ya0, xa1 - xa0) != (yb1 - yb0, xb1 - xb0):
+            crops = F.interpolate(
+                crops.float(), size=(ya1 - ya0, xa1 - xa0), mode="bilinear", align_corners=False
+            ).to(images.dtype)
+        mixed = images.clone()
+        mixed[:, :, ya0:ya1, xa0:xa1] = crops
+
+    maps = torch.zeros_like(cams, dtype=torch.float32) if label_weights == "area" else cams
+    share_a, share_b = _box_cam_shares(
+        torch.cat([maps, maps[perm]]), torch.cat([box_a, box_b]), h, w
+    ).chunk(2)
+    rho_a = torch.where(apply, 1.0 - share_a, 1.0)
+    rho_b = torch.where(apply, share_b, 0.0)
     if same_label_bonus:
         both = rho_a + rho_b
         same = (labels == labels[perm]) & apply
@@ -355,7 +446,10 @@ def snapmix(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SnapMix a batch: draw the parameters and apply them (functional form of :class:`SnapMix`).
 
-    See :func:`sample_snapmix_params` and :func:`apply_snapmix` for the conventions.
+    See :func:`sample_snapmix_params` and :func:`apply_snapmix` for the conventions. The draws are
+    made where ``generator`` lives; without one, on the host for ``box_mode="batch"`` (the shared
+    box is then known as Python ints, without a device sync, and pasted as a slice) and on the
+    images' device for ``"sample"``.
 
     Examples:
         >>> images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
@@ -365,6 +459,10 @@ def snapmix(
     """
     check_tensor(images, "images", ndim=4, floating=True)
     b, _, h, w = images.shape
+    if generator is not None:
+        device = generator.device
+    else:
+        device = torch.device("cpu") if box_mode == "batch" else images.device
     params = sample_snapmix_params(
         b,
         h,
@@ -373,7 +471,7 @@ def snapmix(
         prob=prob,
         box_mode=box_mode,
         generator=generator,
-        device=images.device,
+        device=device,
     )
     return apply_snapmix(
         images,
@@ -392,8 +490,9 @@ class SnapMix(nn.Module):
     It needs the CAMs of the un-mixed batch for its labels, so it runs on the device inside the
     training step, not in a DataLoader worker: get them from
     :meth:`camkit.CAMExtractor.forward_frozen` (no autograd, model state untouched), mix, then
-    train on ``mixed`` with timm's ``SoftTargetCrossEntropy`` and ``soft``. With ``prob < 1`` the
-    CAM pass is still needed each step (the coin is drawn on the device, without a host sync).
+    train on ``mixed`` with timm's ``SoftTargetCrossEntropy`` and ``soft``. Nothing is read back
+    from the device: with ``box_mode="batch"`` the draws are made on the host (a CPU generator),
+    with ``"sample"`` on the images' device.
 
     Convention:
         See :func:`apply_snapmix`: ``soft = ρ_a·onehot(y) + ρ_b·onehot(y[perm])``,
@@ -407,7 +506,10 @@ class SnapMix(nn.Module):
         box_mode: ``"batch"`` (one box pair per batch, the released code) or ``"sample"``.
         label_weights: ``"cam"`` (SnapMix) or ``"area"`` (CutMix-style area ratios).
         same_label_bonus: the released code's weighting of same-label pairs (off by default).
-        generator: random generator on the images' device, for reproducible draws.
+        generator: random generator for reproducible draws: a CPU generator for
+            ``box_mode="batch"`` (a generator on the images' device also works, but the paste
+            then takes the general ``grid_sample`` path), one on the images' device for
+            ``"sample"``.
 
     Examples:
         >>> import timm, torch

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from camkit._checks import check_probability, check_tensor
-from camkit.cam import CAMExtractor, call_with_frozen_state, cell_sums, upsample_cams
+from camkit.cam import CAMExtractor, cell_sums, frozen_state, upsample_cams
 
 __all__ = ["CAMMaskingTTA", "TTAResult", "cell_ranks", "masked_copies"]
 
@@ -180,8 +180,8 @@ class CAMMaskingTTA(nn.Module):
 
     def _probs(self, images: torch.Tensor) -> torch.Tensor:
         model = self.extractor.model
-        feats = call_with_frozen_state(model, "forward_features", images)
-        return call_with_frozen_state(model, "forward_head", feats).float().softmax(1)
+        with frozen_state(model):
+            return model.forward_head(model.forward_features(images)).float().softmax(1)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> TTAResult:

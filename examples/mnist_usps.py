@@ -582,7 +582,7 @@ def train_run(
     torch.manual_seed(seed)
     model = create_model(args, device, backbone)
     ext = CAMExtractor(model)
-    gen = torch.Generator(device=device).manual_seed(seed)  # SnapMix draws
+    gen = torch.Generator().manual_seed(seed)  # SnapMix draws: on the host in batch mode
     order = torch.Generator().manual_seed(seed)  # batch order
     mix = SnapMix(num_classes=NUM_CLASSES, alpha=1.0, prob=1.0, generator=gen)
     cpe = ContrastivePatchLoss(

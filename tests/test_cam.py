@@ -5,7 +5,7 @@ import timm
 import torch
 from torch import nn
 
-from camkit import CAMExtractor, cell_sums, normalize_cams, upsample_cams
+from camkit import CAMExtractor, cell_sums, frozen_state, normalize_cams, upsample_cams
 from camkit.cam import _linear_weights
 from tests.helpers import TinyNet
 
@@ -161,6 +161,53 @@ def test_forward_frozen_leaves_state_untouched(name):
     with torch.no_grad():
         expected = copy.deepcopy(model)(images)
     torch.testing.assert_close(out.logits, expected)
+
+
+class _StatefulNet(nn.Module):
+    """BatchNorm plus a tracked InstanceNorm (a non-BatchNorm buffer updated in training)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.inorm = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inorm(self.bn(self.conv(x))).mean((2, 3))
+
+
+def test_frozen_state_restores_every_buffer_and_matches_train_forward():
+    torch.manual_seed(0)
+    model = _StatefulNet().train()
+    state = copy.deepcopy(model.state_dict())
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = copy.deepcopy(model)(x)
+    with frozen_state(model):
+        out = model(x)
+    assert torch.equal(out, expected)  # bit-identical to the ordinary training forward
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert model.bn.track_running_stats and model.inorm.track_running_stats
+    # the restore leaves an autograd graph built in the block usable
+    x.requires_grad_(True)
+    with frozen_state(model):
+        out = model(x)
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    # and a real training forward still updates the statistics afterwards
+    model(torch.randn(3, 3, 8, 8))
+    assert not torch.equal(model.bn.running_mean, state["bn.running_mean"])
+
+
+def test_frozen_state_undoes_the_switch_when_the_block_raises():
+    model = _StatefulNet().train()
+    before = model.inorm.running_mean.clone()
+    with pytest.raises(RuntimeError, match="boom"), frozen_state(model):
+        model(torch.randn(2, 3, 8, 8))
+        raise RuntimeError("boom")
+    assert model.bn.track_running_stats and model.bn.num_batches_tracked.item() == 0
+    assert torch.equal(model.inorm.running_mean, before)
 
 
 def test_construction_does_not_touch_model():

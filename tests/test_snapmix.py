@@ -2,9 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from camkit import SnapMix, snapmix
+from camkit import SnapMix, normalize_cams, snapmix
 from camkit.snapmix import (
     SnapMixParams,
+    _box_cam_shares,
     apply_snapmix,
     box_masks,
     sample_beta,
@@ -60,6 +61,45 @@ def test_matches_slow_reference(box_mode, batch):
         ref_mixed, ref_soft = reference_snapmix(images, labels, cams, params, 4)
         torch.testing.assert_close(mixed.double(), ref_mixed, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(soft.double(), ref_soft, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("box_mode", ["batch", "sample"])
+def test_mixed_coins_take_the_general_path_and_match_reference(box_mode):
+    gen = torch.Generator().manual_seed(4)
+    images = torch.randn(6, 3, 24, 20, generator=gen)
+    labels = torch.randint(0, 3, (6,), generator=gen)
+    cams = torch.randn(6, 3, 3, generator=gen)
+    params = sample_snapmix_params(6, 24, 20, box_mode=box_mode, generator=gen)
+    params = params._replace(apply=params.apply & (torch.arange(6) % 2 == 0))
+    mixed, soft = apply_snapmix(images, labels, cams, params, 3)
+    ref_mixed, ref_soft = reference_snapmix(images, labels, cams, params, 3)
+    torch.testing.assert_close(mixed.double(), ref_mixed, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(soft.double(), ref_soft, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("cam_size", "image_size"),
+    [
+        ((7, 7), (224, 224)),
+        ((7, 7), (100, 37)),
+        ((5, 4), (5, 4)),
+        ((10, 9), (6, 7)),
+        ((1, 3), (8, 8)),
+    ],
+)
+def test_box_shares_at_cam_resolution_equal_upsampled_sums(cam_size, image_size):
+    gen = torch.Generator().manual_seed(0)
+    height, width = image_size
+    # a large offset: the shares must not lose precision to the min subtraction
+    cams = (1000.0 + torch.randn(5, *cam_size, generator=gen)).double()
+    boxes = sample_boxes(
+        torch.rand(5, generator=gen, dtype=torch.float64), height, width, generator=gen
+    )
+    up = F.interpolate(cams[:, None], size=image_size, mode="bilinear", align_corners=False)[:, 0]
+    dist = normalize_cams(up, "distribution")
+    expected = (dist * box_masks(boxes, height, width)).sum((1, 2))
+    shares = _box_cam_shares(cams.float(), boxes, height, width)
+    torch.testing.assert_close(shares.double(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_pixels_outside_box_untouched_and_weights_are_cam_shares():
