@@ -12,8 +12,10 @@ image size and normalised to a spatial distribution (:func:`camkit.normalize_cam
 timm's ``SoftTargetCrossEntropy`` on these targets.
 
 The random draws (:func:`sample_snapmix_params`) are separate from their application
-(:func:`apply_snapmix`), as in kornia: both are pure tensor code on the images' device, without
-per-sample Python loops or host synchronisation.
+(:func:`apply_snapmix`), as in kornia: both are pure tensor code without per-sample Python loops
+or host synchronisation. Batch-mode draws are made on the host (nothing is read back from the
+device), so the shared box is pasted as a slice; the label weights are computed at the CAMs'
+resolution, never on maps upsampled to the image size.
 """
 
 from __future__ import annotations

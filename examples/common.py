@@ -3,7 +3,8 @@
 Everything here is plumbing around the training step: device choice, decoding images once into a
 uint8 tensor cache, the on-device augmentation pipeline, the released recipe's optimiser and
 learning-rate schedule, evaluation with :mod:`camkit.metrics`, atomic checkpoint files and random
-number generator states. The training step itself lives in each example, in plain sight.
+number generator states, and :func:`train_run`, the one training loop both examples use (the
+camkit training step is in it, in plain sight).
 """
 
 from __future__ import annotations
@@ -15,24 +16,28 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kornia.augmentation as K
 import numpy as np
+import timm.loss
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchmetrics import MetricCollection
 
-from camkit import CAMMaskingTTA
+from camkit import CAMExtractor, CAMMaskingTTA, ContrastivePatchLoss, SnapMix
 from camkit.metrics import classification_metrics
 
 __all__ = [
     "ImageCache",
+    "RunResult",
     "atomic_copy",
     "atomic_save",
     "autocast",
@@ -48,6 +53,7 @@ __all__ = [
     "step_milestones",
     "train_augmentation",
     "train_resize",
+    "train_run",
     "tta_geometry",
     "write_line",
 ]
@@ -414,3 +420,169 @@ def evaluate(
         values["tta_forwards"] = float(forwards) / max(1, images.shape[0])
         values["tta_flipped"] = int(flipped)
     return values
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    state: dict[str, torch.Tensor]  # the selected weights (best validation epoch, or the last)
+    best_epoch: int
+    epochs: int
+    train_seconds: float
+    resumed_from: int
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train_run(
+    args: Any,
+    model: nn.Module,
+    *,
+    use_snapmix: bool,
+    use_cpe: bool,
+    num_classes: int,
+    num_train: int,
+    batch: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    val_accuracy: Callable[[nn.Module], float] | None,
+    ckpt_path: Path,
+    config: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    log: Callable[[str], None],
+    desc: str,
+    cpe_patches: int = 2,
+) -> RunResult:
+    """Train one (method, seed) run, resuming and checkpointing; return the selected weights.
+
+    ``batch(idx)`` returns the augmented, normalised ``(images, labels)`` of the training samples
+    ``idx`` (on ``device``); ``val_accuracy(model)`` the validation accuracy that selects the
+    reported epoch (``None``: the last epoch). ``args`` carries the run's settings: ``epochs``,
+    ``batch_size``, ``lr``, ``pretrained``, ``resume``, ``quiet``, ``log_every``,
+    ``cpe_normalize`` and ``cpe_temperature``. A checkpoint is written atomically after every
+    epoch; with ``args.resume`` a checkpoint whose ``config`` matches is continued.
+    """
+    ext = CAMExtractor(model)
+    gen = torch.Generator().manual_seed(seed)  # SnapMix draws: on the host in batch mode
+    order = torch.Generator().manual_seed(seed)  # batch order
+    mix = SnapMix(num_classes=num_classes, alpha=1.0, prob=1.0, generator=gen)
+    cpe = ContrastivePatchLoss(
+        num_patches=cpe_patches, normalize=args.cpe_normalize, temperature=args.cpe_temperature
+    )
+    soft_ce = timm.loss.SoftTargetCrossEntropy()
+    optimizer = make_optimizer(model, args.lr, pretrained=args.pretrained)
+    scheduler = make_scheduler(optimizer, args.epochs)
+    channels_last = device.type == "cuda"
+
+    start_epoch, best_val, best_epoch, best_state, train_seconds = 0, -1.0, 0, None, 0.0
+    if args.resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        differs = {
+            k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v
+        }
+        if differs:
+            raise ValueError(
+                f"--resume: {ckpt_path} was written with other settings "
+                f"(checkpoint, now): {differs}; use another --out or drop --resume"
+            )
+        if ckpt["epoch"] > args.epochs:
+            raise ValueError(
+                f"--resume: {ckpt_path} has trained {ckpt['epoch']} epochs, more than "
+                f"--epochs {args.epochs}; ask for at least {ckpt['epoch']} epochs"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        restore_rng(ckpt["rng"], {"snapmix": gen, "order": order})
+        start_epoch, best_val, best_epoch = ckpt["epoch"], ckpt["best_val"], ckpt["best_epoch"]
+        best_state, train_seconds = ckpt["best_state"], ckpt["train_seconds"]
+        log(f"  resuming {ckpt_path.name} from epoch {start_epoch}/{args.epochs}")
+    elif ckpt_path.is_file():
+        log(f"  {ckpt_path.name} exists: starting afresh (pass --resume to continue it)")
+    # the schedule is a closed form of the epoch: re-derive the lr for the (maybe new) --epochs
+    for group, base, factor in zip(
+        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * factor(scheduler.last_epoch)
+
+    bs = args.batch_size
+    bars = progress(
+        range(start_epoch, args.epochs),
+        quiet=args.quiet,
+        total=args.epochs,
+        initial=start_epoch,
+        desc=desc,
+        unit="epoch",
+    )
+    for epoch in bars:
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(num_train, generator=order).to(device)
+        batches = [perm[i : i + bs] for i in range(0, num_train, bs) if num_train - i >= 2]
+        loss_sum = torch.zeros((), device=device)
+        steps = progress(batches, quiet=args.quiet, leave=False, unit="step")
+        for step, idx in enumerate(steps, 1):
+            # -------------------------------- the training step --------------------------------
+            images, labels = batch(idx)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                if use_snapmix:
+                    cams = ext.forward_frozen(images, labels).cams  # no grad, BN untouched
+                    images, targets = mix(images, labels, cams)
+                else:
+                    targets = torch.zeros(labels.shape[0], num_classes, device=device)
+                    targets.scatter_(1, labels[:, None], 1.0)  # one-hot, no host sync
+                out = ext(images, target=targets.argmax(1))  # ONE forward: logits, features, CAMs
+                loss = soft_ce(out.logits.float(), targets)
+                if use_cpe:
+                    loss = loss + cpe(out.features, out.cams)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            # ------------------------------------------------------------------------------------
+            loss_sum += loss.detach()
+            if step % args.log_every == 0:
+                steps.set_postfix(loss=f"{(loss_sum / step).item():.4f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - t0
+        scheduler.step()
+        mean_loss = (loss_sum / max(1, len(batches))).item()
+
+        line = f"epoch {epoch + 1}/{args.epochs} loss {mean_loss:.4f}"
+        if val_accuracy is not None:
+            model.eval()
+            val_acc = val_accuracy(model)
+            if val_acc > best_val:
+                best_val, best_epoch, best_state = val_acc, epoch + 1, _cpu_state(model)
+            line += f" val acc {100 * val_acc:.2f} (best {100 * best_val:.2f} @ {best_epoch})"
+        else:
+            best_epoch = epoch + 1  # no validation split: the last epoch is reported
+        atomic_save(
+            {
+                "config": config,
+                "epoch": epoch + 1,
+                "epochs": args.epochs,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "best_state": best_state,
+                "best_val": best_val,
+                "best_epoch": best_epoch,
+                "train_seconds": train_seconds,
+                "rng": capture_rng({"snapmix": gen, "order": order}),
+            },
+            ckpt_path,
+        )
+        bars.set_postfix_str(line.split(" ", 2)[2])
+        log(f"  {line} ({time.perf_counter() - t0:.1f}s)")
+
+    if best_state is None:  # no validation split, or no epoch trained (--epochs 0)
+        best_state, best_epoch = _cpu_state(model), args.epochs
+    return RunResult(best_state, best_epoch, args.epochs, train_seconds, start_epoch)

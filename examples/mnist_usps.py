@@ -13,7 +13,7 @@ mean in ``covid_ct.py``::
 
 and the rows are reported the same way: ``<method>`` is the plain evaluation and, with ``--tta``
 (always for ``full``), ``<method>+tta`` the CAM-masking TTA evaluation; ``full`` reuses the
-``snapmix_cpe`` model when both are asked for. The training step is the one of ``covid_ct.py``
+``snapmix_cpe`` model when both are asked for. The training loop (``common.train_run``) is the one of ``covid_ct.py``
 with ten classes.
 
 Metrics: accuracy, and precision, recall and F1 *macro-averaged over the 10 classes*: the
@@ -85,7 +85,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,21 +102,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    RunResult,
     atomic_copy,
-    atomic_save,
-    autocast,
-    capture_rng,
     first_n_per_class,
-    make_optimizer,
-    make_scheduler,
     normalizer,
-    progress,
     resolve_device,
-    restore_rng,
     tta_geometry,
     write_line,
 )
 from common import evaluate as common_evaluate
+from common import train_run as common_train_run
 from covid_ct import (  # the method vocabulary and the generic pieces of the sibling example
     CPE_PATCHES,
     JSON_KEYS,
@@ -132,7 +126,7 @@ from covid_ct import (  # the method vocabulary and the generic pieces of the si
     write_json,
 )
 
-from camkit import CAMExtractor, CAMMaskingTTA, ContrastivePatchLoss, SnapMix
+from camkit import CAMMaskingTTA
 from camkit.datasets import build_mnist_m, default_data_root, load_digits_npz, usps
 from camkit.metrics import classification_metrics, format_table
 
@@ -532,15 +526,6 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunResult:
-    state: dict[str, torch.Tensor]  # the selected weights (best validation epoch, or the last)
-    best_epoch: int
-    epochs: int
-    train_seconds: float
-    resumed_from: int
-
-
 def checkpoint_path(args: argparse.Namespace, method: str, seed: int) -> Path:
     return args.out / f"mnist_{method}_seed{seed}.pt"
 
@@ -577,139 +562,39 @@ def train_run(
     device: torch.device,
     log: Callable[[str], None],
 ) -> RunResult:
-    """Train one (method, seed) run on MNIST, resuming and checkpointing; return its weights."""
+    """Train one (method, seed) run on MNIST with :func:`common.train_run`; return its weights."""
     use_snapmix, use_cpe = RECIPES[method]
     torch.manual_seed(seed)
     model = create_model(args, device, backbone)
-    ext = CAMExtractor(model)
-    gen = torch.Generator().manual_seed(seed)  # SnapMix draws: on the host in batch mode
-    order = torch.Generator().manual_seed(seed)  # batch order
-    mix = SnapMix(num_classes=NUM_CLASSES, alpha=1.0, prob=1.0, generator=gen)
-    cpe = ContrastivePatchLoss(
-        num_patches=CPE_PATCHES, normalize=args.cpe_normalize, temperature=args.cpe_temperature
-    )
-    soft_ce = timm.loss.SoftTargetCrossEntropy()
     augment = train_augmentation(args.img_size, args.translate).to(device)
-    optimizer = make_optimizer(model, args.lr, pretrained=args.pretrained)
-    scheduler = make_scheduler(optimizer, args.epochs)
     channels_last = device.type == "cuda"
 
-    ckpt_path = checkpoint_path(args, method, seed)
-    config = run_config(args, method, seed)
-    start_epoch, best_val, best_epoch, best_state, train_seconds = 0, -1.0, 0, None, 0.0
-    if args.resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        differs = {
-            k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v
-        }
-        if differs:
-            raise ValueError(
-                f"--resume: {ckpt_path} was written with other settings "
-                f"(checkpoint, now): {differs}; use another --out or drop --resume"
-            )
-        if ckpt["epoch"] > args.epochs:
-            raise ValueError(
-                f"--resume: {ckpt_path} has trained {ckpt['epoch']} epochs, more than "
-                f"--epochs {args.epochs}; ask for at least {ckpt['epoch']} epochs"
-            )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        restore_rng(ckpt["rng"], {"snapmix": gen, "order": order})
-        start_epoch, best_val, best_epoch = ckpt["epoch"], ckpt["best_val"], ckpt["best_epoch"]
-        best_state, train_seconds = ckpt["best_state"], ckpt["train_seconds"]
-        log(f"  resuming {ckpt_path.name} from epoch {start_epoch}/{args.epochs}")
-    elif ckpt_path.is_file():
-        log(f"  {ckpt_path.name} exists: starting afresh (pass --resume to continue it)")
-    # the schedule is a closed form of the epoch: re-derive the lr for the (maybe new) --epochs
-    for group, base, factor in zip(
-        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
-    ):
-        group["lr"] = base * factor(scheduler.last_epoch)
+    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return augment(to_input(train.images[idx], args.img_size)), train.labels[idx]
 
-    n, bs = len(train), args.batch_size
-    bars = progress(
-        range(start_epoch, args.epochs),
-        quiet=args.quiet,
-        total=args.epochs,
-        initial=start_epoch,
+    def val_accuracy(model: nn.Module) -> float:
+        return evaluate(
+            model, val, img_size=args.img_size, batch_size=args.batch_size,
+            channels_last=channels_last,
+        )["accuracy"]  # fmt: skip
+
+    return common_train_run(
+        args,
+        model,
+        use_snapmix=use_snapmix,
+        use_cpe=use_cpe,
+        num_classes=NUM_CLASSES,
+        num_train=len(train),
+        batch=batch,
+        val_accuracy=None if val is None else val_accuracy,
+        ckpt_path=checkpoint_path(args, method, seed),
+        config=run_config(args, method, seed),
+        seed=seed,
+        device=device,
+        log=log,
         desc=f"{method} seed {seed}",
-        unit="epoch",
+        cpe_patches=CPE_PATCHES,
     )
-    for epoch in bars:
-        model.train()
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=order).to(device)
-        batches = [perm[i : i + bs] for i in range(0, n, bs) if n - i >= 2]  # BN needs ≥ 2
-        loss_sum = torch.zeros((), device=device)
-        steps = progress(batches, quiet=args.quiet, leave=False, unit="step")
-        for step, idx in enumerate(steps, 1):
-            # -------------------------------- the training step --------------------------------
-            labels = train.labels[idx]
-            images = augment(to_input(train.images[idx], args.img_size))  # resize, shift, norm.
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                if use_snapmix:
-                    cams = ext.forward_frozen(images, labels).cams  # no grad, BN untouched
-                    images, targets = mix(images, labels, cams)
-                else:
-                    targets = torch.zeros(labels.shape[0], NUM_CLASSES, device=device)
-                    targets.scatter_(1, labels[:, None], 1.0)  # one-hot, no host sync
-                out = ext(images, target=targets.argmax(1))  # ONE forward: logits, features, CAMs
-                loss = soft_ce(out.logits.float(), targets)
-                if use_cpe:
-                    loss = loss + cpe(out.features, out.cams)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            # ------------------------------------------------------------------------------------
-            loss_sum += loss.detach()
-            if step % args.log_every == 0:
-                steps.set_postfix(loss=f"{(loss_sum / step).item():.4f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds += time.perf_counter() - t0
-        scheduler.step()
-        mean_loss = (loss_sum / max(1, len(batches))).item()
-
-        line = f"epoch {epoch + 1}/{args.epochs} loss {mean_loss:.4f}"
-        if val is not None:
-            model.eval()
-            val_acc = evaluate(
-                model, val, img_size=args.img_size, batch_size=bs, channels_last=channels_last
-            )["accuracy"]
-            if val_acc > best_val:
-                best_val, best_epoch = val_acc, epoch + 1
-                best_state = {
-                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-                }
-            line += f" val acc {100 * val_acc:.2f} (best {100 * best_val:.2f} @ {best_epoch})"
-        else:
-            best_epoch = epoch + 1  # no validation split: the last epoch is reported
-        atomic_save(
-            {
-                "config": config,
-                "epoch": epoch + 1,
-                "epochs": args.epochs,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "best_state": best_state,
-                "best_val": best_val,
-                "best_epoch": best_epoch,
-                "train_seconds": train_seconds,
-                "rng": capture_rng({"snapmix": gen, "order": order}),
-            },
-            ckpt_path,
-        )
-        bars.set_postfix_str(line.split(" ", 2)[2])
-        log(f"  {line} ({time.perf_counter() - t0:.1f}s)")
-
-    if best_state is None:  # no validation split, or no epoch trained (--epochs 0)
-        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        best_epoch = args.epochs
-    return RunResult(best_state, best_epoch, args.epochs, train_seconds, start_epoch)
 
 
 # ------------------------------------------------------------------------------------------------
