@@ -13,8 +13,8 @@ mean in ``covid_ct.py``::
 
 and the rows are reported the same way: ``<method>`` is the plain evaluation and, with ``--tta``
 (always for ``full``), ``<method>+tta`` the CAM-masking TTA evaluation; ``full`` reuses the
-``snapmix_cpe`` model when both are asked for. The training loop (``common.train_run``) is the one of ``covid_ct.py``
-with ten classes.
+``snapmix_cpe`` model when both are asked for. The training loop (``common.train_run``) is the
+one of ``covid_ct.py``, with ten classes.
 
 Metrics: accuracy, and precision, recall and F1 *macro-averaged over the 10 classes*: the
 unweighted mean over the classes 0-9 of each class's one-vs-rest precision, recall and

@@ -18,8 +18,7 @@ from camkit.datasets import default_data_root
 
 DATA = default_data_root()
 HAS_DATA = DATA is not None and all(
-    (DATA / name).exists()
-    for name in ("COVID-CT", "mnist.npz", "usps.npz", "BSDS500/images/train")
+    (DATA / name).exists() for name in ("COVID-CT", "mnist.npz", "usps.npz", "BSDS500/images/train")
 )
 
 pytestmark = [
