@@ -9,6 +9,7 @@ camkit training step is in it, in plain sight).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -38,10 +39,12 @@ from camkit.metrics import classification_metrics
 __all__ = [
     "ImageCache",
     "RunResult",
+    "add_run_arguments",
     "atomic_copy",
     "atomic_save",
     "autocast",
     "capture_rng",
+    "check_run_arguments",
     "evaluate",
     "first_n_per_class",
     "make_optimizer",
@@ -50,6 +53,7 @@ __all__ = [
     "progress",
     "resolve_device",
     "restore_rng",
+    "run_config",
     "step_milestones",
     "train_augmentation",
     "train_resize",
@@ -423,8 +427,130 @@ def evaluate(
 
 
 # ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    methods: Sequence[str],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    out: Path,
+    out_help: str,
+) -> argparse._ArgumentGroup:
+    """Add the model, method and training options both examples share; return the training group.
+
+    ``epochs`` only documents the default (the example fills ``None`` options from its presets);
+    the others are argparse defaults.
+    """
+    model = parser.add_argument_group("model and method")
+    model.add_argument("--model", help="timm model name (default resnet18)")
+    model.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from timm's ImageNet weights (downloaded once, then cached)",
+    )
+    model.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="state_dict (or a camkit run checkpoint) loaded before training/eval",
+    )
+    model.add_argument(
+        "--method",
+        nargs="+",
+        choices=methods,
+        metavar="METHOD",
+        help=f"one or more of {', '.join(methods)} (default: all five)",
+    )
+    model.add_argument(
+        "--tta",
+        action="store_true",
+        help="also evaluate every method with CAM-masking TTA (always on for full)",
+    )
+    model.add_argument(
+        "--cpe-normalize",
+        action="store_true",
+        help="L2-normalise the CPE cell vectors (paper: raw dot products)",
+    )
+    model.add_argument(
+        "--cpe-temperature", type=float, default=1.0, help="CPE temperature τ (paper: 1)"
+    )
+
+    train = parser.add_argument_group("training")
+    train.add_argument(
+        "--epochs", type=int, help=f"training epochs (default {epochs}; 0: evaluate only)"
+    )
+    train.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+    train.add_argument(
+        "--lr",
+        type=float,
+        default=lr,
+        help=f"learning rate of new layers; pretrained layers get 0.1× (default {lr:g})",
+    )
+    train.add_argument("--seeds", type=int, nargs="+", help="one run per seed (default 0 1 2)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--out", type=Path, default=out, help=out_help)
+    train.add_argument(
+        "--resume", action="store_true", help="continue each run from its checkpoint in --out"
+    )
+    train.add_argument(
+        "--log-every", type=int, default=10, help="read the loss back from the device every N steps"
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    return train
+
+
+def check_run_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, positive: Sequence[str] = ()
+) -> None:
+    """Deduplicate ``--method``/``--seeds`` and reject impossible values of the shared options.
+
+    ``positive`` names further options that must be ≥ 1.
+    """
+    args.method = list(dict.fromkeys(args.method))
+    args.seeds = list(dict.fromkeys(args.seeds))
+    for name in ("img_size", "batch_size", "log_every", *positive):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected a positive int")
+    if args.batch_size < 2:
+        parser.error("--batch-size: BatchNorm training needs at least 2 images per batch")
+    if args.epochs < 0:
+        parser.error("--epochs: expected 0 or more")
+    for name in ("train_subset", "test_subset"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected at least 1 image per class")
+
+
+# ------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------
+
+
+def run_config(
+    args: Any, recipe: tuple[bool, bool], seed: int, **specific: object
+) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed (``epochs`` may grow): the settings both
+    examples share, the method's ``(snapmix, cpe)`` recipe, and the example's ``specific`` ones."""
+    snap, use_cpe = recipe
+    return {
+        **specific,
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "snapmix": snap,
+        "cpe": use_cpe,
+        "cpe_normalize": args.cpe_normalize,
+        "cpe_temperature": args.cpe_temperature,
+        "train_subset": args.train_subset,
+        "test_subset": args.test_subset,
+        "seed": seed,
+    }
 
 
 @dataclass

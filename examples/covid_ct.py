@@ -78,10 +78,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     ImageCache,
     RunResult,
+    add_run_arguments,
     atomic_copy,
+    check_run_arguments,
     evaluate,
     first_n_per_class,
     resolve_device,
+    run_config,
     train_augmentation,
     train_resize,
     tta_geometry,
@@ -160,63 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads decoding images (once; later runs read the cache)",
     )
 
-    model = p.add_argument_group("model and method")
-    model.add_argument("--model", help="timm model name (default resnet18)")
-    model.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="start from timm's ImageNet weights (downloaded once, then cached)",
+    train = add_run_arguments(
+        p,
+        methods=METHODS,
+        epochs=200,
+        batch_size=64,
+        lr=1e-2,
+        out=Path("runs/covid_ct"),
+        out_help="results.json, checkpoints and image caches",
     )
-    model.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="state_dict (or a camkit run checkpoint) loaded before training/eval",
-    )
-    model.add_argument(
-        "--method",
-        nargs="+",
-        choices=METHODS,
-        metavar="METHOD",
-        help=f"one or more of {', '.join(METHODS)} (default: all five)",
-    )
-    model.add_argument(
-        "--tta",
-        action="store_true",
-        help="also evaluate every method with CAM-masking TTA (always on for full)",
-    )
-    model.add_argument(
-        "--cpe-normalize",
-        action="store_true",
-        help="L2-normalise the CPE cell vectors (paper: raw dot products)",
-    )
-    model.add_argument(
-        "--cpe-temperature", type=float, default=1.0, help="CPE temperature τ (paper: 1)"
-    )
-
-    train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=int, help="training epochs (default 200; 0: evaluate only)")
-    train.add_argument("--batch-size", type=int, default=64, help="default 64")
-    train.add_argument(
-        "--lr",
-        type=float,
-        default=1e-2,
-        help="learning rate of new layers; pretrained layers get 0.1× (default 1e-2)",
-    )
-    train.add_argument("--seeds", type=int, nargs="+", help="one run per seed (default 0 1 2)")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    train.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs/covid_ct"),
-        help="results.json, checkpoints and image caches",
-    )
-    train.add_argument(
-        "--resume", action="store_true", help="continue each run from its checkpoint in --out"
-    )
-    train.add_argument(
-        "--log-every", type=int, default=10, help="read the loss back from the device every N steps"
-    )
-    train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     train.add_argument(
         "--demo",
         action="store_true",
@@ -235,19 +190,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.demo:
         args.tta = True
-    args.method = list(dict.fromkeys(args.method))
-    args.seeds = list(dict.fromkeys(args.seeds))
-    for name in ("img_size", "batch_size", "log_every", "workers"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')}: expected a positive int")
-    if args.batch_size < 2:
-        parser.error("--batch-size: BatchNorm training needs at least 2 images per batch")
-    if args.epochs < 0:
-        parser.error("--epochs: expected 0 or more")
-    for name in ("train_subset", "test_subset"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')}: expected at least 1 image per class")
+    check_run_arguments(parser, args, positive=("workers",))
     return args
 
 
@@ -394,26 +337,6 @@ def check_feature_grid(args: argparse.Namespace) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_config(args: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed (``epochs`` may grow)."""
-    snap, use_cpe = RECIPES[method]
-    return {
-        "site": args.site,
-        "model": args.model,
-        "pretrained": args.pretrained,
-        "img_size": args.img_size,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "snapmix": snap,
-        "cpe": use_cpe,
-        "cpe_normalize": args.cpe_normalize,
-        "cpe_temperature": args.cpe_temperature,
-        "train_subset": args.train_subset,
-        "test_subset": args.test_subset,
-        "seed": seed,
-    }
-
-
 def train_run(
     args: argparse.Namespace,
     method: str,
@@ -454,7 +377,7 @@ def train_run(
         batch=batch,
         val_accuracy=None if val is None else val_accuracy,
         ckpt_path=args.out / f"{args.site}_{method}_seed{seed}.pt",
-        config=run_config(args, method, seed),
+        config=run_config(args, RECIPES[method], seed, site=args.site),
         seed=seed,
         device=device,
         log=log,

@@ -103,10 +103,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     RunResult,
+    add_run_arguments,
     atomic_copy,
+    check_run_arguments,
     first_n_per_class,
     normalizer,
     resolve_device,
+    run_config,
     tta_geometry,
     write_line,
 )
@@ -193,63 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-subset", type=int, metavar="N", help="first N validation and test digits per class"
     )
 
-    model = p.add_argument_group("model and method")
-    model.add_argument("--model", help="timm model name (default resnet18)")
-    model.add_argument(
-        "--pretrained",
-        action="store_true",
-        help="start from timm's ImageNet weights (downloaded once, then cached)",
+    add_run_arguments(
+        p,
+        methods=METHODS,
+        epochs=20,
+        batch_size=128,
+        lr=0.05,
+        out=Path("runs/mnist_usps"),
+        out_help="results.json, checkpoints and the MNIST-M cache",
     )
-    model.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="state_dict (or a camkit run checkpoint) loaded before training/eval",
-    )
-    model.add_argument(
-        "--method",
-        nargs="+",
-        choices=METHODS,
-        metavar="METHOD",
-        help=f"one or more of {', '.join(METHODS)} (default: all five)",
-    )
-    model.add_argument(
-        "--tta",
-        action="store_true",
-        help="also evaluate every method with CAM-masking TTA (always on for full)",
-    )
-    model.add_argument(
-        "--cpe-normalize",
-        action="store_true",
-        help="L2-normalise the CPE cell vectors (paper: raw dot products)",
-    )
-    model.add_argument(
-        "--cpe-temperature", type=float, default=1.0, help="CPE temperature τ (paper: 1)"
-    )
-
-    train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=int, help="training epochs (default 20; 0: evaluate only)")
-    train.add_argument("--batch-size", type=int, default=128, help="default 128")
-    train.add_argument(
-        "--lr",
-        type=float,
-        default=0.05,
-        help="learning rate of new layers; pretrained layers get 0.1× (default 0.05)",
-    )
-    train.add_argument("--seeds", type=int, nargs="+", help="one run per seed (default 0 1 2)")
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    train.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs/mnist_usps"),
-        help="results.json, checkpoints and the MNIST-M cache",
-    )
-    train.add_argument(
-        "--resume", action="store_true", help="continue each run from its checkpoint in --out"
-    )
-    train.add_argument(
-        "--log-every", type=int, default=10, help="read the loss back from the device every N steps"
-    )
-    train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     return p
 
 
@@ -259,23 +214,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    args.method = list(dict.fromkeys(args.method))
-    args.seeds = list(dict.fromkeys(args.seeds))
-    for name in ("img_size", "batch_size", "log_every"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')}: expected a positive int")
-    if args.batch_size < 2:
-        parser.error("--batch-size: BatchNorm training needs at least 2 images per batch")
-    if args.epochs < 0:
-        parser.error("--epochs: expected 0 or more")
+    check_run_arguments(parser, args)
     if args.val_size < 0:
         parser.error("--val-size: expected 0 or more")
     if not args.translate >= 0:
         parser.error("--translate: expected 0 or more pixels")
-    for name in ("train_subset", "test_subset"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')}: expected at least 1 image per class")
     if args.mnistm_cache is None:
         args.mnistm_cache = args.out / "mnistm"
     return args
@@ -530,28 +473,6 @@ def checkpoint_path(args: argparse.Namespace, method: str, seed: int) -> Path:
     return args.out / f"mnist_{method}_seed{seed}.pt"
 
 
-def run_config(args: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed (``epochs`` may grow; the target is free)."""
-    snap, use_cpe = RECIPES[method]
-    return {
-        "source": "mnist",
-        "model": args.model,
-        "pretrained": args.pretrained,
-        "img_size": args.img_size,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "translate": args.translate,
-        "val_size": args.val_size,
-        "snapmix": snap,
-        "cpe": use_cpe,
-        "cpe_normalize": args.cpe_normalize,
-        "cpe_temperature": args.cpe_temperature,
-        "train_subset": args.train_subset,
-        "test_subset": args.test_subset,
-        "seed": seed,
-    }
-
-
 def train_run(
     args: argparse.Namespace,
     method: str,
@@ -588,7 +509,14 @@ def train_run(
         batch=batch,
         val_accuracy=None if val is None else val_accuracy,
         ckpt_path=checkpoint_path(args, method, seed),
-        config=run_config(args, method, seed),
+        config=run_config(
+            args,
+            RECIPES[method],
+            seed,
+            source="mnist",  # the target is free: one model serves every target
+            translate=args.translate,
+            val_size=args.val_size,
+        ),
         seed=seed,
         device=device,
         log=log,

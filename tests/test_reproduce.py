@@ -31,7 +31,7 @@ pytestmark = [
 ]
 
 METHODS = {"baseline", "snapmix_cpe", "full"}
-KEYS = ("acc", "precision", "recall", "f1", "train_seconds", "epochs", "seeds")
+KEYS = ("acc", "precision", "recall", "f1", "train_seconds", "epochs", "best_epoch", "seeds")
 
 
 def run(tmp_path) -> dict:
@@ -60,7 +60,7 @@ def test_writes_the_schema_and_a_rerun_resumes(tmp_path):
         for method, entry in rows.items():
             assert set(entry) == set(KEYS), (dataset, method)
             assert all(len(entry[k]) == 1 for k in KEYS)
-            assert entry["seeds"] == [0] and entry["epochs"] == [1]
+            assert entry["seeds"] == [0] and entry["epochs"] == [1] and entry["best_epoch"] == [1]
             assert all(0.0 <= entry[k][0] <= 100.0 for k in ("acc", "precision", "recall", "f1"))
         # full is the snapmix_cpe model evaluated with the TTA: the same training
         assert rows["full"]["train_seconds"] == rows["snapmix_cpe"]["train_seconds"]
@@ -72,7 +72,7 @@ def test_writes_the_schema_and_a_rerun_resumes(tmp_path):
     markdown = (tmp_path / "results" / "reproduce_cpu.md").read_text()
     for heading in ("## site-B", "## mnist-usps", "## mnist-mnistm"):
         assert heading in markdown
-    assert "| snapmix_cpe | 1 | 1 |" in markdown
+    assert "| snapmix_cpe | 1 | 1 | 1 |" in markdown
 
     again = run(tmp_path)  # finished runs are only re-evaluated: same numbers, no new seed
     assert again == results
