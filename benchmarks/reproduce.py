@@ -122,7 +122,7 @@ def write_markdown(results: dict, args: argparse.Namespace) -> None:
         "- digits: resnet18 at 64² (a 2×2 feature map), trained on the first 200 MNIST training",
         "  digits of each class (2,000) for 15 epochs, batch 128, the epoch chosen on 200 held-out",
         "  MNIST digits per class; tested on the first 200 digits per class of the USPS test set",
-        "  (1,848: some classes have fewer) and of MNIST-M's test half (2,000), with the same",
+        "  (1,784: some classes have fewer) and of MNIST-M's test half (2,000), with the same",
         "  model for both targets. TTA on a 32×32 grid of 2-pixel cells. Precision, recall and F1",
         "  macro-averaged over the 10 classes.",
         "",

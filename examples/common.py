@@ -377,7 +377,7 @@ def evaluate(
     metrics: MetricCollection | None = None,
     to_unit: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Accuracy, precision, recall and F1 (positive class 1) of ``model`` on a resident test set.
+    """Accuracy, precision, recall and F1 (of the last class) of ``model`` on a resident test set.
 
     Args:
         model: the classifier, in eval mode.
@@ -387,7 +387,8 @@ def evaluate(
         class_names: class names for :func:`camkit.metrics.classification_metrics`.
         tta: evaluate with this CAM-masking TTA instead of a plain forward.
         channels_last: feed channels-last batches.
-        metrics: the collection to fill (default: the binary one of ``class_names``).
+        metrics: the collection to fill (default: :func:`camkit.metrics.classification_metrics`
+            over ``class_names``, the last of them, COVID, as the positive class).
         to_unit: maps a uint8 batch to the float ``[0, 1]`` model input before normalisation
             (default: ``/ 255``, for images already at the test size).
 
@@ -399,7 +400,10 @@ def evaluate(
     """
     device = images.device
     if metrics is None:
-        metrics = classification_metrics(2, positive_class=1, class_names=list(class_names))
+        num_classes = max(2, len(class_names))  # the positive class is the last one (COVID)
+        metrics = classification_metrics(
+            num_classes, positive_class=num_classes - 1, class_names=list(class_names) or None
+        )
     metrics = metrics.to(device)
     if to_unit is None:
         to_unit = lambda batch: batch.float().div_(255)  # noqa: E731

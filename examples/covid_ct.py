@@ -1,8 +1,9 @@
 """COVID-19 CT classification with camkit: SnapMix, the contrastive patch loss and CAM-masking TTA.
 
 Trains a timm classifier on the UCSD COVID-CT dataset ("site B"), the SARS-CoV-2 CT-scan dataset
-("site A"), or both jointly (evaluated per site), with one of five methods, and reports accuracy,
-precision, recall and F1 of the COVID class (mean ± std over seeds)::
+("site A"), both jointly (evaluated per site), or COVIDx-CT (``--site X``: three classes, Normal,
+Pneumonia, COVID-19), with one of five methods, and reports accuracy, precision, recall and F1 of
+the COVID class (mean ± std over seeds), and for COVIDx-CT also each class's sensitivity and PPV::
 
     baseline      soft-target cross-entropy on one-hot labels
     cpe           + contrastive patch embedding loss (paper Eq. 1)
@@ -26,8 +27,12 @@ Recipe (the released code's, see ``spec.md`` §5): SGD with Nesterov momentum 0.
 classifier), ×0.1 after 40 %, 75 % and 90 % of the epochs (80/150/180 of 200), batch 64, ImageNet
 mean/std; train: Resize to ``round(img*256/224)`` square → RandomCrop(img) → horizontal and
 vertical flips; test: Resize((img, img)). Unlike the released code the reported epoch is chosen on
-the validation split (site B; the pooled validation images with ``--site both``), or is the last
-epoch when there is none (site A) — never on the test set.
+the validation split (site B and COVIDx-CT; the pooled validation images with ``--site both``),
+or is the last epoch when there is none (site A) — never on the test set.
+
+COVIDx-CT (``--site X``): the images of ``--data-x`` with the list files
+``{train,val,test}_COVIDx_CT-<version>.txt`` (``--covidx-version``, default 3A) in that folder or
+in ``--covidx-lists``; each image is cropped to its list box before resizing.
 
 Every image is decoded once (and cached in ``--out``); the train set stays on the device as a uint8
 tensor and is cropped, flipped and normalised there in batches (kornia), so the hot loop needs no
@@ -42,6 +47,10 @@ Examples::
     python examples/covid_ct.py --model resnet50 --pretrained --epochs 200 --seeds 0 1 2 \\
         --method baseline snapmix snapmix_cpe full --out runs/site_b
 
+    # COVIDx-CT (3 classes, per-class sensitivity/PPV), images and list files in one folder
+    python examples/covid_ct.py --site X --data-x /data/COVIDx-CT --model resnet50 --pretrained \\
+        --method baseline full --out runs/covidx
+
     # joint site A + B training, evaluated per site; continue an interrupted run
     python examples/covid_ct.py --site both --data-a /data/SARS-CoV-2-CT --model resnet50 \\
         --pretrained --method full --out runs/joint --resume
@@ -50,7 +59,8 @@ Outputs in ``--out``: ``results.json`` (``{site: {method: {"acc": [...], "precis
 "recall": [...], "f1": [...], "train_seconds": [...], ...}}}``, metrics in percent, one value per
 seed; ``train_seconds`` counts the training epochs only, not validation or checkpoint writing; also
 ``best_epoch`` and ``epochs``, and for ``+tta`` rows ``tta_forwards``, the mean image-forwards per
-test image, and ``tta_flipped``, the labels the vote flipped), one checkpoint per run
+test image, and ``tta_flipped``, the labels the vote flipped; for COVIDx-CT also
+``sensitivity_<class>`` and ``ppv_<class>`` of each class), one checkpoint per run
 ``<site>_<method>_seed<k>.pt`` (written after every epoch; ``--resume`` continues from it) and the
 decoded-image caches ``cache_<site>_<size>.pt``.
 """
@@ -93,7 +103,7 @@ from common import (
 from common import train_run as common_train_run
 
 from camkit import CAMExtractor, CAMMaskingTTA
-from camkit.datasets import COVIDCT, SARSCoV2CT, default_data_root
+from camkit.datasets import COVIDCT, COVIDxCT, SARSCoV2CT, default_data_root
 from camkit.metrics import format_table
 
 METHODS = ("baseline", "cpe", "snapmix", "snapmix_cpe", "full")
@@ -105,7 +115,8 @@ RECIPES = {  # method -> (SnapMix batches, contrastive patch loss)
     "full": (True, True),
 }
 CLASS_NAMES = ("NonCOVID", "COVID")
-SITE_NAMES = {"A": "SARS-CoV-2 CT (site A)", "B": "COVID-CT (site B)"}
+COVIDX_CLASS_NAMES = ("Normal", "Pneumonia", "COVID-19")
+SITE_NAMES = {"A": "SARS-CoV-2 CT (site A)", "B": "COVID-CT (site B)", "X": "COVIDx-CT"}
 TABLE_METRICS = ("accuracy", "precision", "recall", "f1")
 JSON_KEYS = {"accuracy": "acc", "precision": "precision", "recall": "recall", "f1": "f1"}
 CPE_PATCHES = 2
@@ -144,10 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-a", type=Path, help="SARS-CoV-2 CT folder (default: <data root>/SARS-CoV-2-CT)"
     )
     data.add_argument(
+        "--data-x", type=Path, help="COVIDx-CT image folder (default: <data root>/COVIDx-CT)"
+    )
+    data.add_argument(
+        "--covidx-lists", type=Path, help="folder of the COVIDx-CT list files (default: --data-x)"
+    )
+    data.add_argument(
+        "--covidx-version", default="3A", help="COVIDx-CT list version, e.g. 2A or 3A (default)"
+    )
+    data.add_argument(
         "--site",
-        choices=("A", "B", "both"),
+        choices=("A", "B", "both", "X"),
         default="B",
-        help="B: COVID-CT (default), A: SARS-CoV-2 CT, both: joint training, per-site test",
+        help="B: COVID-CT (default), A: SARS-CoV-2 CT, both: joint training, per-site test; "
+        "X: COVIDx-CT (3 classes)",
     )
     data.add_argument("--img-size", type=int, help="input side in pixels (default 224)")
     data.add_argument(
@@ -191,6 +212,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.demo:
         args.tta = True
     check_run_arguments(parser, args, positive=("workers",))
+    args.class_names = COVIDX_CLASS_NAMES if args.site == "X" else CLASS_NAMES
+    args.num_classes = len(args.class_names)
     return args
 
 
@@ -233,6 +256,13 @@ def load_site(
     if site == "B":
         root = data_folder(args.data, "COVID-CT", "--data")
         datasets = {s: COVIDCT(root, split=s) for s in ("train", "val", "test")}
+    elif site == "X":
+        root = data_folder(args.data_x, "COVIDx-CT", "--data-x")
+        lists = args.covidx_lists or root
+        datasets = {
+            s: COVIDxCT(root, lists / f"{s}_COVIDx_CT-{args.covidx_version}.txt")
+            for s in ("train", "val", "test")
+        }
     else:
         root = data_folder(args.data_a, "SARS-CoV-2-CT", "--data-a")
         if not root.is_dir():
@@ -265,7 +295,7 @@ def pretrained_weights(args: argparse.Namespace) -> dict[str, torch.Tensor] | No
     if not args.pretrained:
         return None
     try:
-        model = timm.create_model(args.model, pretrained=True, num_classes=2)
+        model = timm.create_model(args.model, pretrained=True, num_classes=args.num_classes)
     except Exception as err:
         raise RuntimeError(
             f"--pretrained: could not load the ImageNet weights of {args.model!r} "
@@ -295,7 +325,7 @@ def create_model(
     state: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
     """A new model on ``device``: ``state`` if given, else pretrained backbone and --checkpoint."""
-    model = timm.create_model(args.model, pretrained=False, num_classes=2)
+    model = timm.create_model(args.model, pretrained=False, num_classes=args.num_classes)
     if state is not None:
         model.load_state_dict(state)
     elif backbone is not None:
@@ -308,7 +338,8 @@ def create_model(
             model.load_state_dict(read_checkpoint(args.checkpoint))
         except RuntimeError as err:
             raise RuntimeError(
-                f"--checkpoint {args.checkpoint}: not a state_dict of {args.model} with 2 classes "
+                f"--checkpoint {args.checkpoint}: not a state_dict of {args.model} with "
+                f"{args.num_classes} classes "
                 f"({err})"
             ) from err
     model = model.to(device)
@@ -363,7 +394,7 @@ def train_run(
             val.images,
             val.labels,
             batch_size=args.batch_size,
-            class_names=CLASS_NAMES,
+            class_names=args.class_names,
             channels_last=channels_last,
         )["accuracy"]
 
@@ -372,7 +403,7 @@ def train_run(
         model,
         use_snapmix=use_snapmix,
         use_cpe=use_cpe,
-        num_classes=2,
+        num_classes=args.num_classes,
         num_train=len(train),
         batch=batch,
         val_accuracy=None if val is None else val_accuracy,
@@ -439,6 +470,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, lis
     results: dict[str, dict[str, dict[str, list[float]]]] = {
         s: {r: {} for r in rows} for s in sites
     }
+    # COVIDx-CT (three classes) also reports each class's sensitivity and PPV, as the paper does
+    per_class = (
+        [f"{m}_{name}" for name in args.class_names for m in ("sensitivity", "ppv")]
+        if args.site == "X"
+        else []
+    )
+    json_keys = {**JSON_KEYS, **{m: m for m in per_class}}
     trained: dict[tuple[tuple[bool, bool], int], tuple[str, RunResult]] = {}
     channels_last = device.type == "cuda"
     for method in args.method:
@@ -469,12 +507,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, lis
                         test.images,
                         test.labels,
                         batch_size=args.batch_size,
-                        class_names=CLASS_NAMES,
+                        class_names=args.class_names,
                         channels_last=channels_last,
                         tta=tta if row.endswith("+tta") else None,
                     )
                     entry = results[site][row]
-                    for metric, key in JSON_KEYS.items():
+                    for metric, key in json_keys.items():
                         entry.setdefault(key, []).append(100.0 * values[metric])
                     entry.setdefault("train_seconds", []).append(run.train_seconds)
                     entry.setdefault("best_epoch", []).append(run.best_epoch)
@@ -492,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, lis
     for site in sites:
         n_test = len(data[site]["test"])
         table_rows = {
-            row: {m: [v / 100.0 for v in entry[JSON_KEYS[m]]] for m in TABLE_METRICS}
+            row: {m: [v / 100.0 for v in entry[json_keys[m]]] for m in (*TABLE_METRICS, *per_class)}
             for row, entry in results[site].items()
         }
         selection = "best validation epoch" if val is not None else "last epoch"
@@ -500,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, lis
             f"\n{SITE_NAMES[site]}: test set ({n_test} images), {selection}, "
             f"mean ± std over seeds {args.seeds}"
         )
-        print(format_table(table_rows, metrics=list(TABLE_METRICS)))
+        print(format_table(table_rows, metrics=[*TABLE_METRICS, *per_class]))
         for row, entry in results[site].items():
             if "tta_forwards" in entry:
                 forwards = sum(entry["tta_forwards"]) / len(entry["tta_forwards"])

@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -378,3 +379,39 @@ def test_pretrained_failure_is_explained(monkeypatch):
     monkeypatch.setattr(covid_ct.timm, "create_model", offline)
     with pytest.raises(RuntimeError, match=r"--pretrained: could not load .*no route"):
         covid_ct.pretrained_weights(covid_ct.parse_args(["--pretrained"]))
+
+
+def test_covidx_site_trains_three_classes_and_reports_per_class_scores(tmp_path):
+    """``--site X`` on a generated tree in the COVIDx-CT list format (no images are staged)."""
+    root = tmp_path / "covidx"
+    root.mkdir()
+    gen = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("val", 2), ("test", 3)):
+        lines = []
+        for label in range(3):
+            for i in range(per_class):
+                name = f"{split}_{label}_{i}.png"
+                pixels = gen.integers(0, 256, (80, 96), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / name)
+                lines.append(f"{name} {label} 8 4 88 76")
+        (root / f"{split}_COVIDx_CT-3A.txt").write_text("\n".join(lines) + "\n")
+    argv = [
+        "--site", "X", "--data-x", str(root), "--model", "resnet18", "--img-size", "64",
+        "--epochs", "1", "--batch-size", "6", "--method", "baseline", "full", "--seeds", "0",
+        "--device", "cpu", "--workers", "1", "--quiet", "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        results = covid_ct.main(argv)
+    assert set(results) == {"X"} and set(results["X"]) == {"baseline", "full", "full+tta"}
+    per_class = {
+        f"{m}_{c}" for c in ("Normal", "Pneumonia", "COVID-19") for m in ("sensitivity", "ppv")
+    }
+    for entry in results["X"].values():
+        assert per_class <= set(entry)
+        assert all(0.0 <= entry[k][0] <= 100.0 for k in per_class | {"acc", "f1"})
+        # recall is the sensitivity of COVID-19, the positive class
+        assert entry["recall"] == entry["sensitivity_COVID-19"]
+    assert "COVIDx-CT: test set (9 images)" in printed.getvalue()
+    assert "sensitivity_Pneumonia" in printed.getvalue()
+    model = torch.load(tmp_path / "out" / "X_baseline_seed0.pt", weights_only=True)["model"]
+    assert model["fc.weight"].shape[0] == 3
