@@ -92,8 +92,6 @@ from typing import Any
 
 import kornia.augmentation as K
 import numpy as np
-import timm
-import timm.loss
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -124,8 +122,8 @@ from covid_ct import (  # the method vocabulary and the generic pieces of the si
     TTA_K,
     TTA_THETA,
     check_feature_grid,
+    create_model,
     pretrained_weights,
-    read_checkpoint,
     write_json,
 )
 
@@ -215,6 +213,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     check_run_arguments(parser, args)
+    args.num_classes = NUM_CLASSES  # what covid_ct's create_model and pretrained_weights read
     if args.val_size < 0:
         parser.error("--val-size: expected 0 or more")
     if not args.translate >= 0:
@@ -375,35 +374,6 @@ def load_data(
 # ------------------------------------------------------------------------------------------------
 # model and evaluation
 # ------------------------------------------------------------------------------------------------
-
-
-def create_model(
-    args: argparse.Namespace,
-    device: torch.device,
-    backbone: dict[str, torch.Tensor] | None = None,
-    state: dict[str, torch.Tensor] | None = None,
-) -> nn.Module:
-    """A new 10-class model: ``state`` if given, else pretrained backbone and --checkpoint."""
-    model = timm.create_model(args.model, pretrained=False, num_classes=NUM_CLASSES)
-    if state is not None:
-        model.load_state_dict(state)
-    elif backbone is not None:
-        missing, unexpected = model.load_state_dict(backbone, strict=False)
-        head = {name for name, _ in model.get_classifier().named_parameters()}
-        if unexpected or len(missing) != len(head):
-            raise RuntimeError(f"--pretrained: weights do not fit {args.model}: {missing=}")
-    if state is None and args.checkpoint is not None:
-        try:
-            model.load_state_dict(read_checkpoint(args.checkpoint))
-        except RuntimeError as err:
-            raise RuntimeError(
-                f"--checkpoint {args.checkpoint}: not a state_dict of {args.model} with "
-                f"{NUM_CLASSES} classes ({err})"
-            ) from err
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def mask_fill(train: Digits) -> list[float]:
