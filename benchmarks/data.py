@@ -20,8 +20,9 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from camkit import TrainStep
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,6 +88,7 @@ def train_classifier(
     gen = torch.Generator().manual_seed(seed)
     model = timm.create_model(arch, pretrained=False, num_classes=int(labels.max()) + 1)
     model.to(device).train()
+    step = TrainStep(model)  # the plain step: cross-entropy on the one-hot labels
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     n = images.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
@@ -103,7 +105,7 @@ def train_classifier(
             idx = order[lo : lo + batch_size]
             x = _flip(images[idx], gen).to(device)
             y = labels[idx].to(device)
-            loss = F.cross_entropy(model(x), y)
+            loss = step(x, y).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,14 +1,16 @@
 """The training-step variants compared by the benchmarks, on one model, batch and optimizer.
 
-Exactly the steps of the issue (``ce`` = cross-entropy, ``soft_ce`` = timm's
-``SoftTargetCrossEntropy``, SGD with Nesterov momentum):
+The camkit steps are :class:`camkit.TrainStep` (the one training step the library, README and
+examples use); ``ce`` = cross-entropy, SGD with Nesterov momentum:
 
 - ``plain``: ``loss = ce(model(x), y)``
-- ``cpe``: ``out = ext(x, y); loss = ce(out.logits, y) + cpe(out.features, out.cams)``
-- ``snapmix``: ``cams = ext.forward_frozen(x, y).cams; xm, soft = mix(x, y, cams);
-  loss = soft_ce(model(xm), soft)``
-- ``full``: ``cams = ext.forward_frozen(x, y).cams; xm, soft = mix(x, y, cams);
-  out = ext(xm, soft.argmax(1)); loss = soft_ce(out.logits, soft) + cpe(out.features, out.cams)``
+- ``cpe``: ``TrainStep(model, cpe=ContrastivePatchLoss())(x, y).loss``
+- ``snapmix``: ``TrainStep(model, snapmix=SnapMix(2))(x, y).loss``
+- ``full``: ``TrainStep(model, snapmix=SnapMix(2), cpe=ContrastivePatchLoss())(x, y).loss``
+- ``full_hand``: the same step written by hand from the parts, as the README did before
+  ``TrainStep`` existed (``cams = ext.forward_frozen(x, y).cams; xm, soft = mix(x, y, cams);
+  out = ext(xm, soft.argmax(1)); loss = soft_ce(out.logits, soft) + cpe(out.features,
+  out.cams)``): ``TrainStep`` must cost no more than this
 - ``timm_cutmix`` (the peer): ``xm, soft = Mixup(mixup_alpha=0, cutmix_alpha=1.0, prob=1.0,
   num_classes=2)(x, y); loss = soft_ce(model(xm), soft)`` — timm mixes in place, so it gets a copy
   of the shared batch (one copy of the batch, < 1 ms here, included in its time).
@@ -29,9 +31,9 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-from camkit import CAMExtractor, ContrastivePatchLoss, SnapMix
+from camkit import CAMExtractor, ContrastivePatchLoss, SnapMix, TrainStep
 
-STEP_VARIANTS = ("plain", "cpe", "snapmix", "full", "timm_cutmix")
+STEP_VARIANTS = ("plain", "cpe", "snapmix", "full", "full_hand", "timm_cutmix")
 PART_VARIANTS = ("frozen_fwd", "nograd_fwd", "snapmix_op")
 
 
@@ -57,6 +59,11 @@ class StepBench:
         self.cpe = ContrastivePatchLoss()
         self.ce = nn.CrossEntropyLoss()
         self.soft_ce = SoftTargetCrossEntropy()
+        self.steps = {
+            "cpe": TrainStep(self.model, cpe=self.cpe),
+            "snapmix": TrainStep(self.model, snapmix=self.mix),
+            "full": TrainStep(self.model, snapmix=self.mix, cpe=self.cpe),
+        }
         self.timm_mix = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, num_classes=num_classes)
         # small lr: the weights barely move over a benchmark's steps on random data
         self.opt = torch.optim.SGD(
@@ -84,19 +91,15 @@ class StepBench:
         self._update(loss)
 
     def cpe_step(self) -> None:
-        x, y = self.x, self.y
-        out = self.ext(x, y)
-        loss = self.ce(out.logits, y) + self.cpe(out.features, out.cams)
-        self._update(loss)
+        self._update(self.steps["cpe"](self.x, self.y).loss)
 
     def snapmix(self) -> None:
-        x, y = self.x, self.y
-        cams = self.ext.forward_frozen(x, y).cams
-        xm, soft = self.mix(x, y, cams)
-        loss = self.soft_ce(self.model(xm), soft)
-        self._update(loss)
+        self._update(self.steps["snapmix"](self.x, self.y).loss)
 
     def full(self) -> None:
+        self._update(self.steps["full"](self.x, self.y).loss)
+
+    def full_hand(self) -> None:
         x, y = self.x, self.y
         cams = self.ext.forward_frozen(x, y).cams
         xm, soft = self.mix(x, y, cams)
@@ -127,6 +130,7 @@ class StepBench:
             "cpe": self.cpe_step,
             "snapmix": self.snapmix,
             "full": self.full,
+            "full_hand": self.full_hand,
             "timm_cutmix": self.timm_cutmix,
             "frozen_fwd": self.frozen_fwd,
             "nograd_fwd": self.nograd_fwd,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_positive", "check_probability", "check_tensor"]
+__all__ = ["check_labels", "check_positive", "check_probability", "check_tensor"]
 
 
 def _describe(x: torch.Tensor) -> str:
@@ -90,3 +90,28 @@ def check_probability(value: float, name: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}: expected a value in [0, 1], got {value}")
     return float(value)
+
+
+def check_labels(labels: object, name: str, num_classes: int, *, batch: int | None = None) -> None:
+    """Check ``(B,)`` integer class labels in ``[0, num_classes)`` without a host sync on CUDA.
+
+    On the CPU the range is checked at once and the error names the offending values. On an
+    accelerator reading the values back would stall the stream, so the check is queued with
+    ``torch._assert_async`` (the error then surfaces at the next synchronisation).
+    """
+    check_tensor(labels, name, shape=(batch,), floating=False)
+    assert isinstance(labels, torch.Tensor)
+    if labels.numel() == 0:
+        return
+    if labels.device.type == "cpu" and not torch.compiler.is_compiling():
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{name}: expected class indices in [0, {num_classes - 1}], got values in "
+                f"[{lo}, {hi}] in a {_describe(labels)}"
+            )
+    else:
+        torch._assert_async(
+            ((labels >= 0) & (labels < num_classes)).all(),
+            f"{name}: expected class indices in [0, {num_classes - 1}]",
+        )

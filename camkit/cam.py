@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from camkit._checks import check_tensor
+from camkit._checks import _describe, check_labels, check_tensor
 
 __all__ = [
     "CAMExtractor",
@@ -104,6 +104,40 @@ def frozen_state(model: nn.Module) -> Iterator[None]:
             torch._foreach_copy_([b.data for b in others], saved)
 
 
+def refuse_wrappers(model: object, where: str) -> None:
+    """Raise when ``model`` is a wrapper whose methods camkit would bypass.
+
+    camkit calls ``forward_features``/``forward_head`` on the model itself. Through a
+    ``DistributedDataParallel`` wrapper that call would skip DDP's gradient all-reduce (the ranks
+    drift apart silently); through ``torch.compile``'s ``OptimizedModule`` it would run the
+    uncompiled model. Both are refused with the recipe that works.
+    """
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        raise TypeError(
+            f"{where}: got a DistributedDataParallel model; camkit would call the wrapped model's "
+            "forward_features/forward_head directly, bypassing DDP's gradient all-reduce, and the "
+            "ranks would silently drift apart. Wrap the training step instead: "
+            "step = DDP(camkit.TrainStep(model, snapmix=..., cpe=...)), then step(images, labels); "
+            "for CAMs alone (no training) pass ddp_model.module"
+        )
+    if isinstance(model, DataParallel):
+        raise TypeError(
+            f"{where}: got a DataParallel model; camkit would run only the wrapped module on one "
+            "device. Wrap the step instead (DataParallel(camkit.TrainStep(model, ...))) or, "
+            "better, use DistributedDataParallel as torch recommends"
+        )
+    if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
+        raise TypeError(
+            f"{where}: got a torch.compile'd model (OptimizedModule); camkit calls "
+            "forward_features/forward_head of the original module, which would run uncompiled. "
+            "Pass the uncompiled model and compile the camkit module around it instead: "
+            "torch.compile(camkit.TrainStep(model, ...)) for training, "
+            "torch.compile(CAMExtractor(model)) for CAMs"
+        )
+
+
 def _model_name(model: nn.Module) -> str:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     arch = cfg.get("architecture") if isinstance(cfg, dict) else None
@@ -163,9 +197,12 @@ class CAMExtractor(nn.Module):
         num_classes: number of classes ``K``.
 
     Raises:
-        TypeError: the model lacks ``forward_features``/``forward_head``/``get_classifier``.
-        ValueError: the model has no classifier (``num_classes=0``), or its features are pooled
-            already or otherwise not a spatial map.
+        TypeError: the model lacks ``forward_features``/``forward_head``/``get_classifier``, or
+            is a ``DistributedDataParallel``/``DataParallel``/``torch.compile`` wrapper (wrap
+            :class:`camkit.TrainStep` or the extractor instead; the message says how).
+        ValueError: the model has no classifier (``num_classes=0``), its features are pooled
+            already or otherwise not a spatial map, or its head does not pool them into
+            ``(B, K)`` logits (a model created with ``global_pool=''``).
 
     Examples:
         >>> import timm, torch
@@ -181,6 +218,7 @@ class CAMExtractor(nn.Module):
         super().__init__()
         if isinstance(model, CAMExtractor):
             model = model.model
+        refuse_wrappers(model, "model")
         for method in ("forward_features", "forward_head", "get_classifier"):
             if not callable(getattr(model, method, None)):
                 raise TypeError(
@@ -196,6 +234,9 @@ class CAMExtractor(nn.Module):
             )
         self.model = model
         self.num_classes = int(num_classes)
+        # the model's input convolution, kept in a tuple so that it is not registered as a
+        # submodule; set by the probe once a zero image of its channel count went through
+        self._input_conv: tuple[nn.Conv2d, ...] = ()
         self.exact = self._probe_exact()
 
     # -- structure -------------------------------------------------------------------------
@@ -290,7 +331,12 @@ class CAMExtractor(nn.Module):
             feats = probe_model.forward_features(self._dummy_input(probe_model))
         except Exception:  # no usable dummy input: the head-gradient CAM stays valid
             return False
+        # the zero image had the first convolution's channel count and the model accepted it:
+        # that convolution is the input layer whose channels and dtype the passes check
+        first_conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
+        self._input_conv = (first_conv,) if first_conv is not None else ()
         grid = self._to_grid(feats, None)
+        self._check_head(probe_model, feats)
         if _linear_weights(probe_model.get_classifier(), grid.shape[1]) is None:
             return False
         gen = torch.Generator().manual_seed(0)
@@ -307,6 +353,35 @@ class CAMExtractor(nn.Module):
             return False
         scale = float(expected.abs().max())
         return bool(torch.allclose(logits.float(), expected.float(), rtol=1e-4, atol=1e-4 * scale))
+
+    def _check_head(self, probe_model: nn.Module, feats: torch.Tensor) -> None:
+        """Raise unless ``forward_head`` turns the features into ``(B, K)`` logits.
+
+        A timm model created with ``global_pool=''`` keeps its classifier but not its pooling:
+        the head then fails on the feature map (a linear layer on flattened cells) or returns
+        per-cell or per-token scores that are not logits.
+        """
+        want = (feats.shape[0], self.num_classes)
+        cause: Exception | None = None
+        try:
+            logits = probe_model.forward_head(feats)
+        except Exception as err:
+            cause = err
+            got = f"raised {type(err).__name__}: {err}"
+        else:
+            if isinstance(logits, torch.Tensor) and tuple(logits.shape) == want:
+                return
+            got = (
+                f"returned shape {tuple(logits.shape)}"
+                if isinstance(logits, torch.Tensor)
+                else f"returned a {type(logits).__name__}"
+            )
+        raise ValueError(
+            f"model: {_model_name(self.model)}.forward_head does not pool its features of shape "
+            f"{tuple(feats.shape)} into {want} logits (it {got}); CAMExtractor needs a model with "
+            "a pooling head: create it with timm's default global_pool ('avg' for CNNs, 'token' "
+            "for ViTs), not global_pool=''"
+        ) from cause
 
     # -- class weights -----------------------------------------------------------------------
 
@@ -342,11 +417,23 @@ class CAMExtractor(nn.Module):
     # -- passes ------------------------------------------------------------------------------
 
     def _check_inputs(self, images: torch.Tensor, target: torch.Tensor | None) -> None:
+        # metadata only, plus a range check of ``target`` that is queued (no host sync) on CUDA
         check_tensor(images, "images", ndim=4, floating=True)
+        if self._input_conv:
+            conv = self._input_conv[0]
+            if images.shape[1] != conv.in_channels:
+                raise ValueError(
+                    f"images: expected {conv.in_channels} channels (the input layer of "
+                    f"{_model_name(self.model)}), got a {_describe(images)}"
+                )
+            weight_dtype = conv.weight.dtype
+            if images.dtype != weight_dtype and not torch.is_autocast_enabled(images.device.type):
+                raise TypeError(
+                    f"images: expected dtype {weight_dtype} (the model's weights; cast the images "
+                    f"or run under torch.autocast), got a {_describe(images)}"
+                )
         if target is not None:
-            check_tensor(target, "target", shape=(images.shape[0],), floating=False)
-            if target.dtype == torch.bool:
-                raise TypeError(f"target: expected int64 class indices, got dtype {target.dtype}")
+            check_labels(target, "target", self.num_classes, batch=images.shape[0])
 
     def _cams_from(
         self,
@@ -370,6 +457,14 @@ class CAMExtractor(nn.Module):
 
         Returns:
             :class:`CAMOutput` with ``logits`` identical to ``model(images)``.
+
+        Raises:
+            TypeError: ``images`` is not floating point, or (outside ``torch.autocast``) its
+                dtype differs from the model's weights; ``target`` is not an integer tensor.
+            ValueError: ``images`` is not 4-D or has a channel count other than the model's
+                input layer's; ``target`` is not ``(B,)`` or has a class outside ``[0, K)`` (on
+                an accelerator the range check is queued with ``torch._assert_async`` and
+                fails at the next synchronisation instead).
         """
         self._check_inputs(images, target)
         feats = self.model.forward_features(images)
@@ -391,6 +486,10 @@ class CAMExtractor(nn.Module):
 
         Returns:
             :class:`CAMOutput`; nothing in it requires grad.
+
+        Raises:
+            TypeError: as :meth:`forward`.
+            ValueError: as :meth:`forward`.
         """
         self._check_inputs(images, target)
         with frozen_state(self.model):

@@ -115,7 +115,11 @@ def contrastive_patch_loss(
         reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"`` for ``(B,)``.
 
     Returns:
-        the loss (scalar, or ``(B,)`` for ``reduction="none"``).
+        the loss (scalar, or ``(B,)`` for ``reduction="none"``). An empty batch (``B = 0``, e.g.
+        after filtering the samples the loss applies to) gives ``0`` for ``"mean"`` and
+        ``"sum"`` (not NaN), still attached to the autograd graph of ``features`` so that
+        ``backward()`` and DDP's gradient hooks run as for any batch, and an empty ``(0,)``
+        tensor for ``"none"``.
 
     Examples:
         >>> features = torch.randn(2, 8, 4, 4, requires_grad=True)
@@ -144,7 +148,8 @@ def contrastive_patch_loss(
             v @ v.transpose(1, 2) * scale, cross
         )
     if reduction == "mean":
-        return loss.mean()
+        # an empty batch: 0, not mean()'s 0/0 = NaN; the (empty) sum keeps the autograd graph
+        return loss.mean() if loss.shape[0] > 0 else loss.sum()
     if reduction == "sum":
         return loss.sum()
     return loss
@@ -166,7 +171,8 @@ class ContrastivePatchLoss(nn.Module):
         num_patches: ``n`` ≥ 2 cells per group.
         normalize: L2-normalise the cell vectors.
         temperature: ``τ > 0``.
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``; an empty batch gives a zero loss that
+            keeps the graph (an empty ``(0,)`` tensor for ``"none"``), never NaN.
 
     Examples:
         >>> import timm, torch

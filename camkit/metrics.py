@@ -29,7 +29,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.wrappers.abstract import WrapperMetric
 
-from camkit._checks import check_tensor
+from camkit._checks import _describe, check_labels, check_tensor
 
 __all__ = ["classification_metrics", "format_table"]
 
@@ -74,7 +74,8 @@ class _CheckedCollection(MetricCollection):
     """A :class:`~torchmetrics.MetricCollection` that checks ``preds`` and ``target`` once per call.
 
     torchmetrics does not reject out-of-range class labels in every case (a predicted label
-    ``>= num_classes`` is silently miscounted), so the labels' range is checked here.
+    ``>= num_classes`` is silently miscounted), nor NaN scores (the argmax counts a NaN as the
+    largest score), so both are checked here.
     """
 
     def __init__(self, metrics: dict[str, Metric], num_classes: int, prefix: str | None) -> None:
@@ -85,12 +86,13 @@ class _CheckedCollection(MetricCollection):
         k = self.num_classes
         target = check_tensor(target, "target", ndim=1, floating=False)
         preds = check_tensor(preds, "preds", ndim=(1, 2))
+        # metrics synchronise anyway: the labels are checked on the host, at once, on any device
         if preds.ndim == 2:
             check_tensor(preds, "preds", shape=(target.shape[0], k), floating=True)
+            _check_no_nan(preds)
         else:
-            check_tensor(preds, "preds", shape=(target.shape[0],), floating=False)
-            _check_labels(preds, "preds", k)
-        _check_labels(target, "target", k)
+            check_labels(preds.cpu(), "preds", k, batch=target.shape[0])
+        check_labels(target.cpu(), "target", k)
 
     def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
         """Check the inputs, then update every metric (an empty batch is a no-op)."""
@@ -109,12 +111,16 @@ class _CheckedCollection(MetricCollection):
         return super().forward(preds, target)
 
 
-def _check_labels(x: Tensor, name: str, num_classes: int) -> None:
-    if x.numel() and bool(((x < 0) | (x >= num_classes)).any()):
-        lo, hi = int(x.min()), int(x.max())
+def _check_no_nan(preds: Tensor) -> None:
+    """Reject NaN scores: the argmax would count a row with a NaN as the class of its NaN."""
+    nan_rows = torch.isnan(preds).any(1)
+    if bool(nan_rows.any()):
+        rows = nan_rows.nonzero()[:, 0].tolist()
+        shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
         raise ValueError(
-            f"{name}: expected class labels in [0, {num_classes - 1}], "
-            f"got values in [{lo}, {hi}] in a tensor of shape {tuple(x.shape)}"
+            f"preds: expected scores without NaN, got NaN in {len(rows)} of {preds.shape[0]} "
+            f"rows (rows [{shown}]) of a {_describe(preds)}; the argmax would count each such "
+            "row as the class of its first NaN"
         )
 
 
@@ -169,7 +175,9 @@ def classification_metrics(
             dtype.
         ValueError: ``num_classes < 2``, ``positive_class`` outside ``[0, num_classes)``,
             ``class_names`` of the wrong length or with duplicate or invalid names; on update,
-            ``preds`` or ``target`` has a wrong shape or labels outside ``[0, num_classes)``.
+            ``preds`` or ``target`` has a wrong shape or labels outside ``[0, num_classes)``, or
+            float ``preds`` hold a NaN (the argmax would silently count it as a class; ±inf
+            scores are accepted, the argmax orders them).
 
     Examples:
         >>> import torch

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camkit._checks import check_positive, check_probability, check_tensor
+from camkit._checks import check_labels, check_positive, check_probability, check_tensor
 
 __all__ = [
     "SnapMix",
@@ -182,6 +182,7 @@ class SnapMixParams(NamedTuple):
     apply: torch.Tensor
 
 
+@torch.compiler.disable  # host-side draws: one opaque call under torch.compile
 def sample_snapmix_params(
     batch_size: int,
     height: int,
@@ -271,6 +272,7 @@ class _ResizeTables(NamedTuple):
     column_sums: torch.Tensor  # (src,): the sum of all rows of R
 
 
+@torch.compiler.disable
 @functools.lru_cache(maxsize=64)
 def _resize_tables(src: int, dst: int, device: torch.device) -> _ResizeTables:
     """Tables of ``R``, with ``R @ v == F.interpolate(v, dst, mode="linear", align_corners=False)``.
@@ -320,6 +322,7 @@ def _box_cam_shares(cams: torch.Tensor, box: torch.Tensor, height: int, width: i
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), uniform)
 
 
+@torch.compiler.disable  # reads host tensors back as Python ints
 def _host_box(params: SnapMixParams) -> tuple[list[int], list[int], bool] | None:
     """The shared boxes and coin as Python ints when the draws live on the host, else ``None``."""
     if any(t.device.type != "cpu" for t in (params.box_a, params.box_b, params.apply)):
@@ -372,15 +375,22 @@ def apply_snapmix(
 
     Returns:
         ``(mixed (B, C, H, W), soft_targets (B, K))``.
+
+    Raises:
+        ValueError: a label outside ``[0, num_classes)`` (on an accelerator the check is queued
+            with ``torch._assert_async`` and fails at the next synchronisation), or an argument
+            of the wrong shape or value.
+        TypeError: an argument of the wrong dtype.
     """
     check_tensor(images, "images", ndim=4, floating=True)
     b, _, h, w = images.shape
-    check_tensor(labels, "labels", shape=(b,), floating=False)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes: expected an int >= 1, got {num_classes!r}")
+    # checked at once on the CPU, queued with torch._assert_async (no host sync) on the device
+    check_labels(labels, "labels", num_classes, batch=b)
     check_tensor(cams, "cams", ndim=3, floating=True)
     if cams.shape[0] != b:
         raise ValueError(f"cams: expected {b} maps (one per image), got shape {tuple(cams.shape)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes: expected an int >= 1, got {num_classes!r}")
     if label_weights not in ("cam", "area"):
         raise ValueError(f"label_weights: expected 'cam' or 'area', got {label_weights!r}")
     for name in ("perm", "apply"):

@@ -24,7 +24,15 @@ from torch import nn
 from camkit._checks import check_probability, check_tensor
 from camkit.cam import CAMExtractor, cell_sums, frozen_state, upsample_cams
 
-__all__ = ["CAMMaskingTTA", "TTAResult", "cell_ranks", "masked_copies"]
+__all__ = [
+    "CAMMaskingTTA",
+    "DeletionCurve",
+    "TTAResult",
+    "cell_ranks",
+    "deletion_auc",
+    "deletion_curve",
+    "masked_copies",
+]
 
 
 class TTAResult(NamedTuple):
@@ -40,7 +48,8 @@ class TTAResult(NamedTuple):
             ``count_original``).
         votes_against: ``(B,)`` int64 non-supporting votes counted.
         step_probs: ``(B, k)`` probability of the predicted class for mask step ``j = 1 … k``;
-            NaN where early exit skipped the step.
+            NaN where early exit skipped the step, and only there (a NaN or inf output of the
+            model raises a ValueError naming the images instead of voting).
         forwards: ``(B,)`` int64 image-forwards spent per image (1 + masked copies evaluated).
     """
 
@@ -116,6 +125,23 @@ def masked_copies(
     return torch.where(hidden, fill, images)
 
 
+def _check_finite_probs(bad: torch.Tensor, where: str) -> None:
+    """Raise when ``bad`` ``(B,)`` marks images whose probabilities were NaN or inf.
+
+    A NaN probability would otherwise vote: ``p <= θ`` is False for NaN, so it would count as
+    support, and the unmasked prediction would be an argmax over NaN.
+    """
+    if not bool(bad.any()):
+        return
+    indices = bad.nonzero()[:, 0].tolist()
+    shown = ", ".join(str(i) for i in indices[:10]) + (", ..." if len(indices) > 10 else "")
+    raise ValueError(
+        f"model: produced non-finite outputs (NaN or inf probabilities) on {where} for "
+        f"{len(indices)} of {bad.shape[0]} images, at batch indices [{shown}]; the vote cannot "
+        "count them (check the model, the images and mask_value)"
+    )
+
+
 class CAMMaskingTTA(nn.Module):
     """CAM-directed test-time augmentation with voting, wrapping a classifier.
 
@@ -185,7 +211,12 @@ class CAMMaskingTTA(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> TTAResult:
-        """Classify ``images`` (B, C, H, W) with CAM-masking voting; see the class doc."""
+        """Classify ``images`` (B, C, H, W) with CAM-masking voting; see the class doc.
+
+        Raises:
+            ValueError: the model's probabilities on some images or on their masked copies are
+                NaN or inf (the message gives their batch indices); ``k`` exceeds the cells.
+        """
         check_tensor(images, "images", ndim=4, floating=True)
         b, c, height, width = images.shape
         grid = -(-height // self.patch_size) * -(-width // self.patch_size)
@@ -201,6 +232,7 @@ class CAMMaskingTTA(nn.Module):
             )
         out = self.extractor.forward_frozen(images)
         probs0 = out.logits.float().softmax(1)
+        _check_finite_probs(~torch.isfinite(probs0).all(1), "the images themselves")
         pred = out.target
         runner_up = probs0.topk(min(2, probs0.shape[1]), dim=1).indices[:, -1]
         ranks = cell_ranks(out.cams, (height, width), self.patch_size)
@@ -210,7 +242,11 @@ class CAMMaskingTTA(nn.Module):
         against0 = torch.zeros(b, dtype=torch.long, device=images.device)
         if self.count_original:
             against0 = (probs0.gather(1, pred[:, None])[:, 0] <= self.theta).long()
+        # NaN in step_probs marks a skipped step in the result; the vote reads ``evaluated``, so
+        # that it never depends on what the model returned
         step_probs = torch.full((b, self.k), float("nan"), device=images.device)
+        evaluated = torch.zeros((b, self.k), dtype=torch.bool, device=images.device)
+        non_finite = torch.zeros(b, dtype=torch.long, device=images.device)
         done = torch.zeros(b, dtype=torch.long, device=images.device)
         against = against0.clone()
         while True:
@@ -232,10 +268,13 @@ class CAMMaskingTTA(nn.Module):
             for lo in range(0, total, self.chunk_size):
                 idx, steps = image_idx[lo : lo + self.chunk_size], step[lo : lo + self.chunk_size]
                 copies = masked_copies(images[idx], ranks[idx], steps, self.mask_value)
-                p = self._probs(copies).gather(1, pred[idx, None])[:, 0]
-                step_probs[idx, steps - 1] = p
+                probs = self._probs(copies)
+                non_finite.index_add_(0, idx, (~torch.isfinite(probs).all(1)).long())
+                step_probs[idx, steps - 1] = probs.gather(1, pred[idx, None])[:, 0]
+                evaluated[idx, steps - 1] = True
             done = done + need
-            evaluated = ~torch.isnan(step_probs)
+            # one sync per round, as the loop's own ``int(need.sum())``
+            _check_finite_probs(non_finite > 0, "their masked copies")
             against = against0 + ((step_probs <= self.theta) & evaluated).sum(1)
 
         flipped = against >= flip_at
@@ -263,3 +302,100 @@ class CAMMaskingTTA(nn.Module):
             f"k={self.k}, theta={self.theta}, patch_size={self.patch_size}, "
             f"early_exit={self.early_exit}, count_original={self.count_original}"
         )
+
+
+class DeletionCurve(NamedTuple):
+    """A deletion curve (Petsiuk et al., RISE, 2018) of the CAM-masking sequence.
+
+    Attributes:
+        fractions: ``(k + 1,)`` fraction of the image's cells masked: ``0`` for the unmasked
+            image, then ``j / num_cells`` for mask step ``j = 1 … k``.
+        probs: ``(B, k + 1)`` probability of the unmasked prediction at each point.
+    """
+
+    fractions: torch.Tensor
+    probs: torch.Tensor
+
+
+def deletion_curve(result: TTAResult, num_cells: int) -> DeletionCurve:
+    """The deletion curve of each image from a :class:`TTAResult` in which every step was evaluated.
+
+    Masking the most relevant cells first, a CAM that points at what the model uses makes the
+    probability of the predicted class fall fast. The curve starts at the unmasked probability
+    ``original_probs[b, original_labels[b]]`` and continues with ``step_probs``.
+
+    Convention:
+        ``x = (0, 1, …, k) / num_cells``, ``y = (P_0, P_1, …, P_k)`` with ``P_j`` the probability
+        of the unmasked prediction when the ``j`` most relevant cells are masked. For a
+        ``H × W`` image and ``patch_size`` ``s``, ``num_cells = ceil(H/s) · ceil(W/s)``.
+
+    Args:
+        result: output of :meth:`CAMMaskingTTA.predict` built with ``early_exit=False`` (the early
+            exit skips steps, which are NaN in ``step_probs``).
+        num_cells: number of cells of the image grid, at least ``k``.
+
+    Returns:
+        :class:`DeletionCurve` on the result's device.
+
+    Raises:
+        ValueError: ``step_probs`` has NaN steps (use ``early_exit=False``), or ``num_cells`` is
+            not an int ``>= k``.
+
+    Examples:
+        >>> z = torch.zeros(1)
+        >>> res = TTAResult(labels=z, flipped=z, probs=z, original_labels=torch.tensor([0]),
+        ...                 original_probs=torch.tensor([[0.75, 0.25]]), votes_for=z,
+        ...                 votes_against=z, step_probs=torch.tensor([[0.5, 0.25]]), forwards=z)
+        >>> curve = deletion_curve(res, num_cells=4)
+        >>> curve.fractions.tolist(), curve.probs.tolist()
+        ([0.0, 0.25, 0.5], [[0.75, 0.5, 0.25]])
+    """
+    if not isinstance(result, TTAResult):
+        raise TypeError(f"result: expected a TTAResult, got {type(result).__name__}")
+    steps = check_tensor(result.step_probs, "result.step_probs", ndim=2, floating=True)
+    k = steps.shape[1]
+    if isinstance(num_cells, bool) or not isinstance(num_cells, int) or num_cells < k:
+        raise ValueError(f"num_cells: expected an int >= k = {k}, got {num_cells!r}")
+    if bool(torch.isnan(steps).any()):
+        raise ValueError(
+            "result: step_probs has NaN steps, skipped by the early exit; a deletion curve needs "
+            "every step: predict with CAMMaskingTTA(..., early_exit=False)"
+        )
+    first = result.original_probs.gather(1, result.original_labels[:, None].long())
+    probs = torch.cat([first.to(steps.dtype), steps], dim=1)
+    fractions = torch.arange(k + 1, device=steps.device, dtype=steps.dtype) / num_cells
+    return DeletionCurve(fractions=fractions, probs=probs)
+
+
+def deletion_auc(curve: DeletionCurve | TTAResult) -> torch.Tensor:
+    """Normalised area under the deletion curve of each image: lower means a more faithful CAM.
+
+    Convention:
+        The trapezoid-rule area under ``(fractions, probs)`` divided by the range of
+        ``fractions`` covered, i.e. the mean probability over the masked range, in [0, 1]. With
+        evenly spaced steps it equals ``(P_0/2 + P_1 + … + P_{k-1} + P_k/2) / k`` whatever
+        ``num_cells`` is, so a :class:`TTAResult` (``early_exit=False``) can be passed directly.
+
+    Args:
+        curve: a :class:`DeletionCurve` (from :func:`deletion_curve`) or a :class:`TTAResult`.
+
+    Returns:
+        ``(B,)`` areas.
+
+    Examples:
+        >>> curve = DeletionCurve(torch.tensor([0.0, 0.25, 0.5]), torch.tensor([[0.9, 0.6, 0.3]]))
+        >>> round(deletion_auc(curve).item(), 4)
+        0.6
+    """
+    if isinstance(curve, TTAResult):
+        curve = deletion_curve(curve, curve.step_probs.shape[1])
+    if not isinstance(curve, DeletionCurve):
+        raise TypeError(
+            f"curve: expected a DeletionCurve or a TTAResult, got {type(curve).__name__}"
+        )
+    probs = check_tensor(curve.probs, "curve.probs", ndim=2, floating=True)
+    fractions = check_tensor(curve.fractions, "curve.fractions", shape=(probs.shape[1],))
+    if probs.shape[1] < 2:
+        raise ValueError(f"curve: expected at least 2 points, got {probs.shape[1]}")
+    span = fractions[-1] - fractions[0]
+    return torch.trapezoid(probs, fractions.to(probs), dim=1) / span

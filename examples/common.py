@@ -26,14 +26,13 @@ from typing import Any
 
 import kornia.augmentation as K
 import numpy as np
-import timm.loss
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchmetrics import MetricCollection
 
-from camkit import CAMExtractor, CAMMaskingTTA, ContrastivePatchLoss, SnapMix
+from camkit import CAMMaskingTTA, ContrastivePatchLoss, SnapMix, TrainStep
 from camkit.metrics import classification_metrics
 
 __all__ = [
@@ -597,14 +596,15 @@ def train_run(
     ``cpe_normalize`` and ``cpe_temperature``. A checkpoint is written atomically after every
     epoch; with ``args.resume`` a checkpoint whose ``config`` matches is continued.
     """
-    ext = CAMExtractor(model)
     gen = torch.Generator().manual_seed(seed)  # SnapMix draws: on the host in batch mode
     order = torch.Generator().manual_seed(seed)  # batch order
     mix = SnapMix(num_classes=num_classes, alpha=1.0, prob=1.0, generator=gen)
     cpe = ContrastivePatchLoss(
         num_patches=cpe_patches, normalize=args.cpe_normalize, temperature=args.cpe_temperature
     )
-    soft_ce = timm.loss.SoftTargetCrossEntropy()
+    train_step = TrainStep(
+        model, snapmix=mix if use_snapmix else None, cpe=cpe if use_cpe else None
+    )
     optimizer = make_optimizer(model, args.lr, pretrained=args.pretrained)
     scheduler = make_scheduler(optimizer, args.epochs)
     channels_last = device.type == "cuda"
@@ -662,16 +662,7 @@ def train_run(
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device):
-                if use_snapmix:
-                    cams = ext.forward_frozen(images, labels).cams  # no grad, BN untouched
-                    images, targets = mix(images, labels, cams)
-                else:
-                    targets = torch.zeros(labels.shape[0], num_classes, device=device)
-                    targets.scatter_(1, labels[:, None], 1.0)  # one-hot, no host sync
-                out = ext(images, target=targets.argmax(1))  # ONE forward: logits, features, CAMs
-                loss = soft_ce(out.logits.float(), targets)
-                if use_cpe:
-                    loss = loss + cpe(out.features, out.cams)
+                loss = train_step(images, labels).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

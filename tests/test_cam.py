@@ -296,3 +296,52 @@ def test_exactness_does_not_depend_on_head_weights(seed):
     with torch.no_grad():
         tiny.fc.weight.zero_()
     assert CAMExtractor(tiny).exact is True
+
+
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_target_outside_the_classes_is_rejected_by_both_passes(bad):
+    # -1 used to index the last class's weights silently, 3 to raise an IndexError
+    ext = CAMExtractor(TinyNet(num_classes=3).eval())
+    images, target = torch.randn(2, 3, 16, 16), torch.tensor([0, bad])
+    for forward in (ext, ext.forward_frozen):
+        with pytest.raises(ValueError, match=r"^target: expected class indices in \[0, 2\]"):
+            forward(images, target)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("resnet18", {}),
+        ("efficientnet_b0", {}),
+        ("vit_tiny_patch16_224", {"img_size": 64}),
+        ("convnext_atto", {}),
+    ],
+)
+def test_model_without_pooling_head_is_rejected_at_construction(name, kwargs):
+    # ResNet/EfficientNet failed with a shape mismatch, ViT/ConvNeXt gave per-token/per-cell
+    # "logits"
+    model = timm.create_model(name, pretrained=False, num_classes=3, global_pool="", **kwargs)
+    with pytest.raises(ValueError, match=r"^model: .*into \(1, 3\) logits.*pooling head.*'avg'"):
+        CAMExtractor(model)
+
+
+def test_images_must_match_the_model_dtype_and_channels():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=2).eval()
+    ext = CAMExtractor(model)
+    images = torch.randn(2, 3, 32, 32)
+    for forward in (ext, ext.forward_frozen):
+        for dtype in (torch.float16, torch.bfloat16):
+            with pytest.raises(TypeError, match=rf"^images: expected dtype torch.float32.*{dtype}"):
+                forward(images.to(dtype))
+        with pytest.raises(ValueError, match=r"^images: expected 3 channels.*\(2, 1, 32, 32\)"):
+            forward(images[:, :1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ext(images.bfloat16()).logits.shape == (2, 2)  # autocast casts: no error
+    model.double()  # the dtype is read from the model at each call
+    assert ext(images.double()).logits.dtype == torch.float64
+    with pytest.raises(TypeError, match=r"^images: expected dtype torch.float64"):
+        ext(images)
+    gray = timm.create_model("resnet18", pretrained=False, num_classes=2, in_chans=1).eval()
+    assert CAMExtractor(gray)(images[:, :1]).cams.shape == (2, 1, 1)
+    with pytest.raises(ValueError, match=r"^images: expected 1 channels"):
+        CAMExtractor(gray)(images)

@@ -144,3 +144,17 @@ def test_autocast_keeps_dot_products_in_float32():
     assert loss.dtype == torch.float32
     ref = reference_cpe(features.bfloat16().double(), cams).mean()
     torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_empty_batch_gives_a_zero_loss_that_keeps_the_graph(normalize):
+    features = torch.randn(0, 8, 4, 4, requires_grad=True)
+    cams = torch.rand(0, 4, 4)
+    for reduction in ("mean", "sum"):
+        loss = ContrastivePatchLoss(normalize=normalize, reduction=reduction)(features, cams)
+        assert loss.shape == () and loss.item() == 0.0 and loss.grad_fn is not None
+        other = torch.ones((), requires_grad=True)
+        (2 * other + loss).backward()  # adds nothing to a training step's loss, no NaN
+        assert other.grad.item() == 2.0 and features.grad.shape == features.shape
+    none = ContrastivePatchLoss(normalize=normalize, reduction="none")(features, cams)
+    assert none.shape == (0,) and none.grad_fn is not None

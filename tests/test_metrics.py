@@ -341,3 +341,17 @@ def test_format_table_std_is_population_std():
 def test_format_table_bad_inputs(rows, metrics, error, match):
     with pytest.raises(error, match=match):
         format_table(rows, metrics=metrics)
+
+
+def test_nan_scores_are_rejected_not_counted_as_a_class():
+    metrics = classification_metrics()
+    nan = float("nan")
+    preds, target = torch.tensor([[nan, 0.1], [0.2, 0.9], [0.3, nan]]), torch.tensor([1, 1, 0])
+    match = r"^preds: expected scores without NaN, got NaN in 2 of 3 rows \(rows \[0, 2\]\)"
+    with pytest.raises(ValueError, match=match):
+        metrics.update(preds, target)
+    with pytest.raises(ValueError, match=match):
+        metrics(preds, target)
+    # ±inf scores have a well-defined argmax and are kept
+    metrics.update(torch.tensor([[-math.inf, 0.0], [math.inf, 0.0]]), torch.tensor([1, 0]))
+    assert metrics.compute()["accuracy"].item() == 1.0

@@ -226,3 +226,15 @@ def test_errors():
     )
     with pytest.raises(ValueError, match=r"params\.perm"):
         apply_snapmix(images, labels, cams, bad, 2)
+
+
+@pytest.mark.parametrize("bad", [-1, 2])
+def test_labels_outside_the_classes_are_rejected(bad):
+    images, cams, labels = torch.randn(2, 3, 8, 8), torch.rand(2, 2, 2), torch.tensor([0, bad])
+    match = r"^labels: expected class indices in \[0, 1\]"
+    with pytest.raises(ValueError, match=match):
+        SnapMix(2)(images, labels, cams)
+    with pytest.raises(ValueError, match=match):
+        snapmix(images, labels, cams, 2, box_mode="sample")
+    with pytest.raises(ValueError, match=match):
+        apply_snapmix(images, labels, cams, sample_snapmix_params(2, 8, 8, prob=0.0), 2)

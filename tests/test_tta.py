@@ -145,3 +145,36 @@ def test_errors():
         CAMMaskingTTA(model, k=5, patch_size=8).predict(torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match="images: expected a 4-D tensor"):
         CAMMaskingTTA(model, k=2, patch_size=4).predict(torch.randn(3, 16, 16))
+
+
+class _NaNOnMaskedPixels(TinyNet):
+    """NaN logits for any image holding an exact 0, i.e. for every masked copy (mask_value=0)."""
+
+    def forward_features(self, x):
+        feats = super().forward_features(x)
+        return torch.where((x == 0).flatten(1).any(1)[:, None, None, None], float("nan"), feats)
+
+
+@pytest.mark.parametrize("early_exit", [True, False])
+def test_non_finite_model_outputs_raise_instead_of_voting(early_exit):
+    # a NaN probability used to count as a supporting vote (NaN <= theta is False)
+    model = _NaNOnMaskedPixels(num_classes=2, channels=4, stride=4, bn=False).eval()
+    images = torch.randn(3, 3, 16, 16)
+    tta = CAMMaskingTTA(model, k=3, patch_size=4, early_exit=early_exit)
+    with pytest.raises(ValueError, match=r"^model: .*non-finite.*masked copies.*\[0, 1, 2\]"):
+        tta.predict(images)
+    images[1, 0, 5, 5] = float("nan")
+    tta = CAMMaskingTTA(_evidence_model(), k=3, patch_size=4, early_exit=early_exit)
+    with pytest.raises(ValueError, match=r"^model: .*non-finite.*themselves.*indices \[1\];"):
+        tta.predict(images)
+
+
+def test_step_probs_nan_marks_exactly_the_skipped_steps():
+    model = _evidence_model()
+    images = torch.randn(6, 3, 16, 16)
+    full = CAMMaskingTTA(model, k=9, theta=0.4, patch_size=4, early_exit=False).predict(images)
+    fast = CAMMaskingTTA(model, k=9, theta=0.4, patch_size=4).predict(images)
+    evaluated = ~torch.isnan(fast.step_probs)
+    assert torch.equal(evaluated.sum(1), fast.forwards - 1)
+    assert torch.equal(fast.step_probs[evaluated], full.step_probs[evaluated])
+    assert torch.equal(fast.labels, full.labels)
