@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.camkit-installed
 DEMO_ARGS ?=
 
-.PHONY: demo test lint docs clean
+.PHONY: demo test lint docs figures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check camkit tests examples benchmarks
 	$(VENV)/bin/ruff format --check camkit tests examples benchmarks
+
+figures: $(STAMP)
+	$(PY) benchmarks/plots.py
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict

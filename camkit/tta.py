@@ -16,13 +16,15 @@ full vote, only skipped copies are never computed).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
 
 from camkit._checks import check_probability, check_tensor
 from camkit.cam import CAMExtractor, cell_sums, frozen_state, upsample_cams
+
+VoteRule = Literal["threshold", "argmax", "relative"]
 
 __all__ = [
     "CAMMaskingTTA",
@@ -147,10 +149,20 @@ class CAMMaskingTTA(nn.Module):
 
     Convention:
         ``p_j`` = probability of the unmasked prediction ``c`` on the copy with the top ``j``
-        cells masked, ``j = 1 … k``. Vote ``j`` supports ``c`` when ``p_j > θ``. With ``V = k``
-        votes (``k + 1`` when ``count_original``, the unmasked image voting by the same rule), the
-        label flips to the runner-up class when the non-supporting votes number more than ``V/2``.
-        ``forward`` returns the probabilities after voting (one-hot where flipped).
+        cells masked, ``j = 1 … k`` (``p_0``: the unmasked image). Vote ``j`` supports ``c``
+        when, by ``rule``:
+
+        - ``"threshold"`` (the paper's): ``p_j > θ``;
+        - ``"argmax"``: ``c`` is still the arg-max class of copy ``j`` (θ unused);
+        - ``"relative"``: ``p_j > θ · p_0``, the copy keeps more than a fraction θ of the
+          unmasked confidence.
+
+        The paper's rule is binary: with ``K`` classes and low-confidence predictions
+        (``p_0 ≤ θ``, as a 10-class model near 1/K) every vote goes against ``c`` and nearly every
+        label flips; ``"argmax"`` and ``"relative"`` do not depend on ``K``. With ``V = k`` votes
+        (``k + 1`` when ``count_original``, the unmasked image voting by the same rule), the
+        label flips to the runner-up class when the non-supporting votes number more than
+        ``V/2``. ``forward`` returns the probabilities after voting (one-hot where flipped).
 
     Args:
         model: a timm classifier or a :class:`camkit.CAMExtractor`. Put it in eval mode yourself:
@@ -164,6 +176,7 @@ class CAMMaskingTTA(nn.Module):
         mask_value: value of masked pixels in the model's input space: a number or a per-channel
             sequence (default 0, the mean of ImageNet-normalised inputs).
         chunk_size: masked copies per model forward.
+        rule: ``"threshold"`` (paper), ``"argmax"`` or ``"relative"``; see the convention.
 
     Examples:
         >>> import timm, torch
@@ -186,8 +199,12 @@ class CAMMaskingTTA(nn.Module):
         count_original: bool = False,
         mask_value: float | Sequence[float] = 0.0,
         chunk_size: int = 64,
+        rule: VoteRule = "threshold",
     ) -> None:
         super().__init__()
+        if rule not in ("threshold", "argmax", "relative"):
+            raise ValueError(f"rule: expected 'threshold', 'argmax' or 'relative', got {rule!r}")
+        self.rule: VoteRule = rule
         for name, value in (("k", k), ("patch_size", patch_size), ("chunk_size", chunk_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
@@ -239,13 +256,15 @@ class CAMMaskingTTA(nn.Module):
 
         votes = self.k + int(self.count_original)
         flip_at = votes // 2 + 1  # non-supporting votes needed to flip
+        p0 = probs0.gather(1, pred[:, None])[:, 0]
         against0 = torch.zeros(b, dtype=torch.long, device=images.device)
         if self.count_original:
-            against0 = (probs0.gather(1, pred[:, None])[:, 0] <= self.theta).long()
+            against0 = (~self._supports(probs0, pred, p0)).long()
         # NaN in step_probs marks a skipped step in the result; the vote reads ``evaluated``, so
         # that it never depends on what the model returned
         step_probs = torch.full((b, self.k), float("nan"), device=images.device)
         evaluated = torch.zeros((b, self.k), dtype=torch.bool, device=images.device)
+        opposed = torch.zeros((b, self.k), dtype=torch.bool, device=images.device)
         non_finite = torch.zeros(b, dtype=torch.long, device=images.device)
         done = torch.zeros(b, dtype=torch.long, device=images.device)
         against = against0.clone()
@@ -272,10 +291,11 @@ class CAMMaskingTTA(nn.Module):
                 non_finite.index_add_(0, idx, (~torch.isfinite(probs).all(1)).long())
                 step_probs[idx, steps - 1] = probs.gather(1, pred[idx, None])[:, 0]
                 evaluated[idx, steps - 1] = True
+                opposed[idx, steps - 1] = ~self._supports(probs, pred[idx], p0[idx])
             done = done + need
             # one sync per round, as the loop's own ``int(need.sum())``
             _check_finite_probs(non_finite > 0, "their masked copies")
-            against = against0 + ((step_probs <= self.theta) & evaluated).sum(1)
+            against = against0 + (opposed & evaluated).sum(1)
 
         flipped = against >= flip_at
         labels = torch.where(flipped, runner_up, pred)
@@ -293,6 +313,13 @@ class CAMMaskingTTA(nn.Module):
             forwards=done + 1,
         )
 
+    def _supports(self, probs: torch.Tensor, pred: torch.Tensor, p0: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` bool: does each copy's ``probs`` (N, K) support its prediction ``pred``?"""
+        if self.rule == "argmax":
+            return probs.argmax(1) == pred
+        p = probs.gather(1, pred[:, None])[:, 0]
+        return p > (self.theta * p0 if self.rule == "relative" else self.theta)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` probabilities after voting for ``images`` (B, C, H, W)."""
         return self.predict(images).probs
@@ -300,7 +327,8 @@ class CAMMaskingTTA(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"k={self.k}, theta={self.theta}, patch_size={self.patch_size}, "
-            f"early_exit={self.early_exit}, count_original={self.count_original}"
+            f"early_exit={self.early_exit}, count_original={self.count_original}, "
+            f"rule={self.rule!r}"
         )
 
 

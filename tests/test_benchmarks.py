@@ -114,3 +114,20 @@ def test_released_tta_reference_matches_camkit_full_vote():
     assert set(result.votes_against.tolist()) - {0, 15}
     got = released_tta(model, images, k=15, theta=0.4, patch_size=4)
     assert torch.equal(got, result.labels)
+
+
+def test_result_plots_show_the_committed_numbers(tmp_path):
+    import statistics
+
+    from benchmarks import plots
+
+    results = json.loads((plots.RESULTS / "reproduce_cpu.json").read_text())
+    fig = plots.ablation_figure(results)
+    ax = fig.axes[0]
+    dataset = next(iter(results))
+    heights = [patch.get_height() for patch in ax.patches]
+    means = [statistics.fmean(row["acc"]) for row in results[dataset].values()]
+    assert heights == pytest.approx(means)
+    written = plots.main(["--out", str(tmp_path)])
+    assert {p.name for p in written} == {"results_ablation.png", "perf_ratios.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)

@@ -178,3 +178,62 @@ def test_step_probs_nan_marks_exactly_the_skipped_steps():
     assert torch.equal(evaluated.sum(1), fast.forwards - 1)
     assert torch.equal(fast.step_probs[evaluated], full.step_probs[evaluated])
     assert torch.equal(fast.labels, full.labels)
+
+
+def _reference_rule_vote(probs_per_step, probs0, rule, theta):
+    """One image at a time: which images flip under ``rule`` (no early exit, no original vote)."""
+    flips = []
+    for b in range(probs0.shape[0]):
+        c = int(probs0[b].argmax())
+        against = 0
+        for probs in probs_per_step:
+            p = float(probs[b, c])
+            if rule == "argmax":
+                support = int(probs[b].argmax()) == c
+            elif rule == "relative":
+                support = p > theta * float(probs0[b, c])
+            else:
+                support = p > theta
+            against += 0 if support else 1
+        flips.append(against > len(probs_per_step) / 2)
+    return torch.tensor(flips)
+
+
+@pytest.mark.parametrize("rule,theta", [("threshold", 0.27), ("argmax", 0.3), ("relative", 0.97)])
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_vote_rules_match_a_per_image_reference(rule, theta, early_exit):
+    torch.manual_seed(3)
+    model = TinyNet(num_classes=4, channels=6, stride=4, bn=False).eval()
+    images = torch.randn(24, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    tta = CAMMaskingTTA(model, k=5, theta=theta, patch_size=4, early_exit=early_exit, rule=rule)
+    res = tta.predict(images)
+    with torch.no_grad():
+        out = CAMExtractor(model)(images)
+        ranks = cell_ranks(out.cams, (16, 16), 4)
+        steps = [
+            model(masked_copies(images, ranks, torch.full((24,), j))).softmax(1)
+            for j in range(1, 6)
+        ]
+    expected = _reference_rule_vote(steps, out.logits.softmax(1), rule, theta)
+    assert torch.equal(res.flipped, expected)
+    assert expected.any() and (~expected).any()  # the case discriminates
+
+
+def test_k_class_rules_do_not_flip_every_low_confidence_prediction():
+    """10 classes near 1/K: the paper's threshold flips all, argmax/relative keep stable ones."""
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=10, channels=6, stride=4, bn=False).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(0.01)  # near-uniform predictions, max p ≈ 0.1 < θ
+    images = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    flips = {
+        rule: CAMMaskingTTA(model, k=5, theta=0.2, patch_size=4, rule=rule).predict(images).flipped
+        for rule in ("threshold", "argmax", "relative")
+    }
+    assert flips["threshold"].all()
+    assert not flips["relative"].all() and not flips["argmax"].all()
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="rule: expected 'threshold', 'argmax' or 'relative'"):
+        CAMMaskingTTA(_evidence_model(), rule="majority")

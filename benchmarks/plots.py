@@ -1,0 +1,138 @@
+"""Plots of the committed benchmark results for the docs' results page.
+
+Usage (from the repository root; ``make figures`` runs it)::
+
+    python benchmarks/plots.py                 # reads benchmarks/results, writes docs/figures
+
+- ``results_ablation.png``: accuracy per method and dataset from ``reproduce_cpu.json``, the bar
+  at the mean over seeds, the whisker ± one standard deviation, each seed a dot;
+- ``perf_ratios.png``: the cost ratios of ``perf_cpu.json`` (and ``perf_cuda.json`` when present)
+  against their targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from camkit.viz import save_figure
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
+
+# (key, label, target or None, True when lower is better)
+PERF_KEYS = [
+    ("train_step_ratio_cpe", "step + CPE / plain step", 1.05, True),
+    ("train_step_ratio_snapmix", "step + SnapMix / plain", None, True),
+    ("train_step_ratio_full", "full step / plain", 1.35, True),
+    ("train_step_ratio_full_vs_hand", "TrainStep / hand-written step", 1.02, True),
+    ("train_step_ratio_timm_cutmix", "timm CutMix step / plain (peer)", None, True),
+    ("memory_ratio_full", "full step memory / plain", 1.25, True),
+    ("cam_speedup_vs_gradcam", "CAM speed-up vs pytorch-grad-cam", 3.0, False),
+    ("snapmix_op_speedup_vs_loop", "SnapMix op speed-up vs loop", 10.0, False),
+    ("tta_speedup_vs_full_vote", "TTA early exit speed-up", 1.6, False),
+]
+
+
+def _accuracies(entry: dict) -> list[float]:
+    values = entry.get("acc") or entry.get("accuracy") or []
+    return [float(v) for v in values]
+
+
+def ablation_figure(results: dict):
+    """One panel per dataset: mean ± std accuracy per method, each seed a dot."""
+    from matplotlib.figure import Figure
+
+    datasets = [name for name, rows in results.items() if isinstance(rows, dict) and rows]
+    fig = Figure(figsize=(4.2 * len(datasets), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, name in zip(axes, datasets, strict=True):
+        methods = [m for m, row in results[name].items() if isinstance(row, dict)]
+        accs = [_accuracies(results[name][m]) for m in methods]
+        means = [statistics.fmean(a) if a else float("nan") for a in accs]
+        stds = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in accs]
+        xs = range(len(methods))
+        colors = ["tab:gray" if m == "baseline" else "tab:blue" for m in methods]
+        ax.bar(xs, means, yerr=stds, color=colors, alpha=0.75, capsize=3)
+        for x, values in zip(xs, accs, strict=True):
+            ax.plot([x] * len(values), values, "k.", markersize=4)
+        baseline = means[methods.index("baseline")] if "baseline" in methods else None
+        if baseline is not None:
+            ax.axhline(baseline, color="tab:gray", linestyle="--", linewidth=1)
+        ax.set_xticks(list(xs), methods, rotation=45, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel("test accuracy (%)")
+        low = min((v for a in accs for v in a), default=0.0)
+        ax.set_ylim(max(0.0, low - 10), min(100.0, max(means) + max(stds) + 8))
+    fig.suptitle("Ablations from scratch on the CPU: mean ± std over seeds, dots = seeds")
+    return fig
+
+
+def perf_figure(runs: dict[str, dict]):
+    """Horizontal bars of each measured ratio, one colour per device, the target as a tick."""
+    from matplotlib.figure import Figure
+
+    rows = [k for k in PERF_KEYS if any(k[0] in r for r in runs.values())]
+    fig = Figure(figsize=(7.5, 0.45 * len(rows) * len(runs) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    height = 0.8 / max(1, len(runs))
+    for i, (device, run) in enumerate(runs.items()):
+        ys = [r + i * height for r in range(len(rows))]
+        values = [float(run.get(key, float("nan"))) for key, *_ in rows]
+        ax.barh(ys, values, height=height, label=device)
+        for y, v in zip(ys, values, strict=True):
+            if v == v:
+                ax.text(v, y, f" {v:.2f}", va="center", fontsize=7)
+    for r, (_, _, target, lower) in enumerate(rows):
+        if target is not None:
+            mid = r + 0.4 - height / 2
+            ax.plot([target, target], [mid - 0.4, mid + 0.4], "r-", linewidth=1.5)
+            ax.text(
+                target,
+                mid - 0.3,
+                (" ≤ " if lower else " ≥ ") + f"{target:g}",
+                color="r",
+                fontsize=7,
+                ha="left",
+            )
+    ax.set_yticks(
+        [r + 0.4 - height / 2 for r in range(len(rows))], [k[1] for k in rows], fontsize=8
+    )
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("ratio (log scale); red: the target")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Measured costs and speed-ups (benchmarks/perf.py)")
+    return fig
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=FIGURES)
+    args = parser.parse_args(argv)
+    written = []
+    reproduce = args.results / "reproduce_cpu.json"
+    if reproduce.is_file():
+        fig = ablation_figure(json.loads(reproduce.read_text()))
+        written.append(save_figure(fig, args.out / "results_ablation.png", dpi=90))
+    runs = {}
+    for device in ("cpu", "cuda"):
+        path = args.results / f"perf_{device}.json"
+        if path.is_file():
+            runs[device.upper()] = json.loads(path.read_text())
+    if runs:
+        written.append(save_figure(perf_figure(runs), args.out / "perf_ratios.png", dpi=90))
+    for path in written:
+        print(f"wrote {path} ({path.stat().st_size // 1024} kB)")
+    return written
+
+
+if __name__ == "__main__":
+    main()
