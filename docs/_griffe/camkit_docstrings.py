@@ -21,6 +21,9 @@ import griffe
 
 # Modules that have a page in the API reference (see nav in mkdocs.yml).
 DOCUMENTED_MODULES = (
+    "camkit.train",
+    "camkit.timm_task",
+    "camkit.viz",
     "camkit.cam",
     "camkit.snapmix",
     "camkit.losses",
