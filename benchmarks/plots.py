@@ -120,7 +120,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
     written = []
     reproduce = args.results / "reproduce_cpu.json"
     if reproduce.is_file():
-        fig = ablation_figure(json.loads(reproduce.read_text()))
+        data = json.loads(reproduce.read_text())
+        if "rows" in data:  # reproduce.py's merged rows: {dataset: {method: {"acc": [...]}}}
+            from benchmarks.reproduce import nest
+
+            data = nest(data["rows"])
+        fig = ablation_figure(data)
         written.append(save_figure(fig, args.out / "results_ablation.png", dpi=90))
     runs = {}
     for device in ("cpu", "cuda"):

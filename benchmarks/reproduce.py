@@ -14,13 +14,17 @@ ResNet-50 and are meant for the *ordering* of the ablations at a scale a 2-core 
   same methods and CPE forms.
 
 Each (seed, method) is one call of the example script, so an interrupted reproduction resumes where
-it stopped (``--resume`` is always passed; finished runs are only re-evaluated), and the result
-files are rewritten after every run: ``benchmarks/results/reproduce_cpu.json`` (``{dataset: {method:
-{"acc": [per seed], "precision", "recall", "f1", "train_seconds"}}}``, metrics in percent) and
-``benchmarks/results/reproduce_cpu.md`` (the tables next to the paper's numbers).
+it stopped (``--resume`` is always passed; finished runs are only re-evaluated). After every run
+its rows are merged (:func:`camkit.io.merge_results`, under a file lock, so concurrent
+reproductions lose nothing) into ``reproduce_cpu.json`` (``{"rows": [...]}``: ``dataset``,
+``method``, ``seed``, ``settings`` — model, image size, subsets, epochs, CPE form, lr, batch size,
+torch and timm versions, ... — and the metrics in percent, ``train_seconds``, ``epochs``,
+``best_epoch``), and ``reproduce_cpu.md`` (the tables next to the paper's numbers) is rewritten; a
+table refuses rows of different settings. Both files go to the scratch folder ``--out``
+(``runs/reproduce``) unless ``--publish`` (``benchmarks/results``) or ``--results DIR`` is given.
 
-    python benchmarks/reproduce.py --epochs 20 --seeds 0 1 2
-    python benchmarks/reproduce.py --datasets digits --seeds 0 1 2
+    python benchmarks/reproduce.py --epochs 20 --seeds 0 1 2 --publish
+    python benchmarks/reproduce.py --datasets digits --seeds 0 1 2 --publish
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from camkit.io import atomic_write_text, merge_results
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
@@ -43,6 +49,8 @@ import covid_ct  # noqa: E402
 import mnist_usps  # noqa: E402
 
 KEYS = ("acc", "precision", "recall", "f1", "train_seconds", "epochs", "best_epoch")
+ROW_KEY = ("dataset", "method", "seed", "settings")
+METHOD_SETTINGS = ("cpe_normalize", "cpe_temperature")  # what a method's name (`*_norm`) sets
 
 # Paper, Table 2 (site-B, ImageNet-pretrained ResNet-50, 200 epochs): accuracy, F1
 PAPER = {
@@ -76,14 +84,54 @@ DATASETS = ("site-B", "digits")
 RECIPES = {run[0]: run[1:] for run in RUNS}
 
 
-def load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def load(path: Path) -> list[dict]:
+    """The rows of a results file (none when it is missing)."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise ValueError(
+            f"{path}: expected {{'rows': [...]}} (one row per dataset, method and seed), got the "
+            "nested form of an older reproduce.py; rerun the reproduction into another folder"
+        )
+    return data["rows"]
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def shared_settings(dataset: str, rows: list[dict]) -> dict:
+    """The settings every row of ``dataset``'s table shares; refuse rows of different settings.
+
+    ``METHOD_SETTINGS`` may differ between methods (the ``*_norm`` rows), not within one.
+    """
+
+    def differing(group: list[dict], skip: tuple[str, ...]) -> dict[str, list]:
+        keys = sorted({k for r in group for k in r["settings"]} - set(skip))
+        values = {k: {json.dumps(r["settings"].get(k)) for r in group} for k in keys}
+        return {k: sorted(map(json.loads, v), key=str) for k, v in values.items() if len(v) > 1}
+
+    groups = [
+        [r for r in rows if r["method"] == m] for m in dict.fromkeys(r["method"] for r in rows)
+    ]
+    for group in [rows, *groups]:
+        bad = differing(group, METHOD_SETTINGS if group is rows else ())
+        if bad:
+            where = "" if group is rows else f" (method {group[0]['method']})"
+            raise ValueError(
+                f"{dataset}{where}: rows of different settings cannot share a table; they differ "
+                f"in {bad}; rerun them with the same settings, or write to another --out"
+            )
+    return {k: v for k, v in rows[0]["settings"].items() if k not in METHOD_SETTINGS}
+
+
+def nest(rows: list[dict]) -> dict:
+    """``{dataset: {method: {key: [value per seed], "seeds": [...]}}}``, in order of the rows."""
+    out: dict = {}
+    for row in rows:
+        entry = out.setdefault(row["dataset"], {}).setdefault(row["method"], {})
+        entry.setdefault("seeds", []).append(row["seed"])
+        for key in (*KEYS, "tta_forwards", "tta_flipped"):
+            if key in row:
+                entry.setdefault(key, []).append(row[key])
+    return out
 
 
 def fmt(values: list[float]) -> str:
@@ -94,7 +142,9 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
-def write_markdown(results: dict, args: argparse.Namespace) -> None:
+def write_markdown(rows: list[dict], path: Path) -> None:
+    settings = {d: shared_settings(d, [r for r in rows if r["dataset"] == d]) for d in nest(rows)}
+    results = nest(rows)
     lines = [
         "# CPU-scale reproduction of the paper's ablations",
         "",
@@ -103,39 +153,40 @@ def write_markdown(results: dict, args: argparse.Namespace) -> None:
         "",
         "Commands (each run resumes or is re-evaluated when rerun):",
         "",
-        "    python benchmarks/reproduce.py --epochs 20 --seeds 0 1 2",
-        "    python benchmarks/reproduce.py --datasets digits --seeds 0 1 2",
+        "    python benchmarks/reproduce.py --epochs 20 --seeds 0 1 2 --publish",
+        "    python benchmarks/reproduce.py --datasets digits --seeds 0 1 2 --publish",
         "",
         "All models are trained **from scratch** (no pretrained weights are reachable here), so",
         "the absolute numbers are far below the paper's ImageNet-pretrained ResNet-50 (200",
         "epochs, 224²); compare the ordering of the rows. Metrics in percent on the test split,",
         "mean ± std over the seeds listed per row; the epoch is chosen on the validation split,",
-        "never on test.",
+        "never on test. Each table lists the settings all of its rows share.",
         "`*_norm` rows use the CPE loss with L2-normalised cells and temperature 0.1 instead of",
         "the paper's raw dot products. `full` = the `snapmix_cpe` model evaluated with the",
         "CAM-masking TTA (k = 31, θ = 0.2). `best val epochs`: the epoch the validation split",
         "selected in each run, in the order of the seeds; well before the last epoch, it says the",
         "validation accuracy had stopped improving (the convergence check).",
         "",
-        "- site-B: COVID-CT official split, resnet18 at 112², 20 epochs, batch 64; TTA on a 28×28",
-        "  grid of 4-pixel cells. Precision, recall and F1 with COVID as the positive class.",
-        "- digits: resnet18 at 64² (a 2×2 feature map), trained on the first 200 MNIST training",
-        "  digits of each class (2,000) for 15 epochs, batch 128, the epoch chosen on 200 held-out",
-        "  MNIST digits per class; tested on the first 200 digits per class of the USPS test set",
-        "  (1,784: some classes have fewer) and of MNIST-M's test half (2,000), with the same",
-        "  model for both targets. TTA on a 32×32 grid of 2-pixel cells. Precision, recall and F1",
-        "  macro-averaged over the 10 classes.",
+        "- site-B: COVID-CT official split; TTA cells scaled from the paper's 8 pixels at 224².",
+        "  Precision, recall and F1 with COVID as the positive class.",
+        "- digits: trained on a per-class subset of MNIST, the epoch chosen on held-out MNIST",
+        "  digits; tested on the USPS test set and MNIST-M's test half (per-class subsets), with",
+        "  the same model for both targets. Precision, recall and F1 macro-averaged over the 10",
+        "  classes.",
         "",
     ]
-    for dataset, rows in results.items():
+    for dataset, methods in results.items():
+        shared = ", ".join(f"{k} {v}" for k, v in settings[dataset].items())
         lines += [
             f"## {dataset}",
+            "",
+            f"Settings: {shared}.",
             "",
             "| method | seeds | epochs | best val epochs | accuracy | precision | recall | F1 "
             "| train s/run | paper acc | paper F1 |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for method, entry in rows.items():
+        for method, entry in methods.items():
             paper = PAPER.get(dataset, {}).get(method.removesuffix("_norm"), (None, None))
             if method.endswith("_norm"):
                 paper = (None, None)
@@ -156,20 +207,18 @@ def write_markdown(results: dict, args: argparse.Namespace) -> None:
         lines.append("")
     lines += ["## Training time of each run", "", "| dataset | method | seed | train seconds |"]
     lines.append("|---|---|---|---|")
-    for dataset, rows in results.items():
-        for method, entry in rows.items():
+    for dataset, methods in results.items():
+        for method, entry in methods.items():
             for seed, seconds in zip(
                 entry.get("seeds", []), entry.get("train_seconds", []), strict=True
             ):
                 lines.append(f"| {dataset} | {method} | {seed} | {seconds:.0f} |")
     lines.append("")
-    atomic_write(args.results / "reproduce_cpu.md", "\n".join(lines))
+    atomic_write_text("\n".join(lines), path)
 
 
-def example_call(
-    dataset: str, key: str, seed: int, args: argparse.Namespace
-) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """Run one (dataset, run, seed) with its example script; ``{result dataset: example rows}``."""
+def example_call(dataset: str, key: str, seed: int, args: argparse.Namespace) -> list[dict]:
+    """Run one (dataset, run, seed) with its example script; the example's result rows."""
     methods, _, extra = RECIPES[key]
     common = ["--seeds", str(seed), "--method", *methods, "--resume", "--quiet", "--device", "cpu"]
     if dataset == "site-B":
@@ -182,7 +231,7 @@ def example_call(
             argv += ["--data", str(args.data)]
         if args.subset:
             argv += ["--train-subset", str(args.subset[0]), "--test-subset", str(args.subset[1])]
-        return {"site-B": covid_ct.main(argv)["B"]}
+        return [{**row, "dataset": "site-B"} for row in covid_ct.main(argv)]
     train_n, test_n = args.digits_subset
     argv = [
         "--target", "both", "--model", "resnet18", "--img-size", str(args.digits_img_size),
@@ -193,26 +242,25 @@ def example_call(
     return mnist_usps.main(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the reproduction; return every row of the results file afterwards."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=["site-B"])
-    parser.add_argument("--epochs", type=int, default=20, help="site-B epochs")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--img-size", type=int, default=112, help="site-B input side")
-    parser.add_argument("--model", default="resnet18", help="site-B model")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "reproduce")
-    parser.add_argument("--runs", nargs="+", default=[r[0] for r in RUNS])
-    parser.add_argument("--data", type=Path, help="COVID-CT folder (default: the data root's)")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument(
-        "--report-only", action="store_true", help="rewrite the markdown from the JSON and exit"
-    )
-    parser.add_argument(
-        "--subset", type=int, nargs=2, metavar=("TRAIN", "TEST"), help="site-B images per class"
-    )
-    parser.add_argument("--digits-epochs", type=int, default=15)
-    parser.add_argument("--digits-img-size", type=int, default=64)
-    parser.add_argument(
+    add = parser.add_argument
+    add("--datasets", nargs="+", choices=DATASETS, default=["site-B"])
+    add("--epochs", type=int, default=20, help="site-B epochs")
+    add("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add("--img-size", type=int, default=112, help="site-B input side")
+    add("--model", default="resnet18", help="site-B model")
+    add("--out", type=Path, default=ROOT / "runs" / "reproduce", help="scratch folder of the runs")
+    add("--runs", nargs="+", default=[r[0] for r in RUNS])
+    add("--data", type=Path, help="COVID-CT folder (default: the data root's)")
+    add("--publish", action="store_true", help="write the results to benchmarks/results")
+    add("--results", type=Path, help="folder of the result files (default: --out)")
+    add("--report-only", action="store_true", help="rewrite the markdown from the JSON and exit")
+    add("--subset", type=int, nargs=2, metavar=("TRAIN", "TEST"), help="site-B images per class")
+    add("--digits-epochs", type=int, default=15)
+    add("--digits-img-size", type=int, default=64)
+    add(
         "--digits-subset",
         type=int,
         nargs=2,
@@ -221,15 +269,19 @@ def main(argv: list[str] | None = None) -> dict:
         help="MNIST training digits per class; validation and target test digits per class",
     )
     args = parser.parse_args(argv)
-    args.results.mkdir(parents=True, exist_ok=True)
-    json_path = args.results / "reproduce_cpu.json"
-    results = load(json_path)
+    if args.publish and args.results is not None:
+        parser.error(
+            "--publish and --results: give one (--publish is --results benchmarks/results)"
+        )
+    results = ROOT / "benchmarks" / "results" if args.publish else args.results or args.out
+    json_path, md_path = results / "reproduce_cpu.json", results / "reproduce_cpu.md"
     if args.report_only:
-        write_markdown(results, args)
-        return results
+        rows = load(json_path)
+        write_markdown(rows, md_path)
+        return rows
     unknown = sorted(set(args.runs) - set(RECIPES))
     if unknown:
-        raise SystemExit(f"--runs: unknown run(s) {unknown}; choose from {sorted(RECIPES)}")
+        parser.error(f"--runs: unknown run(s) {unknown}; choose from {sorted(RECIPES)}")
     # per dataset, the paper's form for every seed first, then the normalised-CPE variants
     schedule = [
         (dataset, key, seed)
@@ -239,32 +291,27 @@ def main(argv: list[str] | None = None) -> dict:
         for key in args.runs
         if key.endswith("_norm") == norm
     ]
+    rows = load(json_path)
     for dataset, key, seed in schedule:
-        _, row, _ = RECIPES[key]
+        _, source, _ = RECIPES[key]
         start = time.perf_counter()
         example = example_call(dataset, key, seed, args)
         seconds = time.perf_counter() - start
-        targets = {key: row}
+        names = {source: key}
         if key.startswith("snapmix_cpe"):
-            targets[key.replace("snapmix_cpe", "full")] = "full+tta"
-        for result_name, rows in example.items():
-            for name, source in targets.items():
-                entry = results.setdefault(result_name, {}).setdefault(name, {})
-                seeds_done = entry.setdefault("seeds", [])
-                if seed in seeds_done:  # a rerun replaces that seed's values
-                    index = seeds_done.index(seed)
-                    for k in KEYS:
-                        if k in entry:
-                            entry[k].pop(index)
-                    seeds_done.pop(index)
-                seeds_done.append(seed)
-                for k in KEYS:
-                    entry.setdefault(k, []).append(rows[source][k][-1])
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write(json_path, json.dumps(results, indent=1))
-        write_markdown(results, args)
+            names["full+tta"] = key.replace("snapmix_cpe", "full")
+        new = [
+            {
+                **{k: row[k] for k in (*ROW_KEY, *KEYS, "tta_forwards", "tta_flipped") if k in row},
+                "method": names[row["method"]],
+            }
+            for row in example
+            if row["method"] in names
+        ]
+        rows = merge_results(json_path, new, key=ROW_KEY)  # read, merge, write under the lock
+        write_markdown(rows, md_path)
         print(f"done: {dataset} {key} seed {seed} ({seconds:.0f} s including evaluation)")
-    return results
+    return rows
 
 
 if __name__ == "__main__":

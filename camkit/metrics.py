@@ -5,7 +5,9 @@ binary site-A/B tasks, and accuracy plus per-class sensitivity (recall) and PPV 
 COVIDx-CT (Normal, Pneumonia, COVID-19). :func:`classification_metrics` builds all of them as one
 :class:`torchmetrics.MetricCollection` from torchmetrics' own multiclass metrics, so they
 accumulate over batches and synchronise across processes like any torchmetrics metric.
-:func:`format_table` prints ``mean ± std`` over seeds, one row per method.
+:func:`evaluate` runs a model (optionally through :class:`camkit.CAMMaskingTTA`) over a test
+set held in memory and returns the collection's values; :func:`format_table` prints
+``mean ± std`` over seeds, one row per method.
 
 Conventions: every score is a fraction in ``[0, 1]``; a score whose denominator is zero (a class
 never predicted has no precision, a class absent from the targets has no recall) is ``0``, never
@@ -31,7 +33,7 @@ from torchmetrics.wrappers.abstract import WrapperMetric
 
 from camkit._checks import _describe, check_labels, check_tensor
 
-__all__ = ["classification_metrics", "format_table"]
+__all__ = ["classification_metrics", "evaluate", "format_table"]
 
 _ZERO_DIVISION = 0.0
 
@@ -265,6 +267,73 @@ def _check_class_names(class_names: Sequence[str] | None, num_classes: int) -> l
     if len(set(names)) != len(names):
         raise ValueError(f"class_names: expected unique names, got {names!r}")
     return names
+
+
+@torch.no_grad()
+def evaluate(
+    model: Callable[[Tensor], Tensor],
+    images: Tensor,
+    labels: Tensor,
+    metrics: MetricCollection,
+    *,
+    batch_size: int = 64,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    tta: Any = None,
+    amp: bool = False,
+) -> dict[str, float]:
+    """Fill ``metrics`` with ``model``'s predictions on ``images`` in batches; return the values.
+
+    The test set stays where it is (e.g. resident on the GPU as uint8): each batch of ``images``
+    goes through ``transform`` (decode, resize, normalise, channels-last, ...) to the model input,
+    then through ``model`` or, with ``tta``, through ``tta.predict``. Nothing is read back to the
+    host before the end. ``model`` should be in eval mode.
+
+    Args:
+        model: the classifier, ``(B, C, H, W) -> (B, K)`` logits.
+        images: ``(N, ...)`` the test inputs, any dtype, on the model's device.
+        labels: ``(N,)`` int64 labels on the same device.
+        metrics: the collection to fill, e.g. :func:`classification_metrics` (reset first).
+        batch_size: images per forward.
+        transform: maps a slice of ``images`` to the model input (default: unchanged).
+        tta: a :class:`camkit.CAMMaskingTTA` (or an object with its ``predict``) to evaluate with.
+        amp: run the forwards under bfloat16 autocast on the images' device.
+
+    Returns:
+        ``{name: float}`` of ``metrics.compute()``; with ``tta`` also ``tta_forwards`` (mean
+        image-forwards per image, from :attr:`camkit.TTAResult.forwards`) and ``tta_flipped``
+        (the number of labels the vote flipped).
+
+    Examples:
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+        >>> values = evaluate(model, torch.randn(10, 1, 2, 2), torch.arange(10) % 2,
+        ...                   classification_metrics(2), batch_size=4)
+        >>> sorted(values)[:3], 0.0 <= values["accuracy"] <= 1.0
+        (['accuracy', 'f1', 'ppv_0'], True)
+    """
+    check_tensor(labels, "labels", shape=(images.shape[0],), floating=False)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    device = images.device
+    metrics = metrics.to(device)
+    forwards = torch.zeros((), dtype=torch.long, device=device)
+    flipped = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+        x = transform(x) if transform is not None else x
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if tta is not None:
+                result = tta.predict(x)
+                probs = result.probs
+                forwards += result.forwards.sum()
+                flipped += result.flipped.sum()
+            else:
+                probs = model(x).float().softmax(1)
+        metrics.update(probs, labels[start : start + batch_size])
+    values = {name: float(value) for name, value in metrics.compute().items()}
+    if tta is not None:
+        values["tta_forwards"] = float(forwards) / max(1, images.shape[0])
+        values["tta_flipped"] = int(flipped)
+    return values
 
 
 def format_table(

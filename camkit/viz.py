@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ import torch
 
 from camkit._checks import check_probability, check_tensor
 from camkit.cam import normalize_cams, upsample_cams
+from camkit.io import _atomic_write
 from camkit.snapmix import SnapMixParams, apply_snapmix
 from camkit.tta import DeletionCurve, cell_ranks, deletion_auc, masked_copies
 
@@ -137,21 +137,12 @@ def overlay_cams(
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix, PNG without one), atomically.
 
-    The parent folder is created; the figure goes to a temporary file in that folder, moved into
-    place with :func:`os.replace`, so ``path`` is never left half-written. Returns ``Path(path)``.
+    The parent folder is created; the write is :mod:`camkit.io`'s (a temporary file in that folder,
+    ``fsync``, :func:`os.replace`), so ``path`` is never left half-written. Returns ``Path(path)``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=path.suffix[1:].lower() or "png", dpi=dpi)
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private (0600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    fmt = path.suffix[1:].lower() or "png"
+    return _atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=dpi))
 
 
 def _values(value: object, name: str, count: int) -> list | None:

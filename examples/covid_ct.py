@@ -1,9 +1,9 @@
 """COVID-19 CT classification with camkit: SnapMix, the contrastive patch loss and CAM-masking TTA.
 
-Trains a timm classifier on the UCSD COVID-CT dataset ("site B"), the SARS-CoV-2 CT-scan dataset
-("site A"), both jointly (evaluated per site), or COVIDx-CT (``--site X``: three classes, Normal,
-Pneumonia, COVID-19), with one of five methods, and reports accuracy, precision, recall and F1 of
-the COVID class (mean ± std over seeds), and for COVIDx-CT also each class's sensitivity and PPV::
+Trains a timm classifier on COVID-CT ("site B", default), the SARS-CoV-2 CT-scan dataset
+("site A"), both jointly (evaluated per site), or COVIDx-CT (``--site X``: Normal, Pneumonia,
+COVID-19), with one of five methods, and reports accuracy, precision, recall and F1 of the COVID
+class (mean ± std over seeds; COVIDx-CT also each class's sensitivity and PPV)::
 
     baseline      soft-target cross-entropy on one-hot labels
     cpe           + contrastive patch embedding loss (paper Eq. 1)
@@ -11,100 +11,65 @@ the COVID class (mean ± std over seeds), and for COVIDx-CT also each class's se
     snapmix_cpe   SnapMix + contrastive patch loss
     full          snapmix_cpe training + CAM-masking test-time augmentation (k=31, θ=0.2)
 
-The training step runs the model once per batch with autograd: with SnapMix, the CAMs that weight
-the mixed labels come from a no-grad side pass over the un-mixed batch that leaves BatchNorm
-statistics untouched (:meth:`camkit.CAMExtractor.forward_frozen`); the training forward then gives
-logits, features and the CAM of each (mixed) image's dominant label together, and that CAM ranks
-the cells for the contrastive patch loss.
+The script reads top to bottom: options, data, model, then :func:`train` — a
+:class:`camkit.TrainStep` and one loop — and :func:`main`, which evaluates each run plainly
+(``<method>``) and, with ``--tta`` (always for ``full``), with the CAM-masking TTA
+(``<method>+tta``). ``full`` reuses the ``snapmix_cpe`` model when both are asked for.
 
-Every method reports the plain evaluation as ``<method>`` and, with ``--tta`` (always for
-``full``), the CAM-masking TTA evaluation as ``<method>+tta``; ``full+tta`` is the paper's "full
-method" and ``full`` its plain evaluation (the snapmix_cpe recipe: when both are asked for, the
-model is trained once per seed).
-
-Recipe (the released code's, see ``spec.md`` §5): SGD with Nesterov momentum 0.9, weight decay
-1e-4, learning rate 1e-2 (with ``--pretrained``: 1e-3 for the pretrained layers, 1e-2 for the new
-classifier), ×0.1 after 40 %, 75 % and 90 % of the epochs (80/150/180 of 200), batch 64, ImageNet
-mean/std; train: Resize to ``round(img*256/224)`` square → RandomCrop(img) → horizontal and
-vertical flips; test: Resize((img, img)). Unlike the released code the reported epoch is chosen on
-the validation split (site B and COVIDx-CT; the pooled validation images with ``--site both``),
-or is the last epoch when there is none (site A) — never on the test set.
-
-COVIDx-CT (``--site X``): the images of ``--data-x`` with the list files
-``{train,val,test}_COVIDx_CT-<version>.txt`` (``--covidx-version``, default 3A) in that folder or
-in ``--covidx-lists``; each image is cropped to its list box before resizing.
-
-Every image is decoded once (and cached in ``--out``); the train set stays on the device as a uint8
-tensor and is cropped, flipped and normalised there in batches (kornia), so the hot loop needs no
-DataLoader. On CUDA the model runs in bf16 autocast and channels-last.
+Recipe (the released code's): SGD, Nesterov momentum 0.9, weight decay 1e-4, learning rate 1e-2
+(with ``--pretrained`` 1e-3 for the pretrained layers), ×0.1 after 40 %, 75 % and 90 % of the
+epochs, batch 64, ImageNet mean/std; train: Resize to ``round(img*256/224)`` → RandomCrop(img) →
+horizontal and vertical flips; test: Resize((img, img)). The reported epoch is chosen on the
+validation split (site B, COVIDx-CT; pooled with ``--site both``), or is the last one (site A).
+Every image is decoded once (cached in ``--out``) and the splits stay on the device as uint8; on
+CUDA the model runs in bf16 autocast and channels-last.
 
 Examples::
 
-    # two-to-four-minute CPU demo: ResNet-18 at 112 px, SnapMix + CPE with and without the TTA
-    python examples/covid_ct.py --demo --out /tmp/demo
-
-    # the paper's site-B table, ImageNet-pretrained ResNet-50, three seeds, on a GPU
+    python examples/covid_ct.py --demo                  # a few minutes on a CPU, with a figure
     python examples/covid_ct.py --model resnet50 --pretrained --epochs 200 --seeds 0 1 2 \\
         --method baseline snapmix snapmix_cpe full --out runs/site_b
+    python examples/covid_ct.py --site X --data-x /data/COVIDx-CT --method baseline full
+    python examples/covid_ct.py --site both --data-a /data/SARS-CoV-2-CT --method full --resume
 
-    # COVIDx-CT (3 classes, per-class sensitivity/PPV), images and list files in one folder
-    python examples/covid_ct.py --site X --data-x /data/COVIDx-CT --model resnet50 --pretrained \\
-        --method baseline full --out runs/covidx
-
-    # joint site A + B training, evaluated per site; continue an interrupted run
-    python examples/covid_ct.py --site both --data-a /data/SARS-CoV-2-CT --model resnet50 \\
-        --pretrained --method full --out runs/joint --resume
-
-Outputs in ``--out``: ``results.json`` (``{site: {method: {"acc": [...], "precision": [...],
-"recall": [...], "f1": [...], "train_seconds": [...], ...}}}``, metrics in percent, one value per
-seed; ``train_seconds`` counts the training epochs only, not validation or checkpoint writing; also
-``best_epoch`` and ``epochs``, and for ``+tta`` rows ``tta_forwards``, the mean image-forwards per
-test image, and ``tta_flipped``, the labels the vote flipped; for COVIDx-CT also
-``sensitivity_<class>`` and ``ppv_<class>`` of each class), one checkpoint per run
-``<site>_<method>_seed<k>.pt`` (written after every epoch; ``--resume`` continues from it) and the
-decoded-image caches ``cache_<site>_<size>.pt``.
+Outputs in ``--out``: ``results.json`` (``{"rows": [...]}``, one row per site, method and seed:
+``dataset``, ``method``, ``seed``, ``settings`` — everything that changes a number — and the
+metrics in percent, ``train_seconds``, ``best_epoch``, ``epochs``, for ``+tta`` rows
+``tta_forwards`` and ``tta_flipped``; merged, so runs of other methods or seeds into the same
+folder keep their rows), one checkpoint per run ``<site>_<method>_seed<k>.pt`` (written
+atomically after every epoch; ``--resume`` continues it, ``--overwrite`` starts it again), the
+image caches ``cache_<site>_<size>.pt``, and with ``--demo`` or ``--figures`` the figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import kornia.augmentation as K
+import numpy as np
 import timm
-import timm.loss
 import torch
-from torch import nn
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (
-    ImageCache,
-    RunResult,
-    add_run_arguments,
-    atomic_copy,
-    check_run_arguments,
-    evaluate,
-    first_n_per_class,
-    resolve_device,
-    run_config,
-    train_augmentation,
-    train_resize,
-    tta_geometry,
-    write_line,
-)
-from common import train_run as common_train_run
-
-from camkit import CAMExtractor, CAMMaskingTTA
+from camkit import CAMExtractor, CAMMaskingTTA, ContrastivePatchLoss, SnapMix, TrainStep
 from camkit.datasets import COVIDCT, COVIDxCT, SARSCoV2CT, default_data_root
-from camkit.metrics import format_table
+from camkit.io import (
+    atomic_save,
+    atomic_write_bytes,
+    clean_stale_temps,
+    load_checkpoint,
+    merge_results,
+)
+from camkit.metrics import classification_metrics, evaluate, format_table
 
 METHODS = ("baseline", "cpe", "snapmix", "snapmix_cpe", "full")
 RECIPES = {  # method -> (SnapMix batches, contrastive patch loss)
@@ -114,145 +79,177 @@ RECIPES = {  # method -> (SnapMix batches, contrastive patch loss)
     "snapmix_cpe": (True, True),
     "full": (True, True),
 }
-CLASS_NAMES = ("NonCOVID", "COVID")
-COVIDX_CLASS_NAMES = ("Normal", "Pneumonia", "COVID-19")
+CLASS_NAMES = {"X": ("Normal", "Pneumonia", "COVID-19")}  # other sites: NonCOVID, COVID
 SITE_NAMES = {"A": "SARS-CoV-2 CT (site A)", "B": "COVID-CT (site B)", "X": "COVIDx-CT"}
-TABLE_METRICS = ("accuracy", "precision", "recall", "f1")
-JSON_KEYS = {"accuracy": "acc", "precision": "precision", "recall": "recall", "f1": "f1"}
-CPE_PATCHES = 2
-TTA_K, TTA_THETA = 31, 0.2
-
-DEFAULTS: dict[str, Any] = {
-    "model": "resnet18",
-    "img_size": 224,
-    "epochs": 200,
-    "method": list(METHODS),
-    "seeds": [0, 1, 2],
-}
-DEMO: dict[str, Any] = {
-    "model": "resnet18",
-    "img_size": 112,
-    "epochs": 16,  # about 3 minutes on 2 CPU cores, TTA included
-    "method": ["snapmix_cpe"],
-    "seeds": [0],
-}
+METRICS = {"accuracy": "acc", "precision": "precision", "recall": "recall", "f1": "f1"}
+CPE_PATCHES, TTA_K, TTA_THETA = 2, 31, 0.2
+ROW_KEY = ("dataset", "method", "seed", "settings")  # a result row replaces the row of equal key
+MILESTONES = (0.4, 0.75, 0.9)  # lr ×0.1 after these fractions of the epochs (80/150/180 of 200)
+SETTINGS = (  # what a run checkpoint must agree on to be resumed (epochs may grow)
+    *("model", "pretrained", "img_size", "batch_size", "lr", "cpe_normalize", "cpe_temperature"),
+    *("train_subset", "test_subset"),
+)
+DEFAULTS = {"model": "resnet18", "img_size": 224, "epochs": 200, "seeds": [0, 1, 2]}
+DEMO = {"model": "resnet18", "img_size": 112, "epochs": 16, "seeds": [0], "out": "runs/demo"}
 
 
 # ------------------------------------------------------------------------------------------------
-# command line
+# options
 # ------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="See the module docstring (python -m pydoc examples/covid_ct.py) for details.",
-    )
-    data = p.add_argument_group("data")
-    data.add_argument("--data", type=Path, help="COVID-CT folder (default: <data root>/COVID-CT)")
-    data.add_argument(
-        "--data-a", type=Path, help="SARS-CoV-2 CT folder (default: <data root>/SARS-CoV-2-CT)"
-    )
-    data.add_argument(
-        "--data-x", type=Path, help="COVIDx-CT image folder (default: <data root>/COVIDx-CT)"
-    )
-    data.add_argument(
-        "--covidx-lists", type=Path, help="folder of the COVIDx-CT list files (default: --data-x)"
-    )
-    data.add_argument(
-        "--covidx-version", default="3A", help="COVIDx-CT list version, e.g. 2A or 3A (default)"
-    )
-    data.add_argument(
-        "--site",
-        choices=("A", "B", "both", "X"),
-        default="B",
-        help="B: COVID-CT (default), A: SARS-CoV-2 CT, both: joint training, per-site test; "
-        "X: COVIDx-CT (3 classes)",
-    )
-    data.add_argument("--img-size", type=int, help="input side in pixels (default 224)")
-    data.add_argument(
-        "--train-subset", type=int, metavar="N", help="first N train images per class"
-    )
-    data.add_argument(
-        "--test-subset", type=int, metavar="N", help="first N val and test images per class"
-    )
-    data.add_argument(
-        "--workers",
-        type=int,
-        default=min(8, os.cpu_count() or 1),
-        help="threads decoding images (once; later runs read the cache)",
-    )
-
-    train = add_run_arguments(
-        p,
-        methods=METHODS,
-        epochs=200,
-        batch_size=64,
-        lr=1e-2,
-        out=Path("runs/covid_ct"),
-        out_help="results.json, checkpoints and image caches",
-    )
-    train.add_argument(
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = p.add_argument
+    add("--site", choices=("A", "B", "both", "X"), default="B", help="data set (default B)")
+    add("--data", type=Path, help="COVID-CT folder (default: <data root>/COVID-CT)")
+    add("--data-a", type=Path, help="SARS-CoV-2 CT folder (default: <data root>/SARS-CoV-2-CT)")
+    add("--data-x", type=Path, help="COVIDx-CT image folder (default: <data root>/COVIDx-CT)")
+    add("--covidx-lists", type=Path, help="folder of the COVIDx-CT list files (default --data-x)")
+    add("--covidx-version", default="3A", help="COVIDx-CT list version (default 3A)")
+    add("--img-size", type=int, help="input side in pixels (default 224)")
+    add("--train-subset", type=int, metavar="N", help="first N train images per class")
+    add("--test-subset", type=int, metavar="N", help="first N val and test images per class")
+    add("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding threads")
+    add("--model", help="timm model name (default resnet18)")
+    add("--pretrained", action="store_true", help="start from timm's ImageNet weights")
+    add("--checkpoint", type=Path, help="state_dict or camkit run checkpoint to start from")
+    add("--method", nargs="+", choices=METHODS, help="one or more (default: all five)")
+    add("--tta", action="store_true", help="also evaluate with CAM-masking TTA (always for full)")
+    add("--cpe-normalize", action="store_true", help="L2-normalise the CPE cells (paper: raw)")
+    add("--cpe-temperature", type=float, default=1.0, help="CPE temperature τ (paper: 1)")
+    add("--epochs", type=int, help="training epochs (default 200; 0: evaluate only)")
+    add("--batch-size", type=int, default=64, help="default 64")
+    add("--lr", type=float, default=1e-2, help="new layers' lr; pretrained ones get 0.1×")
+    add("--seeds", type=int, nargs="+", help="one run per seed (default 0 1 2)")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add("--out", type=Path, help="results, checkpoints, caches, figures (default runs/covid_ct)")
+    add("--resume", action="store_true", help="continue (or re-evaluate) the runs in --out")
+    add("--overwrite", action="store_true", help="train the runs in --out again from scratch")
+    add("--log-every", type=int, default=10, help="read the loss back every N steps")
+    add("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    add("--figures", action="store_true", help="write every figure kind for each run")
+    add(
         "--demo",
         action="store_true",
-        help="preset: resnet18, 112 px, 16 epochs, snapmix_cpe with TTA, seed 0 "
-        "(a few minutes on a CPU); explicit options still win",
+        help="preset: resnet18, 112 px, 16 epochs, snapmix_cpe "
+        "with TTA, seed 0, a CAM figure, --out runs/demo (rerun: trained again)",
     )
-    return p
+    args = p.parse_args(argv)
 
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    preset = DEMO if args.demo else DEFAULTS
+    preset = DEMO if args.demo else {**DEFAULTS, "out": "runs/covid_ct"}
     for key, value in preset.items():
         if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.demo:
-        args.tta = True
-    check_run_arguments(parser, args, positive=("workers",))
-    args.class_names = COVIDX_CLASS_NAMES if args.site == "X" else CLASS_NAMES
+            setattr(args, key, Path(value) if key == "out" else value)
+    if args.method is None:
+        args.method = ["snapmix_cpe"] if args.demo else list(METHODS)
+    args.tta = args.tta or args.demo
+    args.overwrite = args.overwrite or (args.demo and not args.resume)  # the demo is a scratch run
+    args.method, args.seeds = list(dict.fromkeys(args.method)), list(dict.fromkeys(args.seeds))
+    for name in ("img_size", "batch_size", "log_every", "workers"):
+        if getattr(args, name) < 1:
+            p.error(
+                f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}"
+            )
+    if args.batch_size < 2:
+        p.error("--batch-size: BatchNorm training needs at least 2 images per batch")
+    if args.epochs < 0:
+        p.error(f"--epochs: expected 0 or more, got {args.epochs}")
+    for name in ("train_subset", "test_subset"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: expected at least 1 image per class")
+    if args.resume and args.overwrite and not args.demo:
+        p.error("--resume and --overwrite: choose one (continue the runs, or start them again)")
+    args.class_names = CLASS_NAMES.get(args.site, ("NonCOVID", "COVID"))
     args.num_classes = len(args.class_names)
+    for method in args.method:  # a finished or half-done run is never silently trained again
+        for seed in args.seeds:
+            path = checkpoint_path(args, method, seed)
+            if path.exists() and not (args.resume or args.overwrite):
+                p.error(
+                    f"{path} exists: pass --resume to continue or re-evaluate that run, or "
+                    "--overwrite to train it again from scratch (or choose another --out)"
+                )
     return args
 
 
+def checkpoint_path(args: argparse.Namespace, method: str, seed: int) -> Path:
+    return args.out / f"{args.site}_{method}_seed{seed}.pt"
+
+
 # ------------------------------------------------------------------------------------------------
-# data
+# data: decoded once into a uint8 cache, resident on the device
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Split:
-    """A split resident on the device: ``images`` (N, 3, S, S) uint8 and ``labels`` (N,) int64."""
+def first_n_per_class(targets: list[int], n: int | None) -> list[int]:
+    """Indices of the first ``n`` samples of every class, in order (all when ``n`` is None)."""
+    seen: dict[int, int] = {}
+    keep = []
+    for i, label in enumerate(targets):
+        seen[label] = seen.get(label, 0) + 1
+        if n is None or seen[label] <= n:
+            keep.append(i)
+    return keep
 
-    images: torch.Tensor
-    labels: torch.Tensor
 
-    def __len__(self) -> int:
-        return self.labels.shape[0]
+class ImageCache:
+    """Decoded, resized uint8 images in one ``.pt`` file, keyed by size, path, length and mtime."""
 
-    @staticmethod
-    def cat(splits: Sequence[Split]) -> Split:
-        return Split(torch.cat([s.images for s in splits]), torch.cat([s.labels for s in splits]))
+    def __init__(self, path: Path, log: Any = print):
+        self.path, self.log, self.dirty, self.items = path, log, False, {}
+        if path.is_file():
+            try:
+                self.items = dict(load_checkpoint(path, required=("items",))["items"])
+            except ValueError as err:
+                log(f"ignoring the image cache: {err}")
+
+    def images(self, dataset: Any, indices: list[int], size: int, workers: int = 1) -> torch.Tensor:
+        """``(N, 3, size, size)`` uint8 images of ``dataset`` (squashed, bilinear)."""
+
+        def key(i: int) -> str:
+            stat = os.stat(dataset.samples[i][0])
+            return (
+                f"{size}|{os.path.abspath(dataset.samples[i][0])}|{stat.st_size}|{stat.st_mtime_ns}"
+            )
+
+        def decode(i: int) -> torch.Tensor:
+            image = dataset[i][0].resize((size, size), Image.Resampling.BILINEAR)
+            return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+        keys = [key(i) for i in indices]
+        missing = [(i, k) for i, k in zip(indices, keys, strict=True) if k not in self.items]
+        with ThreadPoolExecutor(workers) as pool:
+            for (_, k), image in zip(
+                missing, pool.map(decode, [i for i, _ in missing]), strict=True
+            ):
+                self.items[k] = image.contiguous()
+        self.dirty |= bool(missing)
+        self.log(
+            f"  {len(keys)} images at {size}×{size}: {len(keys) - len(missing)} from cache, "
+            f"{len(missing)} decoded"
+        )
+        if not keys:
+            return torch.empty(0, 3, size, size, dtype=torch.uint8)
+        return torch.stack([self.items[k] for k in keys])
+
+    def save(self) -> None:
+        if self.dirty:
+            atomic_save({"version": 1, "items": self.items}, self.path)
 
 
 def data_folder(explicit: Path | None, name: str, flag: str) -> Path:
-    if explicit is not None:
-        return explicit
     root = default_data_root()
-    if root is None:
+    if explicit is None and root is None:
         raise FileNotFoundError(
-            f"{flag}: not given, and no shared/data folder was found above the working directory "
-            f"(set CAMKIT_DATA or pass {flag} PATH/{name})"
+            f"{flag}: not given, and no shared/data folder was found above "
+            f"the working directory (set CAMKIT_DATA or pass {flag} PATH)"
         )
-    return root / name
+    return explicit if explicit is not None else root / name
 
 
-def load_site(
-    site: str, args: argparse.Namespace, device: torch.device, log: Callable[[str], None]
-) -> dict[str, Split]:
-    """Decode (or read from the cache) one site's splits and move them to the device."""
+def load_site(site: str, args: argparse.Namespace, device: torch.device, log: Any) -> dict:
+    """``{split: (images uint8 (N, 3, S, S), labels (N,))}`` of one site, on ``device``."""
     if site == "B":
         root = data_folder(args.data, "COVID-CT", "--data")
         datasets = {s: COVIDCT(root, split=s) for s in ("train", "val", "test")}
@@ -267,22 +264,27 @@ def load_site(
         root = data_folder(args.data_a, "SARS-CoV-2-CT", "--data-a")
         if not root.is_dir():
             raise FileNotFoundError(
-                f"--data-a: the SARS-CoV-2 CT-scan dataset (site A) is not at {root}; download it "
-                "(folders COVID/ and non-COVID/) and pass --data-a PATH"
+                f"--data-a: the SARS-CoV-2 CT-scan dataset (site A) is not "
+                f"at {root}; download it (COVID/, non-COVID/), pass --data-a"
             )
         datasets = {s: SARSCoV2CT(root, split=s, seed=0) for s in ("train", "test")}
-    cache = ImageCache(args.out / f"cache_{site}_{args.img_size}.pt", log)
     log(f"site {site}: {root}")
+    cache = ImageCache(args.out / f"cache_{site}_{args.img_size}.pt", log)
     splits = {}
-    for name, dataset in datasets.items():
-        subset = args.train_subset if name == "train" else args.test_subset
-        keep = first_n_per_class(dataset.targets, subset)
-        size = train_resize(args.img_size) if name == "train" else args.img_size
-        images = cache.images(dataset, keep, size, args.workers)
-        labels = torch.tensor([dataset.targets[i] for i in keep], dtype=torch.long)
-        splits[name] = Split(images.to(device), labels.to(device))
+    for name, ds in datasets.items():
+        keep = first_n_per_class(
+            ds.targets, args.train_subset if name == "train" else args.test_subset
+        )
+        size = round(args.img_size * 256 / 224) if name == "train" else args.img_size
+        images = cache.images(ds, keep, size, args.workers)
+        labels = torch.tensor([ds.targets[i] for i in keep], dtype=torch.long)
+        splits[name] = (images.to(device), labels.to(device))
     cache.save()
     return splits
+
+
+def concat(splits: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([s[0] for s in splits]), torch.cat([s[1] for s in splits])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ def load_site(
 
 
 def pretrained_weights(args: argparse.Namespace) -> dict[str, torch.Tensor] | None:
-    """timm's ImageNet weights of the backbone (fetched once for all seeds), or None."""
+    """timm's ImageNet weights without the classifier (fetched once for all runs), or None."""
     if not args.pretrained:
         return None
     try:
@@ -299,122 +301,285 @@ def pretrained_weights(args: argparse.Namespace) -> dict[str, torch.Tensor] | No
     except Exception as err:
         raise RuntimeError(
             f"--pretrained: could not load the ImageNet weights of {args.model!r} "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). timm "
-            "downloads them from the Hugging Face Hub on first use and caches them (HF_HOME); "
-            "on an offline machine copy the cache over first (HF_HUB_OFFLINE=1 skips the "
-            "retries), or pass --checkpoint PATH, or drop --pretrained"
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); timm "
+            "downloads them from the Hugging Face Hub once (HF_HOME); offline, copy that cache "
+            "over (HF_HUB_OFFLINE=1), pass --checkpoint PATH, or drop --pretrained"
         ) from err
-    head = {f"{name}." for name, mod in model.named_modules() if mod is model.get_classifier()}
+    head = {f"{n}." for n, m in model.named_modules() if m is model.get_classifier()}
     return {k: v for k, v in model.state_dict().items() if not any(k.startswith(h) for h in head)}
 
 
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A state_dict from ``path``: a bare one, or a camkit run checkpoint (its selected weights)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        return state.get("best_state") or state["model"]
-    if isinstance(state, dict) and "state_dict" in state:
-        return state["state_dict"]
-    return state
-
-
-def create_model(
-    args: argparse.Namespace,
-    device: torch.device,
-    backbone: dict[str, torch.Tensor] | None = None,
-    state: dict[str, torch.Tensor] | None = None,
-) -> nn.Module:
-    """A new model on ``device``: ``state`` if given, else pretrained backbone and --checkpoint."""
+def create_model(args: argparse.Namespace, device: torch.device, backbone=None, state=None):
+    """A model on ``device``: ``state`` if given, else the pretrained backbone and --checkpoint."""
     model = timm.create_model(args.model, pretrained=False, num_classes=args.num_classes)
     if state is not None:
         model.load_state_dict(state)
     elif backbone is not None:
         missing, unexpected = model.load_state_dict(backbone, strict=False)
-        head = {name for name, _ in model.get_classifier().named_parameters()}
-        if unexpected or len(missing) != len(head):
+        if unexpected or len(missing) != len(list(model.get_classifier().parameters())):
             raise RuntimeError(f"--pretrained: weights do not fit {args.model}: {missing=}")
     if state is None and args.checkpoint is not None:
+        ckpt = load_checkpoint(args.checkpoint)
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):  # a run checkpoint
+            ckpt = ckpt.get("best_state") or ckpt["model"]
         try:
-            model.load_state_dict(read_checkpoint(args.checkpoint))
+            model.load_state_dict(ckpt)
         except RuntimeError as err:
             raise RuntimeError(
-                f"--checkpoint {args.checkpoint}: not a state_dict of {args.model} with "
-                f"{args.num_classes} classes "
-                f"({err})"
+                f"--checkpoint {args.checkpoint}: not a state_dict of "
+                f"{args.model} with {args.num_classes} classes ({err})"
             ) from err
     model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
 def check_feature_grid(args: argparse.Namespace) -> tuple[int, int]:
     """The model's feature grid at ``--img-size``; fail early if CPE cannot pick its cells."""
     model = timm.create_model(args.model, pretrained=False, num_classes=2).eval()
     with torch.no_grad():
-        out = CAMExtractor(model)(torch.zeros(1, 3, args.img_size, args.img_size))
-    h, w = out.cams.shape[-2:]
+        h, w = CAMExtractor(model)(torch.zeros(1, 3, args.img_size, args.img_size)).cams.shape[-2:]
     if any(RECIPES[m][1] for m in args.method) and h * w < 2 * CPE_PATCHES:
         raise ValueError(
             f"--img-size {args.img_size}: {args.model} gives a {h}×{w} feature map, but the "
-            f"contrastive patch loss needs at least {2 * CPE_PATCHES} cells ({CPE_PATCHES} most "
-            "and least relevant); use a larger --img-size (64 or more for a stride-32 network)"
+            f"contrastive patch loss needs at least {2 * CPE_PATCHES} cells; use a larger "
+            "--img-size (64 or more for a stride-32 network)"
         )
     return h, w
 
 
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` in [0, 1] → ImageNet-normalised model input (channels-last on CUDA)."""
+    mean = x.new_tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+    x = (x - mean) / x.new_tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(B, 3, S, S)`` images at the test size → the model input."""
+    return normalize(images.float() / 255)
+
+
+def run_evaluate(args, model, images, labels, tta=None) -> dict[str, float]:
+    k = args.num_classes
+    names = list(args.class_names)
+    metrics = classification_metrics(k, positive_class=k - 1, class_names=names)  # COVID last
+    return evaluate(
+        model,
+        images,
+        labels,
+        metrics,
+        batch_size=args.batch_size,
+        transform=to_input,
+        tta=tta,
+        amp=images.is_cuda,
+    )
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, pretrained: bool) -> torch.optim.SGD:
+    """SGD, Nesterov momentum 0.9, weight decay 1e-4; pretrained layers at 0.1 × ``lr``.
+
+    Group 0 is the backbone, group 1 the classifier; ``base_lr`` is each group's rate before
+    :func:`lr_scale`.
+    """
+    head = list(model.get_classifier().parameters())
+    body = [p for p in model.parameters() if all(p is not h for h in head)]
+    groups = [{"params": body, "base_lr": lr * (0.1 if pretrained else 1.0)}, {"params": head}]
+    groups[1]["base_lr"] = lr
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def lr_scale(epoch: int, epochs: int) -> float:
+    """×0.1 after 40 %, 75 % and 90 % of the epochs (80/150/180 of 200), as a closed form, so a
+    run resumed with another ``--epochs`` follows the new schedule."""
+    return 0.1 ** sum(epoch >= max(1, round(f * epochs)) for f in MILESTONES)
+
+
+def tta_geometry(img_size: int, k: int = TTA_K) -> tuple[int, int, int]:
+    """TTA ``(cell side, cells, masks)``: the paper's 8-px cells at 224² scaled, k ≤ cells."""
+    patch = max(1, round(8 * img_size / 224))
+    cells = math.ceil(img_size / patch) ** 2
+    return patch, cells, min(k, cells)
+
+
 # ------------------------------------------------------------------------------------------------
-# one training run
+# one training run: camkit.TrainStep and one loop
 # ------------------------------------------------------------------------------------------------
 
 
-def train_run(
-    args: argparse.Namespace,
-    method: str,
-    seed: int,
-    train: Split,
-    val: Split | None,
-    backbone: dict[str, torch.Tensor] | None,
-    device: torch.device,
-    log: Callable[[str], None],
-) -> RunResult:
-    """Train one (method, seed) run with :func:`common.train_run`; return the selected weights."""
+def train(args, method, seed, train_set, val_set, backbone, device, log) -> dict[str, Any]:
+    """Train (or resume) one run; return its selected weights and what the results report."""
     use_snapmix, use_cpe = RECIPES[method]
+    path = checkpoint_path(args, method, seed)
+    config = {"site": args.site, **{key: getattr(args, key) for key in SETTINGS}}
+    config.update(snapmix=use_snapmix, cpe=use_cpe, seed=seed)
+
     torch.manual_seed(seed)
     model = create_model(args, device, backbone)
-    augment = train_augmentation(args.img_size).to(device)
-    channels_last = device.type == "cuda"
-
-    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return augment(train.images[idx].float().div_(255)), train.labels[idx]  # crop, flip, norm.
-
-    def val_accuracy(model: nn.Module) -> float:
-        return evaluate(
-            model,
-            val.images,
-            val.labels,
-            batch_size=args.batch_size,
-            class_names=args.class_names,
-            channels_last=channels_last,
-        )["accuracy"]
-
-    return common_train_run(
-        args,
+    gen = torch.Generator()  # SnapMix draws and batch order, reseeded every epoch
+    step = TrainStep(
         model,
-        use_snapmix=use_snapmix,
-        use_cpe=use_cpe,
-        num_classes=args.num_classes,
-        num_train=len(train),
-        batch=batch,
-        val_accuracy=None if val is None else val_accuracy,
-        ckpt_path=args.out / f"{args.site}_{method}_seed{seed}.pt",
-        config=run_config(args, RECIPES[method], seed, site=args.site),
-        seed=seed,
-        device=device,
-        log=log,
-        desc=f"{method} seed {seed}",
-        cpe_patches=CPE_PATCHES,
+        snapmix=SnapMix(num_classes=args.num_classes, generator=gen) if use_snapmix else None,
+        cpe=ContrastivePatchLoss(
+            num_patches=CPE_PATCHES, normalize=args.cpe_normalize, temperature=args.cpe_temperature
+        )
+        if use_cpe
+        else None,
     )
+    optimizer = make_optimizer(model, args.lr, pretrained=args.pretrained)
+    augment = torch.nn.Sequential(
+        K.RandomCrop((args.img_size, args.img_size), cropping_mode="resample"),
+        K.RandomHorizontalFlip(),
+        K.RandomVerticalFlip(),
+    ).to(device)
+
+    run = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "best_state": None, "train_seconds": 0.0}
+    if path.is_file() and args.resume:
+        ckpt = load_checkpoint(path, required=("config", "model", "optimizer", *run))
+        differs = {
+            k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v
+        }
+        if differs:
+            raise ValueError(
+                f"--resume: {path} was written with other settings (checkpoint, "
+                f"now): {differs}; use another --out or --overwrite"
+            )
+        if ckpt["epoch"] > args.epochs:
+            raise ValueError(
+                f"--resume: {path} has trained {ckpt['epoch']} epochs, more than "
+                f"--epochs {args.epochs}; ask for at least {ckpt['epoch']} epochs"
+            )
+        model.load_state_dict(ckpt["model"])
+        base_lrs = [group["base_lr"] for group in optimizer.param_groups]
+        optimizer.load_state_dict(ckpt["optimizer"])  # its groups replace ours: keep our base_lr
+        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["base_lr"] = base_lr
+        run = {key: ckpt[key] for key in run}
+        log(f"  resuming {path.name} from epoch {run['epoch']}/{args.epochs}")
+
+    images, labels = train_set
+    quiet = args.quiet or not sys.stderr.isatty()
+    epochs = tqdm(
+        range(run["epoch"], args.epochs),
+        desc=f"{method} seed {seed}",
+        unit="epoch",
+        initial=run["epoch"],
+        total=args.epochs,
+        disable=quiet,
+    )
+    for epoch in epochs:
+        torch.manual_seed(seed * 1_000_003 + epoch)  # kornia's crops and flips
+        gen.manual_seed(seed * 1_000_003 + epoch + 500_000)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_scale(epoch, args.epochs)
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(labels), generator=gen).to(device)
+        batches = [order[i : i + args.batch_size] for i in range(0, len(labels), args.batch_size)]
+        batches = [idx for idx in batches if len(idx) >= 2]  # BatchNorm needs two images
+        loss_sum, mean_loss = torch.zeros((), device=device), 0.0
+        bar = tqdm(batches, leave=False, unit="step", disable=quiet)
+        for i, idx in enumerate(bar, 1):
+            x = normalize(augment(images[idx].float() / 255))  # crop, flip, normalise
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = step(x, labels[idx]).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            if i % args.log_every == 0 or i == len(batches):  # the only host syncs of the loop
+                mean_loss = (loss_sum / i).item()
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if not math.isfinite(mean_loss):
+                    kept = f"{path} keeps epoch {run['epoch']}" if run["epoch"] else ""
+                    raise SystemExit(
+                        f"{method} seed {seed}: the training loss is {mean_loss} at epoch "
+                        f"{epoch + 1}, step {i}; stopped, {kept or 'no checkpoint was written'}. "
+                        f"Lower --lr (now {args.lr:g}) or check the data"
+                    )
+        run["train_seconds"] += time.perf_counter() - t0
+        line = f"epoch {epoch + 1}/{args.epochs} loss {mean_loss:.4f}"
+        if val_set is not None:  # the reported epoch: best validation accuracy, never test
+            model.eval()
+            acc = run_evaluate(args, model, *val_set)["accuracy"]
+            if acc > run["best_val"]:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                run.update(best_val=acc, best_epoch=epoch + 1, best_state=state)
+            line += (
+                f" val acc {100 * acc:.2f} (best {100 * run['best_val']:.2f} @ {run['best_epoch']})"
+            )
+        run["epoch"] = epoch + 1
+        atomic_save(
+            {
+                **run,
+                "config": config,
+                "epochs": args.epochs,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+            },
+            path,
+        )
+        log(f"  {line} ({time.perf_counter() - t0:.1f}s)")
+    if run["best_state"] is None:  # no validation split, or nothing trained (--epochs 0)
+        run["best_state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        run["best_epoch"] = args.epochs
+    return {**run, "epochs": args.epochs}
+
+
+# ------------------------------------------------------------------------------------------------
+# figures (camkit.viz)
+# ------------------------------------------------------------------------------------------------
+
+
+def write_figures(args, tta, test, train_set, stem: str, every_kind: bool) -> list[Path]:
+    """A CAM grid of a few test images (label, prediction, TTA flip); with ``every_kind`` also
+    the SnapMix, TTA and deletion-curve figures. Returns the written paths."""
+    from camkit.snapmix import sample_snapmix_params
+    from camkit.tta import deletion_curve
+    from camkit.viz import cam_grid, deletion_figure, save_figure, snapmix_figure, tta_figure
+
+    style = {
+        "class_names": args.class_names,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+    }
+    keep = first_n_per_class(test[1].tolist(), 4)
+    x, y = to_input(test[0][keep]), test[1][keep]
+    with torch.no_grad():
+        result = tta.predict(x)
+        cams = tta.extractor.forward_frozen(x).cams
+    figures = {
+        "cams": cam_grid(x, cams, labels=y, preds=result.labels, flipped=result.flipped, **style)
+    }
+    if every_kind:
+        flipped = result.flipped.nonzero()
+        index = int(flipped[0]) if len(flipped) else 0
+        figures["tta"] = tta_figure(x, result, tta, index=index, **style)
+        full = CAMMaskingTTA(
+            tta.extractor,
+            tta.k,
+            tta.theta,
+            tta.patch_size,
+            early_exit=False,
+            mask_value=tta.mask_value,
+        )
+        with torch.no_grad():
+            curve = deletion_curve(full.predict(x), math.ceil(args.img_size / tta.patch_size) ** 2)
+        figures["deletion"] = deletion_figure(curve, title="CAM-masking deletion curves")
+        size = args.img_size
+        images = normalize(train_set[0][: args.batch_size, :, :size, :size].float() / 255)
+        labels = train_set[1][: args.batch_size]
+        with torch.no_grad():
+            train_cams = tta.extractor.forward_frozen(images, labels).cams
+        params = sample_snapmix_params(
+            len(labels),
+            size,
+            size,
+            generator=torch.Generator(images.device).manual_seed(0),
+            device=images.device,
+        )
+        figures["snapmix"] = snapmix_figure(images, labels, train_cams, params, **style)
+    folder = args.out / "figures"
+    return [save_figure(fig, folder / f"{stem}_{name}.png") for name, fig in figures.items()]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -422,35 +587,29 @@ def train_run(
 # ------------------------------------------------------------------------------------------------
 
 
-def write_json(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(obj, handle, indent=2)
-    os.replace(tmp, path)
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """Run the example; return the results written to ``--out/results.json``."""
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the example; return this run's result rows (also merged into ``--out/results.json``)."""
     args = parse_args(argv)
-    log = (lambda msg: None) if args.quiet else write_line
-    device = resolve_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    log = (lambda msg: None) if args.quiet else (lambda msg: tqdm.write(msg, file=sys.stdout))
+    device = torch.device(
+        args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available (use cpu or auto)")
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     args.out.mkdir(parents=True, exist_ok=True)
+    for stale in clean_stale_temps(args.out):
+        log(f"removed {stale.name}, left by an interrupted write")
 
     grid = check_feature_grid(args)
-    patch, cells, k = tta_geometry(args.img_size, TTA_K)
-    rows = [
-        m
-        for method in args.method
-        for m in (method, f"{method}+tta")[: 2 if (args.tta or method == "full") else 1]
-    ]
+    merge_results(args.out / "results.json", [], key=ROW_KEY)  # a foreign file fails now, not later
+    patch, cells, k = tta_geometry(args.img_size)
+    names = {m: [m, f"{m}+tta"] if args.tta or m == "full" else [m] for m in args.method}
     log(
         f"{args.model} at {args.img_size} px on {device}: {grid[0]}×{grid[1]} feature map; "
         f"methods {', '.join(args.method)}; seeds {args.seeds}; {args.epochs} epochs"
     )
-    if any(r.endswith("+tta") for r in rows):
+    if any(len(n) == 2 for n in names.values()):
         log(
             f"CAM-masking TTA: {patch}×{patch}-pixel cells ({math.isqrt(cells)}×"
             f"{math.isqrt(cells)} grid), k = {k} masks, θ = {TTA_THETA}"
@@ -459,93 +618,86 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, lis
 
     sites = ["A", "B"] if args.site == "both" else [args.site]
     data = {site: load_site(site, args, device, log) for site in sites}
-    train = Split.cat([data[s]["train"] for s in sites])
+    train_set = concat([data[s]["train"] for s in sites])
     vals = [data[s]["val"] for s in sites if "val" in data[s]]
-    val = Split.cat(vals) if vals else None
+    val_set = concat(vals) if vals else None
     log(
-        f"train {len(train)} images, val {len(val) if val else 'none (last epoch is reported)'}, "
-        + ", ".join(f"test {s} {len(data[s]['test'])}" for s in sites)
+        f"train {len(train_set[1])} images, val "
+        f"{len(val_set[1]) if val_set else 'none (last epoch is reported)'}, "
+        + ", ".join(f"test {s} {len(data[s]['test'][1])}" for s in sites)
     )
 
-    results: dict[str, dict[str, dict[str, list[float]]]] = {
-        s: {r: {} for r in rows} for s in sites
-    }
-    # COVIDx-CT (three classes) also reports each class's sensitivity and PPV, as the paper does
-    per_class = (
-        [f"{m}_{name}" for name in args.class_names for m in ("sensitivity", "ppv")]
-        if args.site == "X"
-        else []
+    settings = {key: getattr(args, key) for key in (*SETTINGS, "epochs")}
+    settings.update(
+        train_site=args.site,
+        checkpoint=str(args.checkpoint or "") or None,
+        tta=f"k={k} theta={TTA_THETA} cell={patch}px",
+        device=device.type,
+        torch=torch.__version__,
+        timm=timm.__version__,
     )
-    json_keys = {**JSON_KEYS, **{m: m for m in per_class}}
-    trained: dict[tuple[tuple[bool, bool], int], tuple[str, RunResult]] = {}
-    channels_last = device.type == "cuda"
+    per_class = [f"{m}_{c}" for c in args.class_names for m in ("sensitivity", "ppv")]
+    keys = {**METRICS, **({m: m for m in per_class} if args.site == "X" else {})}
+    results: list[dict[str, Any]] = []
+    trained: dict[tuple[tuple[bool, bool], int], tuple[str, dict]] = {}
     for method in args.method:
         for seed in args.seeds:
             recipe = RECIPES[method]
-            ckpt_path = args.out / f"{args.site}_{method}_seed{seed}.pt"
             if (recipe, seed) in trained:
                 source, run = trained[(recipe, seed)]
                 log(f"{method} seed {seed}: same training recipe as {source}, reusing its model")
-                source_path = args.out / f"{args.site}_{source}_seed{seed}.pt"
-                if source_path.is_file():  # so that --resume finds this method's run too
-                    atomic_copy(source_path, ckpt_path)
+                src = checkpoint_path(args, source, seed)
+                if src.is_file():  # so that --resume --method full finds the run too
+                    atomic_write_bytes(src.read_bytes(), checkpoint_path(args, method, seed))
             else:
                 log(f"{method} seed {seed}:")
-                run = train_run(args, method, seed, train, val, backbone, device, log)
-                later = args.method[args.method.index(method) + 1 :]
-                if any(RECIPES[m] == recipe for m in later):  # e.g. snapmix_cpe, then full
-                    trained[(recipe, seed)] = (method, run)
-            model = create_model(args, device, state=run.state).eval()
+                run = train(args, method, seed, train_set, val_set, backbone, device, log)
+                if any(RECIPES[m] == recipe for m in args.method[args.method.index(method) + 1 :]):
+                    trained[(recipe, seed)] = (method, run)  # e.g. snapmix_cpe, then full
+            model = create_model(args, device, state=run["best_state"]).eval()
             tta = CAMMaskingTTA(model, k=k, theta=TTA_THETA, patch_size=patch)
+            rows = []
             for site in sites:
-                test = data[site]["test"]
-                for row in (method, f"{method}+tta"):
-                    if row not in rows:
-                        continue
-                    values = evaluate(
-                        model,
-                        test.images,
-                        test.labels,
-                        batch_size=args.batch_size,
-                        class_names=args.class_names,
-                        channels_last=channels_last,
-                        tta=tta if row.endswith("+tta") else None,
+                for name in names[method]:
+                    values = run_evaluate(
+                        args, model, *data[site]["test"], tta=tta if name.endswith("+tta") else None
                     )
-                    entry = results[site][row]
-                    for metric, key in json_keys.items():
-                        entry.setdefault(key, []).append(100.0 * values[metric])
-                    entry.setdefault("train_seconds", []).append(run.train_seconds)
-                    entry.setdefault("best_epoch", []).append(run.best_epoch)
-                    entry.setdefault("epochs", []).append(run.epochs)
-                    if "tta_forwards" in values:
-                        entry.setdefault("tta_forwards", []).append(values["tta_forwards"])
-                        entry.setdefault("tta_flipped", []).append(values["tta_flipped"])
+                    row = {"dataset": site, "method": name, "seed": seed, "settings": settings}
+                    row.update({key: 100.0 * values[m] for m, key in keys.items()})
+                    row.update({k: run[k] for k in ("train_seconds", "best_epoch", "epochs")})
+                    row.update({k: v for k, v in values.items() if k.startswith("tta_")})
+                    rows.append(row)
                     log(
-                        f"  site {site} {row}: "
-                        + ", ".join(f"{key} {entry[key][-1]:.2f}" for key in JSON_KEYS.values())
-                        + f" (epoch {run.best_epoch})"
+                        f"  site {site} {name}: "
+                        + ", ".join(f"{key} {row[key]:.2f}" for key in METRICS.values())
+                        + f" (epoch {run['best_epoch']})"
                     )
-    write_json(results, args.out / "results.json")
+            merge_results(args.out / "results.json", rows, key=ROW_KEY)
+            results += rows
+            if args.figures or (args.demo and (method, seed) == (args.method[0], args.seeds[0])):
+                test, stem = data[sites[-1]]["test"], f"{args.site}_{method}_seed{seed}"
+                paths = write_figures(args, tta, test, train_set, stem, every_kind=args.figures)
+                print("\n".join(f"figure: {path}" for path in paths))
 
+    selection = "best validation epoch" if val_set is not None else "last epoch"
     for site in sites:
-        n_test = len(data[site]["test"])
-        table_rows = {
-            row: {m: [v / 100.0 for v in entry[json_keys[m]]] for m in (*TABLE_METRICS, *per_class)}
-            for row, entry in results[site].items()
-        }
-        selection = "best validation epoch" if val is not None else "last epoch"
+        n_test = len(data[site]["test"][1])
+        table: dict[str, dict[str, list[float]]] = {}
+        for row in (r for r in results if r["dataset"] == site):
+            for metric, key in keys.items():
+                table.setdefault(row["method"], {}).setdefault(metric, []).append(row[key] / 100)
         print(
             f"\n{SITE_NAMES[site]}: test set ({n_test} images), {selection}, "
             f"mean ± std over seeds {args.seeds}"
         )
-        print(format_table(table_rows, metrics=[*TABLE_METRICS, *per_class]))
-        for row, entry in results[site].items():
-            if "tta_forwards" in entry:
-                forwards = sum(entry["tta_forwards"]) / len(entry["tta_forwards"])
-                print(
-                    f"{row}: {forwards:.1f} image-forwards per test image on average "
-                    f"(k = {k}), labels flipped per seed: {entry['tta_flipped']} of {n_test}"
-                )
+        print(format_table(table, metrics=list(keys)))
+        for name in dict.fromkeys(r["method"] for r in results if "tta_forwards" in r):
+            rows = [r for r in results if r["dataset"] == site and r["method"] == name]
+            forwards = sum(r["tta_forwards"] for r in rows) / len(rows)
+            print(
+                f"{name}: {forwards:.1f} image-forwards per test image on average (k = {k}), "
+                f"labels flipped per seed: {[r['tta_flipped'] for r in rows]} of {n_test}"
+            )
     print(f"\nresults: {args.out / 'results.json'}")
     return results
 

@@ -1,83 +1,44 @@
 """Digit domain generalisation with camkit: train on MNIST, test on USPS and MNIST-M.
 
 The digits experiment of the paper (Table 4): a timm classifier is trained on MNIST only and
-tested on an unseen target domain, USPS (``--target usps``), MNIST-M (``--target mnistm``), or
-both with one trained model (``--target both``, the default). The five methods mean what they
-mean in ``covid_ct.py``::
+tested on unseen target domains, USPS (``--target usps``), MNIST-M (``--target mnistm``), or both
+with one trained model (default). The methods are those of ``covid_ct.py``: ``baseline``, ``cpe``
+(+ contrastive patch loss), ``snapmix``, ``snapmix_cpe``, and ``full`` (snapmix_cpe training +
+CAM-masking TTA, k=31, θ=0.2); ``<method>`` rows are the plain evaluation and ``<method>+tta``
+(with ``--tta``, always for ``full``) the TTA one; ``full`` reuses the ``snapmix_cpe`` model.
 
-    baseline      soft-target cross-entropy on one-hot labels
-    cpe           + contrastive patch embedding loss (paper Eq. 1)
-    snapmix       SnapMix batches (CAMs of the un-mixed batch from a frozen side pass)
-    snapmix_cpe   SnapMix + contrastive patch loss
-    full          snapmix_cpe training + CAM-masking test-time augmentation (k=31, θ=0.2)
+The script reads top to bottom: options, data, model, then :func:`train` — a
+:class:`camkit.TrainStep` and one loop — and :func:`main`.
 
-and the rows are reported the same way: ``<method>`` is the plain evaluation and, with ``--tta``
-(always for ``full``), ``<method>+tta`` the CAM-masking TTA evaluation; ``full`` reuses the
-``snapmix_cpe`` model when both are asked for. The training loop (``common.train_run``) is the
-one of ``covid_ct.py``, with ten classes.
+Metrics: accuracy, and precision, recall and F1 macro-averaged over the 10 classes (each class's
+one-vs-rest score, 0 where undefined; scikit-learn's ``average="macro"``, ``zero_division=0``).
 
-Metrics: accuracy, and precision, recall and F1 *macro-averaged over the 10 classes*: the
-unweighted mean over the classes 0-9 of each class's one-vs-rest precision, recall and
-F1 = 2PR/(P+R) (0 where a class is never predicted or absent; scikit-learn's
-``average="macro"`` with ``labels=range(10)`` and ``zero_division=0``).
+Data (``--data``, default the staged ``shared/data`` folder): ``mnist.npz`` — the last
+``--val-size`` (5,000) training digits are the validation split that picks the reported epoch;
+``usps.npz`` — the 2,007 test digits (16×16); MNIST-M — the test half of
+:func:`camkit.datasets.mnist_m` (seed 0, built from MNIST's test digits and BSDS500, cached in
+``--mnistm-cache``). ``--train-subset N`` keeps the first N digits of every class for training,
+``--test-subset N`` of the validation split and of each test set. Digits stay on the device at
+their native size as uint8 and are resized bilinearly to ``--img-size``, grey replicated to RGB,
+ImageNet-normalised; augmentation: a random shift of up to ``--translate`` pixels at 28 px (zero
+padding and a random crop), no flips. ResNet-18 has stride 32, so the default ``--img-size`` is 64
+(a 2×2 feature map, the least the contrastive patch loss can use). The TTA cells scale with the
+input (2-pixel cells, a 32×32 grid, at 64²) and masked cells take the MNIST training mean.
 
-Data (``--data``, default the staged ``shared/data`` folder):
-
-* source: ``mnist.npz``. The last ``--val-size`` (5,000) training digits are held out as the
-  validation split that picks the reported epoch; the model is trained on the others (55,000).
-  The target test sets are never used for selection. ``--train-subset N`` keeps the first ``N``
-  digits of every class of the training part, ``--test-subset N`` the first ``N`` of every class
-  of the validation split and of each target test set.
-* USPS: the 2,007 test digits of ``usps.npz`` (16×16).
-* MNIST-M: built from the 10,000 MNIST test digits and ``BSDS500/images/train`` with
-  :func:`camkit.datasets.build_mnist_m` (``|photo patch - digit|`` per channel), with the seed and
-  cache file name that :func:`camkit.datasets.mnist_m` uses for its test half (``seed=0``), so the
-  two share caches; the 60,000-image training half is not needed and not built. Cached in
-  ``--mnistm-cache`` (default ``<out>/mnistm``).
-
-Every image is resized bilinearly from its native side (28, 16 or 28) to ``--img-size``, a grey
-digit is replicated to 3 channels, and the result normalised with the ImageNet mean/std, as in
-``covid_ct.py``. USPS digits fill their 16×16 frame while MNIST digits sit in a 4-pixel border, so
-USPS digits come out larger: that gap is part of the domain shift and is not corrected. The data
-stays on the device as native-resolution uint8 tensors (MNIST's 55,000 training digits take 43 MB)
-and is resized, augmented and normalised there in batches (kornia), so the hot loop needs no
-DataLoader. Augmentation: no flips (digits are not mirror-symmetric); a random translation of up
-to ``--translate`` pixels at MNIST's 28-pixel scale (default 2, scaled to the input side; 0 turns
-it off), implemented as zero (black) padding plus a random crop.
-
-Input size: ResNet-18 (the default model) has stride 32, so at 32² its feature map is 1×1, too
-small for the contrastive patch loss, which picks 2 most and 2 least relevant cells. The default
-``--img-size`` is therefore 64 (a 2×2 map); a smaller size with a CPE method fails up front with a
-clear message, the model is never modified. The CAM-masking TTA cells scale with the input so
-that the grid is as close to 28×28 as the side allows (2-pixel cells, a 32×32 grid, at 64²;
-1-pixel cells at 32²); masked cells are filled with the MNIST training mean (in the normalised
-input space), the counterpart of the paper's zero fill with dataset-mean normalisation.
-
-Recipe: SGD with Nesterov momentum 0.9 and weight decay 1e-4 (``common.make_optimizer``),
-learning rate 0.05 (batch 128, from scratch; with ``--pretrained`` the pretrained layers learn at
-0.1×), ×0.1 after 40 %, 75 % and 90 % of the epochs (``common.make_scheduler``), 20 epochs.
+Recipe: SGD, Nesterov momentum 0.9, weight decay 1e-4, lr 0.05, batch 128, from scratch, ×0.1
+after 40 %, 75 % and 90 % of 20 epochs.
 
 Examples::
 
-    # the paper's table on a GPU: all five methods, three seeds, MNIST → USPS and MNIST-M
-    python examples/mnist_usps.py --out runs/digits
-
-    # one-minute CPU smoke run (checks the plumbing; one epoch on 200 digits is not a trained
-    # model, and the paper's raw-dot-product CPE slows the first epochs down: see --cpe-normalize)
+    python examples/mnist_usps.py --out runs/digits                 # the table, on a GPU
     python examples/mnist_usps.py --train-subset 20 --test-subset 20 --epochs 1 \\
-        --method full --seeds 0 --out /tmp/digits
+        --method full --seeds 0 --out /tmp/digits                    # a one-minute smoke run
 
-    # another backbone, MNIST → MNIST-M only; continue an interrupted run
-    python examples/mnist_usps.py --model resnet50 --target mnistm --out runs/r50 --resume
-
-Outputs in ``--out``: ``results.json`` (``{"mnist-usps": {method: {"acc": [...], "precision":
-[...], "recall": [...], "f1": [...], "train_seconds": [...], ...}}, "mnist-mnistm": {...}}``,
-metrics in percent, one value per seed; only the targets asked for; ``train_seconds`` counts the
-training epochs only; also ``best_epoch``, ``epochs``, and for ``+tta`` rows ``tta_forwards`` and
-``tta_flipped``, as in ``covid_ct.py``), one checkpoint per run ``mnist_<method>_seed<k>.pt``
-(written atomically after every epoch; ``--resume`` continues from it; the model does not depend
-on the target, so a run trained for one target is resumed or re-evaluated for another) and the
-MNIST-M cache.
+Outputs in ``--out``: ``results.json`` (merged ``{"rows": [...]}``, one row per target, method and
+seed, as in ``covid_ct.py``; ``dataset`` is ``mnist-usps`` or ``mnist-mnistm``), one checkpoint
+per run ``mnist_<method>_seed<k>.pt`` (the model does not depend on the target, so a run trained
+for one target is resumed or re-evaluated for another), the MNIST-M cache, and with
+``--figures`` the figures.
 """
 
 from __future__ import annotations
@@ -85,414 +46,461 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import Any
 
 import kornia.augmentation as K
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torch import nn
+from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (
-    RunResult,
-    add_run_arguments,
-    atomic_copy,
-    check_run_arguments,
-    first_n_per_class,
-    normalizer,
-    resolve_device,
-    run_config,
-    tta_geometry,
-    write_line,
-)
-from common import evaluate as common_evaluate
-from common import train_run as common_train_run
-from covid_ct import (  # the method vocabulary and the generic pieces of the sibling example
-    CPE_PATCHES,
-    JSON_KEYS,
-    METHODS,
-    RECIPES,
-    TABLE_METRICS,
-    TTA_K,
-    TTA_THETA,
-    check_feature_grid,
-    create_model,
-    pretrained_weights,
-    write_json,
-)
-
-from camkit import CAMMaskingTTA
+from camkit import CAMExtractor, CAMMaskingTTA, ContrastivePatchLoss, SnapMix, TrainStep
 from camkit.datasets import build_mnist_m, default_data_root, load_digits_npz, usps
-from camkit.metrics import classification_metrics, format_table
+from camkit.io import (
+    atomic_save,
+    atomic_write_bytes,
+    clean_stale_temps,
+    load_checkpoint,
+    merge_results,
+)
+from camkit.metrics import classification_metrics, evaluate, format_table
 
-NUM_CLASSES = 10
-MNIST_SIDE = 28
-MNISTM_SEED = 0  # MNIST-M is a fixed data set: the same photo patches for every run
-TARGETS = {"usps": "mnist-usps", "mnistm": "mnist-mnistm"}  # --target -> results.json key
-TARGET_NAMES = {"usps": "MNIST → USPS", "mnistm": "MNIST → MNIST-M"}
-
-DEFAULTS: dict[str, Any] = {
-    "model": "resnet18",
-    "img_size": 64,
-    "epochs": 20,
-    "method": list(METHODS),
-    "seeds": [0, 1, 2],
+METHODS = ("baseline", "cpe", "snapmix", "snapmix_cpe", "full")
+RECIPES = {  # method -> (SnapMix batches, contrastive patch loss)
+    "baseline": (False, False),
+    "cpe": (False, True),
+    "snapmix": (True, False),
+    "snapmix_cpe": (True, True),
+    "full": (True, True),
 }
+NUM_CLASSES, MNIST_SIDE = 10, 28
+TARGETS = {"usps": "mnist-usps", "mnistm": "mnist-mnistm"}  # --target -> results dataset
+TARGET_NAMES = {"usps": "USPS", "mnistm": "MNIST-M"}
+METRICS = {"accuracy": "acc", "precision": "precision", "recall": "recall", "f1": "f1"}
+CPE_PATCHES, TTA_K, TTA_THETA = 2, 31, 0.2
+ROW_KEY = ("dataset", "method", "seed", "settings")  # a result row replaces the row of equal key
+MILESTONES = (0.4, 0.75, 0.9)  # lr ×0.1 after these fractions of the epochs
+SETTINGS = (  # what a run checkpoint must agree on to be resumed (epochs may grow)
+    *("model", "pretrained", "img_size", "batch_size", "lr", "cpe_normalize", "cpe_temperature"),
+    *("train_subset", "test_subset", "translate", "val_size"),
+)
 
 
 # ------------------------------------------------------------------------------------------------
-# command line
+# options
 # ------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="See the module docstring (python -m pydoc examples/mnist_usps.py) for details.",
-    )
-    data = p.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        type=Path,
-        help="folder with mnist.npz, usps.npz and BSDS500/images/train (default: the staged "
-        "shared/data folder, or CAMKIT_DATA)",
-    )
-    data.add_argument(
-        "--target",
-        choices=("usps", "mnistm", "both"),
-        default="both",
-        help="target domain(s) to test on (default both, one trained model)",
-    )
-    data.add_argument(
-        "--mnistm-cache", type=Path, help="folder of the MNIST-M cache (default: <out>/mnistm)"
-    )
-    data.add_argument("--img-size", type=int, help="input side in pixels (default 64)")
-    data.add_argument(
-        "--val-size",
-        type=int,
-        default=5000,
-        help="last N MNIST training digits held out for model selection (default 5000; "
-        "0: report the last epoch)",
-    )
-    data.add_argument(
-        "--translate",
-        type=float,
-        default=2.0,
-        help="largest random shift, in pixels at MNIST's 28-px scale (default 2; 0: none)",
-    )
-    data.add_argument(
-        "--train-subset", type=int, metavar="N", help="first N training digits per class"
-    )
-    data.add_argument(
-        "--test-subset", type=int, metavar="N", help="first N validation and test digits per class"
-    )
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = p.add_argument
+    add("--data", type=Path, help="folder with mnist.npz, usps.npz, BSDS500 (default: data root)")
+    add("--target", choices=("usps", "mnistm", "both"), default="both", help="default both")
+    add("--mnistm-cache", type=Path, help="folder of the MNIST-M cache (default <out>/mnistm)")
+    add("--img-size", type=int, default=64, help="input side in pixels (default 64)")
+    add("--val-size", type=int, default=5000, help="last N MNIST digits held out (0: none)")
+    add("--translate", type=float, default=2.0, help="largest shift in px at 28 px (default 2)")
+    add("--train-subset", type=int, metavar="N", help="first N training digits per class")
+    add("--test-subset", type=int, metavar="N", help="first N val and test digits per class")
+    add("--model", default="resnet18", help="timm model name (default resnet18)")
+    add("--pretrained", action="store_true", help="start from timm's ImageNet weights")
+    add("--checkpoint", type=Path, help="state_dict or camkit run checkpoint to start from")
+    add("--method", nargs="+", choices=METHODS, default=list(METHODS), help="default: all five")
+    add("--tta", action="store_true", help="also evaluate with CAM-masking TTA (always for full)")
+    add("--cpe-normalize", action="store_true", help="L2-normalise the CPE cells (paper: raw)")
+    add("--cpe-temperature", type=float, default=1.0, help="CPE temperature τ (paper: 1)")
+    add("--epochs", type=int, default=20, help="training epochs (default 20; 0: evaluate only)")
+    add("--batch-size", type=int, default=128, help="default 128")
+    add("--lr", type=float, default=0.05, help="new layers' lr; pretrained ones get 0.1×")
+    add("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add("--out", type=Path, default=Path("runs/mnist_usps"), help="results, checkpoints, cache")
+    add("--resume", action="store_true", help="continue (or re-evaluate) the runs in --out")
+    add("--overwrite", action="store_true", help="train the runs in --out again from scratch")
+    add("--log-every", type=int, default=10, help="read the loss back every N steps")
+    add("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    add("--figures", action="store_true", help="write every figure kind for each run")
+    args = p.parse_args(argv)
 
-    add_run_arguments(
-        p,
-        methods=METHODS,
-        epochs=20,
-        batch_size=128,
-        lr=0.05,
-        out=Path("runs/mnist_usps"),
-        out_help="results.json, checkpoints and the MNIST-M cache",
-    )
-    return p
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for key, value in DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    check_run_arguments(parser, args)
-    args.num_classes = NUM_CLASSES  # what covid_ct's create_model and pretrained_weights read
-    if args.val_size < 0:
-        parser.error("--val-size: expected 0 or more")
-    if not args.translate >= 0:
-        parser.error("--translate: expected 0 or more pixels")
-    if args.mnistm_cache is None:
-        args.mnistm_cache = args.out / "mnistm"
+    args.method, args.seeds = list(dict.fromkeys(args.method)), list(dict.fromkeys(args.seeds))
+    for name in ("img_size", "batch_size", "log_every"):
+        if getattr(args, name) < 1:
+            p.error(
+                f"--{name.replace('_', '-')}: expected a positive int, got {getattr(args, name)}"
+            )
+    if args.batch_size < 2:
+        p.error("--batch-size: BatchNorm training needs at least 2 images per batch")
+    if args.epochs < 0 or args.val_size < 0 or not args.translate >= 0:
+        p.error("--epochs, --val-size, --translate: expected 0 or more")
+    for name in ("train_subset", "test_subset"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: expected at least 1 digit per class")
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite: choose one (continue the runs, or start them again)")
+    args.mnistm_cache = args.mnistm_cache or args.out / "mnistm"
+    args.num_classes, args.class_names = NUM_CLASSES, [str(c) for c in range(NUM_CLASSES)]
+    for method in args.method:  # a finished or half-done run is never silently trained again
+        for seed in args.seeds:
+            path = checkpoint_path(args, method, seed)
+            if path.exists() and not (args.resume or args.overwrite):
+                p.error(
+                    f"{path} exists: pass --resume to continue or re-evaluate that run, or "
+                    "--overwrite to train it again from scratch (or choose another --out)"
+                )
     return args
-
-
-# ------------------------------------------------------------------------------------------------
-# data
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Digits:
-    """Digits resident on the device: ``images`` (N, C, h, w) uint8 at their native side (C = 1
-    for grey, 3 for MNIST-M) and ``labels`` (N,) int64."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-    def to(self, device: torch.device) -> Digits:
-        return Digits(self.images.to(device), self.labels.to(device))
-
-
-def to_input(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, C, h, w)`` uint8 digits → ``(B, 3, size, size)`` float in ``[0, 1]``.
-
-    Bilinear resize (antialiased when shrinking), then a grey digit replicated to 3 channels. Not
-    normalised: train augmentation and evaluation normalise afterwards.
-    """
-    x = images.float().div_(255)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(
-            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
-    return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
-
-
-def translate_pad(img_size: int, translate: float) -> int:
-    """Padding (= largest shift) in pixels at ``img_size`` for ``translate`` pixels at 28 px.
-
-    Example:
-        >>> translate_pad(64, 2.0), translate_pad(28, 2.0), translate_pad(64, 0.0)
-        (5, 2, 0)
-    """
-    return round(translate * img_size / MNIST_SIDE)
-
-
-def train_augmentation(img_size: int, translate: float) -> nn.Module:
-    """Batched training augmentation of ``(B, 3, S, S)`` inputs in ``[0, 1]`` (kornia).
-
-    A random shift by whole pixels: zero padding (black, the digits' background) by
-    :func:`translate_pad` pixels and a random ``S × S`` crop, one offset per image, sampled as a
-    batched integer translation. No flips. Then ImageNet normalisation.
-    """
-    pad = translate_pad(img_size, translate)
-    layers: list[nn.Module] = []
-    if pad > 0:
-        layers.append(
-            K.RandomCrop((img_size, img_size), padding=pad, fill=0.0, cropping_mode="resample")
-        )
-    layers.append(normalizer())
-    return nn.Sequential(*layers)
-
-
-def source_indices(
-    labels: Sequence[int], val_size: int, train_subset: int | None, val_subset: int | None
-) -> tuple[list[int], list[int]]:
-    """MNIST training indices for training and for validation (the last ``val_size`` digits).
-
-    Deterministic and disjoint: training indices are below ``len(labels) - val_size``, validation
-    indices at or above it; each part keeps its first ``train_subset`` / ``val_subset`` digits of
-    every class (all when None).
-
-    Example:
-        >>> source_indices([0, 1, 0, 1, 0, 1, 0, 1], 4, 1, None)
-        ([0, 1], [4, 5, 6, 7])
-    """
-    n = len(labels)
-    if not 0 <= val_size < n:
-        raise ValueError(f"--val-size: expected 0 to {n - 1} (MNIST has {n} training digits)")
-    cut = n - val_size
-    train = first_n_per_class(labels[:cut], train_subset)
-    val = [cut + i for i in first_n_per_class(labels[cut:], val_subset)] if val_size else []
-    return train, val
-
-
-def data_root(explicit: Path | None) -> Path:
-    if explicit is not None:
-        return explicit
-    root = default_data_root()
-    if root is None:
-        raise FileNotFoundError(
-            "--data: not given, and no shared/data folder was found above the working directory "
-            "(set CAMKIT_DATA or pass --data PATH, the folder with mnist.npz, usps.npz and "
-            "BSDS500/images/train)"
-        )
-    return root
-
-
-def mnist_m_test(
-    digits: np.ndarray, root: Path, cache_dir: Path, log: Callable[[str], None]
-) -> np.ndarray:
-    """MNIST-M test images ``(N, 28, 28, 3)`` uint8: the test half of ``camkit.datasets.mnist_m``.
-
-    Same seed (derived from :data:`MNISTM_SEED` as ``mnist_m`` derives it) and cache file, built
-    without the training half.
-    """
-    _, test_seed = (int(s) for s in np.random.SeedSequence(MNISTM_SEED).generate_state(2))
-    cache = cache_dir / f"mnist_m_test_seed{MNISTM_SEED}.npz"
-    log(f"  MNIST-M test set: {'cached' if cache.is_file() else 'building'} {cache}")
-    return build_mnist_m(
-        digits, root / "BSDS500" / "images" / "train", seed=test_seed, cache_path=cache
-    )
-
-
-def _digits(images: np.ndarray | torch.Tensor, labels: Any, keep: list[int]) -> Digits:
-    x = torch.as_tensor(images)[keep]
-    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N, C, h, w)
-    return Digits(x.contiguous(), torch.as_tensor(np.asarray(labels))[keep].long())
-
-
-def load_data(
-    args: argparse.Namespace,
-    targets: Sequence[str],
-    device: torch.device,
-    log: Callable[[str], None],
-) -> tuple[Digits, Digits | None, dict[str, Digits]]:
-    """The MNIST train and validation splits and the target test sets, on the device."""
-    root = data_root(args.data)
-    log(f"data: {root}")
-    source = load_digits_npz(root / "mnist.npz")
-    y_train = source["y_train"].tolist()
-    train_idx, val_idx = source_indices(y_train, args.val_size, args.train_subset, args.test_subset)
-    train = _digits(source["x_train"], y_train, train_idx)
-    val = _digits(source["x_train"], y_train, val_idx) if val_idx else None
-    tests: dict[str, Digits] = {}
-    for target in targets:
-        if target == "usps":
-            data = usps(root / "usps.npz", train=False)
-            images, labels = data.images, data.targets
-        else:
-            images = mnist_m_test(source["x_test"], root, args.mnistm_cache, log)
-            labels = source["y_test"].tolist()
-        tests[target] = _digits(images, labels, first_n_per_class(labels, args.test_subset))
-    return (
-        train.to(device),
-        val.to(device) if val is not None else None,
-        {t: d.to(device) for t, d in tests.items()},
-    )
-
-
-# ------------------------------------------------------------------------------------------------
-# model and evaluation
-# ------------------------------------------------------------------------------------------------
-
-
-def mask_fill(train: Digits) -> list[float]:
-    """The MNIST training mean pixel in the normalised input space, per channel (TTA mask)."""
-    mean = float(train.images.mean(dtype=torch.float64)) / 255
-    return [
-        (mean - m) / s for m, s in zip(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, strict=True)
-    ]
-
-
-def macro_scores(values: dict[str, float]) -> dict[str, float]:
-    """Accuracy and macro precision/recall/F1 from ``classification_metrics(10, None)`` values.
-
-    The per-class ``ppv_<c>`` (precision) and ``sensitivity_<c>`` (recall) are averaged over the
-    10 classes without weights; the F1 of class ``c`` is ``2PR/(P+R)`` (0 where ``P+R = 0``),
-    which equals ``2TP/(2TP+FP+FN)``, and the macro F1 its mean.
-    """
-    p = np.array([values[f"ppv_{c}"] for c in range(NUM_CLASSES)])
-    r = np.array([values[f"sensitivity_{c}"] for c in range(NUM_CLASSES)])
-    denom = p + r
-    f1 = np.divide(2 * p * r, denom, out=np.zeros_like(denom), where=denom > 0)
-    return {
-        "accuracy": values["accuracy"],
-        "precision": float(p.mean()),
-        "recall": float(r.mean()),
-        "f1": float(f1.mean()),
-    }
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    digits: Digits,
-    *,
-    img_size: int,
-    batch_size: int,
-    tta: CAMMaskingTTA | None = None,
-    channels_last: bool = False,
-) -> dict[str, float]:
-    """Accuracy and macro precision/recall/F1 (:func:`macro_scores`) on resident digits.
-
-    ``common.evaluate`` for ten classes and native-resolution digits: each batch is resized with
-    :func:`to_input` and normalised on the device. With ``tta`` also ``tta_forwards`` (mean
-    image-forwards per test image) and ``tta_flipped`` (labels the vote flipped).
-    """
-    values = common_evaluate(
-        model,
-        digits.images,
-        digits.labels,
-        batch_size=batch_size,
-        tta=tta,
-        channels_last=channels_last,
-        metrics=classification_metrics(NUM_CLASSES, positive_class=None),
-        to_unit=lambda batch: to_input(batch, img_size),
-    )
-    scores = macro_scores(values)
-    scores.update({k: values[k] for k in ("tta_forwards", "tta_flipped") if k in values})
-    return scores
-
-
-# ------------------------------------------------------------------------------------------------
-# one training run
-# ------------------------------------------------------------------------------------------------
 
 
 def checkpoint_path(args: argparse.Namespace, method: str, seed: int) -> Path:
     return args.out / f"mnist_{method}_seed{seed}.pt"
 
 
-def train_run(
-    args: argparse.Namespace,
-    method: str,
-    seed: int,
-    train: Digits,
-    val: Digits | None,
-    backbone: dict[str, torch.Tensor] | None,
-    device: torch.device,
-    log: Callable[[str], None],
-) -> RunResult:
-    """Train one (method, seed) run on MNIST with :func:`common.train_run`; return its weights."""
-    use_snapmix, use_cpe = RECIPES[method]
-    torch.manual_seed(seed)
-    model = create_model(args, device, backbone)
-    augment = train_augmentation(args.img_size, args.translate).to(device)
-    channels_last = device.type == "cuda"
+# ------------------------------------------------------------------------------------------------
+# data: native-size uint8 digits, resident on the device
+# ------------------------------------------------------------------------------------------------
 
-    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return augment(to_input(train.images[idx], args.img_size)), train.labels[idx]
 
-    def val_accuracy(model: nn.Module) -> float:
-        return evaluate(
-            model, val, img_size=args.img_size, batch_size=args.batch_size,
-            channels_last=channels_last,
-        )["accuracy"]  # fmt: skip
+def first_n_per_class(targets: list[int], n: int | None) -> list[int]:
+    """Indices of the first ``n`` samples of every class, in order (all when ``n`` is None)."""
+    seen: dict[int, int] = {}
+    keep = []
+    for i, label in enumerate(targets):
+        seen[label] = seen.get(label, 0) + 1
+        if n is None or seen[label] <= n:
+            keep.append(i)
+    return keep
 
-    return common_train_run(
-        args,
+
+def source_indices(labels: list[int], val_size: int, train_n: int | None, val_n: int | None):
+    """MNIST training indices for training and for validation (the last ``val_size`` digits)."""
+    n = len(labels)
+    if not 0 <= val_size < n:
+        raise ValueError(f"--val-size: expected 0 to {n - 1} (MNIST has {n} training digits)")
+    cut = n - val_size
+    val = [cut + i for i in first_n_per_class(labels[cut:], val_n)] if val_size else []
+    return first_n_per_class(labels[:cut], train_n), val
+
+
+def digits(images: Any, labels: Any, keep: list[int], device: torch.device):
+    """``(images (N, C, h, w) uint8, labels (N,) int64)`` of ``keep``, on ``device``."""
+    x = torch.as_tensor(images)[keep]
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    y = torch.as_tensor(np.asarray(labels))[keep].long()
+    return x.contiguous().to(device), y.to(device)
+
+
+def load_data(args: argparse.Namespace, targets: list[str], device: torch.device, log: Any):
+    """The MNIST train and validation splits and the target test sets, on the device."""
+    root = args.data or default_data_root()
+    if root is None:
+        raise FileNotFoundError(
+            "--data: not given, and no shared/data folder was found above the working directory "
+            "(set CAMKIT_DATA or pass --data PATH, the folder with mnist.npz, usps.npz, BSDS500)"
+        )
+    log(f"data: {root}")
+    source = load_digits_npz(root / "mnist.npz")
+    y = source["y_train"].tolist()
+    train_idx, val_idx = source_indices(y, args.val_size, args.train_subset, args.test_subset)
+    train = digits(source["x_train"], y, train_idx, device)
+    val = digits(source["x_train"], y, val_idx, device) if val_idx else None
+    tests = {}
+    for target in targets:
+        if target == "usps":
+            data = usps(root / "usps.npz", train=False)
+            images, labels = data.images, data.targets
+        else:  # the test half of camkit.datasets.mnist_m(seed=0): same seed, same cache file
+            _, seed = (int(s) for s in np.random.SeedSequence(0).generate_state(2))
+            cache = args.mnistm_cache / "mnist_m_test_seed0.npz"
+            log(f"  MNIST-M test set: {'cached' if cache.is_file() else 'building'} {cache}")
+            bsds = root / "BSDS500" / "images" / "train"
+            images = build_mnist_m(source["x_test"], bsds, seed=seed, cache_path=cache)
+            labels = source["y_test"].tolist()
+        tests[target] = digits(images, labels, first_n_per_class(labels, args.test_subset), device)
+    return train, val, tests
+
+
+def to_unit(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, C, h, w)`` uint8 → ``(B, 3, size, size)`` float in [0, 1]: bilinear (antialiased
+    when shrinking), grey replicated to RGB."""
+    x = images.float().div_(255)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` in [0, 1] → ImageNet-normalised model input (channels-last on CUDA)."""
+    mean = x.new_tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+    x = (x - mean) / x.new_tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def translate_pad(img_size: int, translate: float) -> int:
+    """Padding (= largest shift) in pixels at ``img_size`` for ``translate`` pixels at 28 px."""
+    return round(translate * img_size / MNIST_SIDE)
+
+
+def macro_scores(values: dict[str, float]) -> dict[str, float]:
+    """Accuracy and macro precision/recall/F1 from ``classification_metrics(10, None)`` values."""
+    p = np.array([values[f"ppv_{c}"] for c in range(NUM_CLASSES)])
+    r = np.array([values[f"sensitivity_{c}"] for c in range(NUM_CLASSES)])
+    f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=p + r > 0)
+    scores = {"precision": float(p.mean()), "recall": float(r.mean()), "f1": float(f1.mean())}
+    return {"accuracy": values["accuracy"], **scores}
+
+
+def run_evaluate(args, model, images, labels, tta=None) -> dict[str, float]:
+    values = evaluate(
         model,
-        use_snapmix=use_snapmix,
-        use_cpe=use_cpe,
-        num_classes=NUM_CLASSES,
-        num_train=len(train),
-        batch=batch,
-        val_accuracy=None if val is None else val_accuracy,
-        ckpt_path=checkpoint_path(args, method, seed),
-        config=run_config(
-            args,
-            RECIPES[method],
-            seed,
-            source="mnist",  # the target is free: one model serves every target
-            translate=args.translate,
-            val_size=args.val_size,
-        ),
-        seed=seed,
-        device=device,
-        log=log,
-        desc=f"{method} seed {seed}",
-        cpe_patches=CPE_PATCHES,
+        images,
+        labels,
+        classification_metrics(NUM_CLASSES, positive_class=None),
+        batch_size=args.batch_size,
+        transform=lambda batch: normalize(to_unit(batch, args.img_size)),
+        tta=tta,
+        amp=images.is_cuda,
     )
+    return {**macro_scores(values), **{k: v for k, v in values.items() if k.startswith("tta_")}}
+
+
+# ------------------------------------------------------------------------------------------------
+# model
+# ------------------------------------------------------------------------------------------------
+
+
+def create_model(args: argparse.Namespace, device: torch.device, state=None):
+    """A model on ``device``: ``state`` if given, else ImageNet weights or --checkpoint."""
+    pretrained = args.pretrained and state is None
+    try:
+        model = timm.create_model(args.model, pretrained=pretrained, num_classes=NUM_CLASSES)
+    except Exception as err:
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"--pretrained: could not load the ImageNet weights of {args.model!r} "
+            f"({type(err).__name__}); timm downloads them from the Hugging Face Hub once "
+            "(HF_HOME); offline, pass --checkpoint PATH or drop --pretrained"
+        ) from err
+    if state is None and args.checkpoint is not None:
+        state = load_checkpoint(args.checkpoint)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a run checkpoint
+            state = state.get("best_state") or state["model"]
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"--checkpoint {args.checkpoint}: not a state_dict of {args.model} with "
+                f"{NUM_CLASSES} classes ({err})"
+            ) from err
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def check_feature_grid(args: argparse.Namespace) -> tuple[int, int]:
+    """The model's feature grid at ``--img-size``; fail early if CPE cannot pick its cells."""
+    model = timm.create_model(args.model, pretrained=False, num_classes=2).eval()
+    with torch.no_grad():
+        h, w = CAMExtractor(model)(torch.zeros(1, 3, args.img_size, args.img_size)).cams.shape[-2:]
+    if any(RECIPES[m][1] for m in args.method) and h * w < 2 * CPE_PATCHES:
+        raise ValueError(
+            f"--img-size {args.img_size}: {args.model} gives a {h}×{w} feature map, but the "
+            f"contrastive patch loss needs at least {2 * CPE_PATCHES} cells; use a larger "
+            "--img-size (64 or more for a stride-32 network)"
+        )
+    return h, w
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, pretrained: bool) -> torch.optim.SGD:
+    """SGD, Nesterov momentum 0.9, weight decay 1e-4; pretrained layers at 0.1 × ``lr``.
+
+    Group 0 is the backbone, group 1 the classifier; ``base_lr`` is each group's rate before
+    :func:`lr_scale`.
+    """
+    head = list(model.get_classifier().parameters())
+    body = [p for p in model.parameters() if all(p is not h for h in head)]
+    groups = [{"params": body, "base_lr": lr * (0.1 if pretrained else 1.0)}, {"params": head}]
+    groups[1]["base_lr"] = lr
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def lr_scale(epoch: int, epochs: int) -> float:
+    """×0.1 after 40 %, 75 % and 90 % of the epochs (80/150/180 of 200), as a closed form, so a
+    run resumed with another ``--epochs`` follows the new schedule."""
+    return 0.1 ** sum(epoch >= max(1, round(f * epochs)) for f in MILESTONES)
+
+
+def tta_geometry(img_size: int, k: int = TTA_K) -> tuple[int, int, int]:
+    """TTA ``(cell side, cells, masks)``: the paper's 8-px cells at 224² scaled, k ≤ cells."""
+    patch = max(1, round(8 * img_size / 224))
+    cells = math.ceil(img_size / patch) ** 2
+    return patch, cells, min(k, cells)
+
+
+# ------------------------------------------------------------------------------------------------
+# one training run: camkit.TrainStep and one loop
+# ------------------------------------------------------------------------------------------------
+
+
+def train(args, method, seed, train_set, val_set, device, log) -> dict[str, Any]:
+    """Train (or resume) one run; return its selected weights and what the results report."""
+    use_snapmix, use_cpe = RECIPES[method]
+    path = checkpoint_path(args, method, seed)
+    config = {"source": "mnist", **{key: getattr(args, key) for key in SETTINGS}}
+    config.update(snapmix=use_snapmix, cpe=use_cpe, seed=seed)
+
+    torch.manual_seed(seed)
+    model = create_model(args, device)
+    gen = torch.Generator()  # SnapMix draws and batch order, reseeded every epoch
+    step = TrainStep(
+        model,
+        snapmix=SnapMix(num_classes=NUM_CLASSES, generator=gen) if use_snapmix else None,
+        cpe=ContrastivePatchLoss(
+            num_patches=CPE_PATCHES, normalize=args.cpe_normalize, temperature=args.cpe_temperature
+        )
+        if use_cpe
+        else None,
+    )
+    optimizer = make_optimizer(model, args.lr, pretrained=args.pretrained)
+    size, pad = args.img_size, translate_pad(args.img_size, args.translate)
+    shift = K.RandomCrop((size, size), padding=pad, fill=0.0, cropping_mode="resample")
+    augment = shift.to(device) if pad > 0 else torch.nn.Identity()  # a random shift, no flips
+
+    run = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "best_state": None, "train_seconds": 0.0}
+    if path.is_file() and args.resume:
+        ckpt = load_checkpoint(path, required=("config", "model", "optimizer", *run))
+        differs = {
+            k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v
+        }
+        if differs:
+            raise ValueError(
+                f"--resume: {path} was written with other settings (checkpoint, now): "
+                f"{differs}; use another --out or --overwrite"
+            )
+        if ckpt["epoch"] > args.epochs:
+            raise ValueError(
+                f"--resume: {path} has trained {ckpt['epoch']} epochs, more than --epochs "
+                f"{args.epochs}; ask for at least {ckpt['epoch']} epochs"
+            )
+        model.load_state_dict(ckpt["model"])
+        base_lrs = [group["base_lr"] for group in optimizer.param_groups]
+        optimizer.load_state_dict(ckpt["optimizer"])  # its groups replace ours: keep our base_lr
+        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["base_lr"] = base_lr
+        run = {key: ckpt[key] for key in run}
+        log(f"  resuming {path.name} from epoch {run['epoch']}/{args.epochs}")
+
+    images, labels = train_set
+    quiet = args.quiet or not sys.stderr.isatty()
+    epochs = tqdm(
+        range(run["epoch"], args.epochs),
+        desc=f"{method} seed {seed}",
+        unit="epoch",
+        initial=run["epoch"],
+        total=args.epochs,
+        disable=quiet,
+    )
+    for epoch in epochs:
+        torch.manual_seed(seed * 1_000_003 + epoch)  # kornia's shifts
+        gen.manual_seed(seed * 1_000_003 + epoch + 500_000)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_scale(epoch, args.epochs)
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(len(labels), generator=gen).to(device)
+        batches = [order[i : i + args.batch_size] for i in range(0, len(labels), args.batch_size)]
+        batches = [idx for idx in batches if len(idx) >= 2]  # BatchNorm needs two images
+        loss_sum, mean_loss = torch.zeros((), device=device), 0.0
+        bar = tqdm(batches, leave=False, unit="step", disable=quiet)
+        for i, idx in enumerate(bar, 1):
+            x = normalize(augment(to_unit(images[idx], size)))  # resize, shift, normalise
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = step(x, labels[idx]).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+            if i % args.log_every == 0 or i == len(batches):  # the only host syncs of the loop
+                mean_loss = (loss_sum / i).item()
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if not math.isfinite(mean_loss):
+                    kept = f"{path} keeps epoch {run['epoch']}" if run["epoch"] else ""
+                    raise SystemExit(
+                        f"{method} seed {seed}: the training loss is {mean_loss} at epoch "
+                        f"{epoch + 1}, step {i}; stopped, {kept or 'no checkpoint was written'}. "
+                        f"Lower --lr (now {args.lr:g}) or check the data"
+                    )
+        run["train_seconds"] += time.perf_counter() - t0
+        line = f"epoch {epoch + 1}/{args.epochs} loss {mean_loss:.4f}"
+        if val_set is not None:  # the reported epoch: best validation accuracy, never test
+            model.eval()
+            acc = run_evaluate(args, model, *val_set)["accuracy"]
+            if acc > run["best_val"]:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                run.update(best_val=acc, best_epoch=epoch + 1, best_state=state)
+            line += (
+                f" val acc {100 * acc:.2f} (best {100 * run['best_val']:.2f} @ {run['best_epoch']})"
+            )
+        run["epoch"] = epoch + 1
+        atomic_save(
+            {
+                **run,
+                "config": config,
+                "epochs": args.epochs,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+            },
+            path,
+        )
+        log(f"  {line} ({time.perf_counter() - t0:.1f}s)")
+    if run["best_state"] is None:  # no validation split, or nothing trained (--epochs 0)
+        run["best_state"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        run["best_epoch"] = args.epochs
+    return {**run, "epochs": args.epochs}
+
+
+# ------------------------------------------------------------------------------------------------
+# figures (camkit.viz)
+# ------------------------------------------------------------------------------------------------
+
+
+def write_figures(args, tta, test, train_set, stem: str) -> list[Path]:
+    """CAM grid, TTA, deletion-curve and SnapMix figures of a few digits; the written paths."""
+    from camkit.snapmix import sample_snapmix_params
+    from camkit.tta import deletion_curve
+    from camkit.viz import cam_grid, deletion_figure, save_figure, snapmix_figure, tta_figure
+
+    style = {"class_names": args.class_names, "mean": IMAGENET_DEFAULT_MEAN}
+    style["std"] = IMAGENET_DEFAULT_STD
+    keep = first_n_per_class(test[1].tolist(), 1)
+    x, y = normalize(to_unit(test[0][keep], args.img_size)), test[1][keep]
+    with torch.no_grad():
+        result = tta.predict(x)
+        cams = tta.extractor.forward_frozen(x).cams
+    flipped = result.flipped.nonzero()
+    figures = {
+        "cams": cam_grid(x, cams, labels=y, preds=result.labels, flipped=result.flipped, **style),
+        "tta": tta_figure(x, result, tta, index=int(flipped[0]) if len(flipped) else 0, **style),
+    }
+    full = CAMMaskingTTA(
+        tta.extractor, tta.k, tta.theta, tta.patch_size, early_exit=False, mask_value=tta.mask_value
+    )
+    with torch.no_grad():
+        curve = deletion_curve(full.predict(x), math.ceil(args.img_size / tta.patch_size) ** 2)
+    figures["deletion"] = deletion_figure(curve, title="CAM-masking deletion curves")
+    images = normalize(to_unit(train_set[0][: args.batch_size], args.img_size))
+    labels = train_set[1][: args.batch_size]
+    with torch.no_grad():
+        train_cams = tta.extractor.forward_frozen(images, labels).cams
+    gen = torch.Generator(images.device).manual_seed(0)
+    size = args.img_size
+    params = sample_snapmix_params(len(labels), size, size, generator=gen, device=images.device)
+    figures["snapmix"] = snapmix_figure(images, labels, train_cams, params, **style)
+    folder = args.out / "figures"
+    return [save_figure(fig, folder / f"{stem}_{name}.png") for name, fig in figures.items()]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -500,116 +508,118 @@ def train_run(
 # ------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """Run the example; return the results written to ``--out/results.json``."""
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the example; return this run's result rows (also merged into ``--out/results.json``)."""
     args = parse_args(argv)
-    log = (lambda msg: None) if args.quiet else write_line
-    device = resolve_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    log = (lambda msg: None) if args.quiet else (lambda msg: tqdm.write(msg, file=sys.stdout))
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available (use cpu or auto)")
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     args.out.mkdir(parents=True, exist_ok=True)
+    for stale in clean_stale_temps(args.out):
+        log(f"removed {stale.name}, left by an interrupted write")
 
     grid = check_feature_grid(args)
-    patch, cells, k = tta_geometry(args.img_size, TTA_K)
-    rows = [
-        m
-        for method in args.method
-        for m in (method, f"{method}+tta")[: 2 if (args.tta or method == "full") else 1]
-    ]
+    merge_results(args.out / "results.json", [], key=ROW_KEY)  # a foreign file fails now, not later
+    patch, cells, k = tta_geometry(args.img_size)
+    names = {m: [m, f"{m}+tta"] if args.tta or m == "full" else [m] for m in args.method}
     targets = ["usps", "mnistm"] if args.target == "both" else [args.target]
     log(
         f"{args.model} at {args.img_size} px on {device}: {grid[0]}×{grid[1]} feature map; "
         f"methods {', '.join(args.method)}; seeds {args.seeds}; {args.epochs} epochs; "
-        f"MNIST → {', '.join(TARGET_NAMES[t].split(' → ')[1] for t in targets)}"
+        f"MNIST → {', '.join(TARGET_NAMES[t] for t in targets)}"
     )
-    backbone = pretrained_weights(args)
-
-    train, val, tests = load_data(args, targets, device, log)
-    fill = mask_fill(train)
+    train_set, val_set, tests = load_data(args, targets, device, log)
+    mean = float(train_set[0].mean(dtype=torch.float64)) / 255  # TTA masks: the MNIST mean
+    fill = [
+        (mean - m) / s for m, s in zip(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, strict=True)
+    ]
     log(
-        f"train {len(train)} MNIST digits, val "
-        f"{len(val) if val else 'none (last epoch is reported)'}, "
-        + ", ".join(f"test {TARGET_NAMES[t].split(' → ')[1]} {len(tests[t])}" for t in targets)
+        f"train {len(train_set[1])} MNIST digits, val "
+        f"{len(val_set[1]) if val_set else 'none (last epoch is reported)'}, "
+        + ", ".join(f"test {TARGET_NAMES[t]} {len(tests[t][1])}" for t in targets)
         + f"; random shift up to {translate_pad(args.img_size, args.translate)} px, no flips"
     )
-    if any(r.endswith("+tta") for r in rows):
+    if any(len(n) == 2 for n in names.values()):
         log(
             f"CAM-masking TTA: {patch}×{patch}-pixel cells ({math.isqrt(cells)}×"
             f"{math.isqrt(cells)} grid), k = {k} masks, θ = {TTA_THETA}, masked cells filled "
             f"with the MNIST training mean ({', '.join(f'{v:.2f}' for v in fill)} normalised)"
         )
 
-    results: dict[str, dict[str, dict[str, list[float]]]] = {
-        TARGETS[t]: {r: {} for r in rows} for t in targets
-    }
-    trained: dict[tuple[tuple[bool, bool], int], tuple[str, RunResult]] = {}
-    channels_last = device.type == "cuda"
+    settings = {key: getattr(args, key) for key in (*SETTINGS, "epochs")}
+    settings.update(
+        checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        tta=f"k={k} theta={TTA_THETA} cell={patch}px",
+        device=device.type,
+        torch=torch.__version__,
+        timm=timm.__version__,
+    )
+    results: list[dict[str, Any]] = []
+    trained: dict[tuple[tuple[bool, bool], int], tuple[str, dict]] = {}
     for method in args.method:
         for seed in args.seeds:
             recipe = RECIPES[method]
-            ckpt_path = checkpoint_path(args, method, seed)
             if (recipe, seed) in trained:
                 source, run = trained[(recipe, seed)]
                 log(f"{method} seed {seed}: same training recipe as {source}, reusing its model")
-                source_path = checkpoint_path(args, source, seed)
-                if source_path.is_file():  # so that --resume finds this method's run too
-                    atomic_copy(source_path, ckpt_path)
+                src = checkpoint_path(args, source, seed)
+                if src.is_file():  # so that --resume --method full finds the run too
+                    atomic_write_bytes(src.read_bytes(), checkpoint_path(args, method, seed))
             else:
                 log(f"{method} seed {seed}:")
-                run = train_run(args, method, seed, train, val, backbone, device, log)
-                later = args.method[args.method.index(method) + 1 :]
-                if any(RECIPES[m] == recipe for m in later):  # e.g. snapmix_cpe, then full
-                    trained[(recipe, seed)] = (method, run)
-            model = create_model(args, device, state=run.state).eval()
+                run = train(args, method, seed, train_set, val_set, device, log)
+                if any(RECIPES[m] == recipe for m in args.method[args.method.index(method) + 1 :]):
+                    trained[(recipe, seed)] = (method, run)  # e.g. snapmix_cpe, then full
+            model = create_model(args, device, state=run["best_state"]).eval()
             tta = CAMMaskingTTA(model, k=k, theta=TTA_THETA, patch_size=patch, mask_value=fill)
+            rows = []
             for target in targets:
-                for row in (method, f"{method}+tta"):
-                    if row not in rows:
-                        continue
-                    values = evaluate(
-                        model,
-                        tests[target],
-                        img_size=args.img_size,
-                        batch_size=args.batch_size,
-                        tta=tta if row.endswith("+tta") else None,
-                        channels_last=channels_last,
+                for name in names[method]:
+                    values = run_evaluate(
+                        args, model, *tests[target], tta=tta if name.endswith("+tta") else None
                     )
-                    entry = results[TARGETS[target]][row]
-                    for metric, key in JSON_KEYS.items():
-                        entry.setdefault(key, []).append(100.0 * values[metric])
-                    entry.setdefault("train_seconds", []).append(run.train_seconds)
-                    entry.setdefault("best_epoch", []).append(run.best_epoch)
-                    entry.setdefault("epochs", []).append(run.epochs)
-                    if "tta_forwards" in values:
-                        entry.setdefault("tta_forwards", []).append(values["tta_forwards"])
-                        entry.setdefault("tta_flipped", []).append(values["tta_flipped"])
+                    row = {"dataset": TARGETS[target], "method": name, "seed": seed}
+                    row.update({"settings": settings})
+                    row.update({key: 100.0 * values[m] for m, key in METRICS.items()})
+                    row.update({k: run[k] for k in ("train_seconds", "best_epoch", "epochs")})
+                    row.update({k: v for k, v in values.items() if k.startswith("tta_")})
+                    rows.append(row)
                     log(
-                        f"  {TARGET_NAMES[target]} {row}: "
-                        + ", ".join(f"{key} {entry[key][-1]:.2f}" for key in JSON_KEYS.values())
-                        + f" (epoch {run.best_epoch})"
+                        f"  MNIST → {TARGET_NAMES[target]} {name}: "
+                        + ", ".join(f"{key} {row[key]:.2f}" for key in METRICS.values())
+                        + f" (epoch {run['best_epoch']})"
                     )
-    write_json(results, args.out / "results.json")
+            merge_results(args.out / "results.json", rows, key=ROW_KEY)
+            results += rows
+            if args.figures:
+                stem = f"mnist_{method}_seed{seed}"
+                for path in write_figures(args, tta, tests[targets[0]], train_set, stem):
+                    print(f"figure: {path}")
 
-    selection = "best epoch on the MNIST hold-out" if val is not None else "last epoch"
+    selection = "best epoch on the MNIST hold-out" if val_set is not None else "last epoch"
     for target in targets:
-        n_test = len(tests[target])
-        table_rows = {
-            row: {m: [v / 100.0 for v in entry[JSON_KEYS[m]]] for m in TABLE_METRICS}
-            for row, entry in results[TARGETS[target]].items()
-        }
+        n_test = len(tests[target][1])
+        mine = [r for r in results if r["dataset"] == TARGETS[target]]
+        table: dict[str, dict[str, list[float]]] = {}
+        for row in mine:
+            for metric, key in METRICS.items():
+                table.setdefault(row["method"], {}).setdefault(metric, []).append(row[key] / 100)
         print(
-            f"\n{TARGET_NAMES[target]}: target test set ({n_test} images), {selection}, "
+            f"\nMNIST → {TARGET_NAMES[target]}: target test set ({n_test} images), {selection}, "
             f"mean ± std over seeds {args.seeds}; precision, recall, F1 macro-averaged over "
             f"the {NUM_CLASSES} classes"
         )
-        print(format_table(table_rows, metrics=list(TABLE_METRICS)))
-        for row, entry in results[TARGETS[target]].items():
-            if "tta_forwards" in entry:
-                forwards = sum(entry["tta_forwards"]) / len(entry["tta_forwards"])
-                print(
-                    f"{row}: {forwards:.1f} image-forwards per test image on average "
-                    f"(k = {k}), labels flipped per seed: {entry['tta_flipped']} of {n_test}"
-                )
+        print(format_table(table, metrics=list(METRICS)))
+        for name in dict.fromkeys(r["method"] for r in mine if "tta_forwards" in r):
+            rows = [r for r in mine if r["method"] == name]
+            forwards = sum(r["tta_forwards"] for r in rows) / len(rows)
+            print(
+                f"{name}: {forwards:.1f} image-forwards per test image on average (k = {k}), "
+                f"labels flipped per seed: {[r['tta_flipped'] for r in rows]} of {n_test}"
+            )
     print(f"\nresults: {args.out / 'results.json'}")
     return results
 

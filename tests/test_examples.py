@@ -1,4 +1,4 @@
-"""Tests of the example script ``examples/covid_ct.py`` and its helpers ``examples/common.py``.
+"""Tests of the example script ``examples/covid_ct.py``.
 
 The helper tests need no data. The end-to-end tests run the script's ``main`` on a few images of
 the staged COVID-CT data (ResNet-18 at 64 px: the smallest size at which its 2×2 feature map has
@@ -24,7 +24,6 @@ from PIL import Image
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
-import common  # noqa: E402
 import covid_ct  # noqa: E402
 
 from camkit.datasets import default_data_root  # noqa: E402
@@ -67,12 +66,27 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+def nest(rows: list[dict]) -> dict:
+    """Result rows as ``{dataset: {method: {key: [value per seed]}}}`` (settings left out)."""
+    out: dict = {}
+    for row in rows:
+        entry = out.setdefault(row["dataset"], {}).setdefault(row["method"], {})
+        for key, value in row.items():
+            if key not in ("dataset", "method", "settings"):
+                entry.setdefault(key, []).append(value)
+    return out
+
+
 def run_main(argv: list[str]) -> tuple[dict, str]:
-    """``covid_ct.main(argv)`` and everything it printed."""
+    """``covid_ct.main(argv)`` as nested results, and everything it printed."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        results = covid_ct.main(argv)
-    return results, buffer.getvalue()
+        rows = covid_ct.main(argv)
+    return nest(rows), buffer.getvalue()
+
+
+def on_disk(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["rows"]
 
 
 def load_ckpt(path: Path) -> dict:
@@ -84,31 +98,20 @@ def load_ckpt(path: Path) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_step_milestones_follow_the_released_recipe():
-    assert common.step_milestones(200) == [80, 150, 180]
-    assert common.step_milestones(20) == [8, 15, 18]
-
-
-def test_scheduler_divides_by_ten_at_the_milestones():
-    model = torch.nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
-    sched = common.make_scheduler(opt, 200)
-    lrs = []
-    for _ in range(200):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[79] == pytest.approx(1e-2) and lrs[80] == pytest.approx(1e-3)
-    assert lrs[149] == pytest.approx(1e-3) and lrs[150] == pytest.approx(1e-4)
-    assert lrs[179] == pytest.approx(1e-4) and lrs[180] == pytest.approx(1e-5)
+def test_lr_schedule_follows_the_released_recipe():
+    scales = [covid_ct.lr_scale(epoch, 200) for epoch in range(200)]
+    assert scales[79] == 1.0 and scales[80] == pytest.approx(0.1)
+    assert scales[149] == pytest.approx(0.1) and scales[150] == pytest.approx(1e-2)
+    assert scales[179] == pytest.approx(1e-2) and scales[180] == pytest.approx(1e-3)
+    assert [covid_ct.lr_scale(e, 20) for e in (7, 8, 15, 18)] == pytest.approx([1, 0.1, 1e-2, 1e-3])
 
 
 @pytest.mark.parametrize(("pretrained", "backbone_lr"), [(True, 1e-3), (False, 1e-2)])
 def test_optimizer_groups(pretrained, backbone_lr):
     model = timm.create_model("resnet18", pretrained=False, num_classes=2)
-    opt = common.make_optimizer(model, 1e-2, pretrained=pretrained)
+    opt = covid_ct.make_optimizer(model, 1e-2, pretrained=pretrained)
     backbone, head = opt.param_groups
-    assert backbone["lr"] == pytest.approx(backbone_lr) and head["lr"] == pytest.approx(1e-2)
+    assert backbone["base_lr"] == pytest.approx(backbone_lr) and head["base_lr"] == 1e-2
     assert {id(p) for p in head["params"]} == {id(p) for p in model.fc.parameters()}
     grouped = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each exactly once
@@ -117,36 +120,17 @@ def test_optimizer_groups(pretrained, backbone_lr):
 
 
 def test_tta_geometry_scales_the_cells_and_caps_k():
-    assert common.tta_geometry(224) == (8, 784, 31)
-    assert common.tta_geometry(112) == (4, 784, 31)
-    assert common.tta_geometry(64) == (2, 1024, 31)
-    assert common.tta_geometry(24, k=100) == (1, 576, 100)
-    assert common.tta_geometry(16, k=1000) == (1, 256, 256)
+    assert covid_ct.tta_geometry(224) == (8, 784, 31)
+    assert covid_ct.tta_geometry(112) == (4, 784, 31)
+    assert covid_ct.tta_geometry(64) == (2, 1024, 31)
+    assert covid_ct.tta_geometry(24, k=100) == (1, 576, 100)
+    assert covid_ct.tta_geometry(16, k=1000) == (1, 256, 256)
 
 
 def test_first_n_per_class_is_deterministic_and_ordered():
-    assert common.first_n_per_class([1, 1, 0, 1, 0, 0], 2) == [0, 1, 2, 4]
-    assert common.first_n_per_class([1, 0], None) == [0, 1]
-    assert common.first_n_per_class([0, 0, 1], 5) == [0, 1, 2]
-
-
-def test_atomic_save_never_leaves_a_partial_file(tmp_path):
-    path = tmp_path / "ckpt.pt"
-    common.atomic_save({"x": torch.ones(2)}, path)
-    with pytest.raises(Exception):  # noqa: B017 - whatever pickling raises
-        common.atomic_save({"x": lambda: None}, path)
-    assert torch.equal(load_ckpt(path)["x"], torch.ones(2))  # the old file survives
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
-
-
-def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
-    gen = torch.Generator().manual_seed(3)
-    torch.manual_seed(1)
-    common.atomic_save(common.capture_rng({"g": gen}), tmp_path / "rng.pt")
-    first = (torch.rand(3), torch.rand(3, generator=gen))
-    common.restore_rng(load_ckpt(tmp_path / "rng.pt"), {"g": gen})
-    second = (torch.rand(3), torch.rand(3, generator=gen))
-    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert covid_ct.first_n_per_class([1, 1, 0, 1, 0, 0], 2) == [0, 1, 2, 4]
+    assert covid_ct.first_n_per_class([1, 0], None) == [0, 1]
+    assert covid_ct.first_n_per_class([0, 0, 1], 5) == [0, 1, 2]
 
 
 class _FakeDataset:
@@ -168,12 +152,12 @@ class _FakeDataset:
 def test_image_cache_decodes_each_image_once(tmp_path):
     ds = _FakeDataset(tmp_path)
     cache_file = tmp_path / "cache.pt"
-    cache = common.ImageCache(cache_file, log=lambda _: None)
+    cache = covid_ct.ImageCache(cache_file, log=lambda _: None)
     first = cache.images(ds, [0, 2], 8, workers=2)
     cache.save()
     assert first.shape == (2, 3, 8, 8) and first.dtype == torch.uint8
     assert first[1, 0, 0, 0] == 80 and ds.reads == 2  # squashed to 8×8, red channel kept
-    again = common.ImageCache(cache_file, log=lambda _: None)
+    again = covid_ct.ImageCache(cache_file, log=lambda _: None)
     assert torch.equal(again.images(ds, [0, 2], 8), first) and ds.reads == 2  # from the file
     again.images(ds, [0, 1, 2], 8)
     assert ds.reads == 3  # only the new image is decoded
@@ -182,15 +166,18 @@ def test_image_cache_decodes_each_image_once(tmp_path):
     assert ds.reads == 4
 
 
-def test_demo_preset_and_explicit_options():
+def test_demo_preset_and_explicit_options(tmp_path):
     args = covid_ct.parse_args(["--demo"])
     assert (args.model, args.img_size, args.epochs) == ("resnet18", 112, covid_ct.DEMO["epochs"])
     assert args.method == ["snapmix_cpe"] and args.tta and args.seeds == [0]
+    assert args.out == Path("runs/demo") and args.overwrite  # a scratch run: rerunnable
     assert covid_ct.parse_args(["--demo", "--epochs", "1"]).epochs == 1
-    defaults = covid_ct.parse_args([])
+    assert not covid_ct.parse_args(["--demo", "--resume"]).overwrite
+    defaults = covid_ct.parse_args(["--out", str(tmp_path)])
     assert defaults.method == list(covid_ct.METHODS) and defaults.seeds == [0, 1, 2]
     assert (defaults.img_size, defaults.epochs, defaults.batch_size) == (224, 200, 64)
-    assert not defaults.tta and defaults.lr == 1e-2
+    assert not defaults.tta and defaults.lr == 1e-2 and not defaults.overwrite
+    assert covid_ct.parse_args(["--method", "cpe", "--seeds", "99"]).out == Path("runs/covid_ct")
 
 
 def test_cpe_needs_four_feature_cells(tmp_path):
@@ -211,6 +198,7 @@ def smoke(tmp_path_factory):
     if not HAS_SITE_B:
         pytest.skip("needs the staged COVID-CT data")
     out = tmp_path_factory.mktemp("smoke")
+    (out / ".B_full_seed0.pt.camkit-999999999-0123abcd.tmp").write_bytes(b"killed half-way")
     results, text = run_main([*SMOKE, "--epochs", "1", "--out", str(out)])
     return out, results, text
 
@@ -218,8 +206,15 @@ def smoke(tmp_path_factory):
 @needs_data
 def test_smoke_results_json(smoke):
     out, results, _ = smoke
-    on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk == results
+    rows = on_disk(out)
+    assert nest(rows) == results and len(rows) == 2
+    settings = rows[0]["settings"]
+    assert settings == rows[1]["settings"] and {r["seed"] for r in rows} == {0}
+    for key, value in {"model": "resnet18", "img_size": 64, "epochs": 1, "train_subset": 8,
+                       "test_subset": 4, "batch_size": 8, "lr": 1e-2, "cpe_normalize": False,
+                       "cpe_temperature": 1.0, "torch": torch.__version__,
+                       "timm": timm.__version__}.items():  # fmt: skip
+        assert settings[key] == value, key
     assert set(results) == {"B"} and list(results["B"]) == ["full", "full+tta"]
     for row, entry in results["B"].items():
         for key in (*METRIC_KEYS, "train_seconds"):
@@ -245,8 +240,9 @@ def test_smoke_checkpoint_and_cache(smoke):
     assert ckpt["epoch"] == 1 and ckpt["best_epoch"] == 1
     assert ckpt["config"]["snapmix"] and ckpt["config"]["cpe"]
     assert ckpt["best_state"] is not None  # site B has a validation split
-    assert {"optimizer", "scheduler", "rng", "model", "best_val"} <= set(ckpt)
+    assert {"optimizer", "model", "best_val", "train_seconds", "epochs"} <= set(ckpt)
     assert (out / "cache_B_64.pt").is_file()
+    # the stale temporary file of a killed write was removed at start, and none was left
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -348,7 +344,7 @@ def test_full_reuses_the_snapmix_cpe_model_and_checkpoint(tmp_path):
     assert "resuming B_full_seed0.pt from epoch 1/1" in text
 
 
-def test_pretrained_backbone_is_fetched_once_and_the_head_is_new(monkeypatch):
+def test_pretrained_backbone_is_fetched_once_and_the_head_is_new(monkeypatch, tmp_path):
     create = timm.create_model
     calls = []
 
@@ -358,7 +354,7 @@ def test_pretrained_backbone_is_fetched_once_and_the_head_is_new(monkeypatch):
         return create(name, pretrained=False, **kwargs)
 
     monkeypatch.setattr(covid_ct.timm, "create_model", fake_create)
-    args = covid_ct.parse_args(["--pretrained", "--img-size", "64"])
+    args = covid_ct.parse_args(["--pretrained", "--img-size", "64", "--out", str(tmp_path)])
     backbone = covid_ct.pretrained_weights(args)
     assert calls == [True] and "fc.weight" not in backbone and "conv1.weight" in backbone
     torch.manual_seed(5)
@@ -366,11 +362,11 @@ def test_pretrained_backbone_is_fetched_once_and_the_head_is_new(monkeypatch):
     assert torch.equal(model.conv1.weight, backbone["conv1.weight"])
     torch.manual_seed(5)
     assert torch.equal(model.fc.weight, create("resnet18", num_classes=2).fc.weight)
-    opt = common.make_optimizer(model, args.lr, pretrained=args.pretrained)
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-2])
+    opt = covid_ct.make_optimizer(model, args.lr, pretrained=args.pretrained)
+    assert [g["base_lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-2])
 
 
-def test_pretrained_failure_is_explained(monkeypatch):
+def test_pretrained_failure_is_explained(monkeypatch, tmp_path):
     def offline(name, pretrained=False, **kwargs):
         if pretrained:
             raise OSError("no route to the Hugging Face Hub")
@@ -378,7 +374,7 @@ def test_pretrained_failure_is_explained(monkeypatch):
 
     monkeypatch.setattr(covid_ct.timm, "create_model", offline)
     with pytest.raises(RuntimeError, match=r"--pretrained: could not load .*no route"):
-        covid_ct.pretrained_weights(covid_ct.parse_args(["--pretrained"]))
+        covid_ct.pretrained_weights(covid_ct.parse_args(["--pretrained", "--out", str(tmp_path)]))
 
 
 def test_covidx_site_trains_three_classes_and_reports_per_class_scores(tmp_path):
@@ -401,7 +397,7 @@ def test_covidx_site_trains_three_classes_and_reports_per_class_scores(tmp_path)
         "--device", "cpu", "--workers", "1", "--quiet", "--out", str(tmp_path / "out"),
     ]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        results = covid_ct.main(argv)
+        results = nest(covid_ct.main(argv))
     assert set(results) == {"X"} and set(results["X"]) == {"baseline", "full", "full+tta"}
     per_class = {
         f"{m}_{c}" for c in ("Normal", "Pneumonia", "COVID-19") for m in ("sensitivity", "ppv")
@@ -415,3 +411,100 @@ def test_covidx_site_trains_three_classes_and_reports_per_class_scores(tmp_path)
     assert "sensitivity_Pneumonia" in printed.getvalue()
     model = torch.load(tmp_path / "out" / "X_baseline_seed0.pt", weights_only=True)["model"]
     assert model["fc.weight"].shape[0] == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# script safety: merged results, refusals, NaN losses, unreadable checkpoints; figures
+# ------------------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_results_are_merged_across_runs_into_one_folder(smoke, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(smoke[0], out)
+    first = on_disk(out)
+    stale = out / ".results.json.camkit-999999999-0123abcd.tmp"  # a write killed half-way
+    stale.write_text("{")
+    argv = [*SMOKE, "--method", "baseline", "--seeds", "1", "--epochs", "0", "--out", str(out)]
+    _, text = run_main(argv)
+    assert "removed .results.json.camkit-999999999-0123abcd.tmp" in text and not stale.exists()
+    rows = on_disk(out)
+    assert rows[:2] == first  # the first run's rows are kept, in place
+    assert [(r["method"], r["seed"]) for r in rows[2:]] == [("baseline", 1)]
+    # the same run again replaces only its own row
+    run_main([*argv, "--resume"])
+    assert on_disk(out)[:2] == first and len(on_disk(out)) == 3
+
+
+@needs_data
+def test_rerun_without_resume_refuses_even_when_quiet(smoke, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(smoke[0], out)
+    before = (out / "B_full_seed0.pt").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        covid_ct.main([*SMOKE, "--epochs", "1", "--quiet", "--out", str(out)])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert str(out / "B_full_seed0.pt") in err and "--resume" in err and "--overwrite" in err
+    assert (out / "B_full_seed0.pt").read_bytes() == before  # untouched
+    with pytest.raises(SystemExit):
+        covid_ct.main([*SMOKE, "--resume", "--overwrite", "--out", str(out)])
+    # --overwrite trains the run again from scratch
+    _, text = run_main([*SMOKE, "--epochs", "1", "--overwrite", "--out", str(out)])
+    assert "resuming" not in text and "epoch 1/1 loss" in text
+
+
+@needs_data
+@pytest.mark.parametrize("kind", ["empty", "truncated", "bare state_dict"])
+def test_resume_from_an_unreadable_checkpoint_names_the_file(smoke, tmp_path, kind):
+    out = tmp_path / "run"
+    shutil.copytree(smoke[0], out)
+    path = out / "B_full_seed0.pt"
+    if kind == "empty":
+        path.write_bytes(b"")
+        expected = r"B_full_seed0\.pt: the checkpoint file is empty"
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+        expected = r"B_full_seed0\.pt: cannot read the checkpoint .*truncated"
+    else:
+        torch.save(load_ckpt(path)["model"], path)
+        expected = r"B_full_seed0\.pt: expected a run checkpoint .* got a bare state_dict"
+    with pytest.raises(ValueError, match=expected):
+        run_main([*SMOKE, "--epochs", "1", "--resume", "--out", str(out)])
+
+
+@needs_data
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match=r"training loss is nan at epoch 1.*no checkpoint"):
+        run_main([*SMOKE, "--epochs", "1", "--lr", "nan", "--quiet", "--out", str(tmp_path / "a")])
+    assert not (tmp_path / "a" / "B_full_seed0.pt").exists()
+
+    class NaNFromTheThirdStep(covid_ct.TrainStep):  # 2 steps per epoch: epoch 2 diverges
+        calls = 0
+
+        def forward(self, images, labels):
+            out = super().forward(images, labels)
+            NaNFromTheThirdStep.calls += 1
+            return out._replace(loss=out.loss * float("nan")) if self.calls > 2 else out
+
+    monkeypatch.setattr(covid_ct, "TrainStep", NaNFromTheThirdStep)
+    out = tmp_path / "b"
+    with pytest.raises(SystemExit, match=r"loss is nan at epoch 2.*B_full_seed0\.pt keeps epoch 1"):
+        run_main([*SMOKE, "--epochs", "2", "--out", str(out)])
+    ckpt = load_ckpt(out / "B_full_seed0.pt")
+    assert ckpt["epoch"] == 1 and all(v.isfinite().all() for v in ckpt["model"].values())
+
+
+@needs_data
+def test_demo_writes_a_cam_figure_and_figures_writes_every_kind(tmp_path):
+    fast = ["--img-size", "64", "--train-subset", "4", "--test-subset", "2", "--batch-size", "8"]
+    fast += ["--device", "cpu", "--workers", "2", "--epochs", "1", "--quiet"]
+    _, text = run_main(["--demo", *fast, "--out", str(tmp_path / "demo")])
+    figures = sorted((tmp_path / "demo" / "figures").iterdir())
+    assert [p.name for p in figures] == ["B_snapmix_cpe_seed0_cams.png"]
+    assert f"figure: {figures[0]}" in text and figures[0].read_bytes()[:4] == b"\x89PNG"
+    argv = [*fast, "--method", "baseline", "--seeds", "0", "--figures"]
+    run_main([*argv, "--out", str(tmp_path / "all")])
+    names = sorted(p.name for p in (tmp_path / "all" / "figures").iterdir())
+    kinds = ("cams", "deletion", "snapmix", "tta")
+    assert names == [f"B_baseline_seed0_{kind}.png" for kind in kinds]

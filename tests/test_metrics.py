@@ -355,3 +355,33 @@ def test_nan_scores_are_rejected_not_counted_as_a_class():
     # ±inf scores have a well-defined argmax and are kept
     metrics.update(torch.tensor([[-math.inf, 0.0], [math.inf, 0.0]]), torch.tensor([1, 0]))
     assert metrics.compute()["accuracy"].item() == 1.0
+
+
+def test_evaluate_matches_a_manual_loop_and_counts_tta_forwards():
+    from camkit import CAMMaskingTTA
+    from camkit.metrics import evaluate
+    from tests.helpers import TinyNet
+
+    torch.manual_seed(0)
+    model = TinyNet(num_classes=2, stride=4).eval()
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(10) % 2
+
+    def to_input(batch: torch.Tensor) -> torch.Tensor:
+        return batch.float() / 255 - 0.5
+
+    values = evaluate(
+        model, images, labels, classification_metrics(2), batch_size=3, transform=to_input
+    )
+    preds = model(to_input(images)).argmax(1)
+    assert values["accuracy"] == pytest.approx(float((preds == labels).float().mean()))
+    tta = CAMMaskingTTA(model, k=3, theta=0.2, patch_size=4)
+    with_tta = evaluate(
+        model, images, labels, classification_metrics(2), batch_size=4, transform=to_input, tta=tta
+    )
+    result = tta.predict(to_input(images))
+    assert with_tta["tta_forwards"] == pytest.approx(float(result.forwards.float().mean()))
+    assert with_tta["tta_flipped"] == int(result.flipped.sum())
+    assert with_tta["accuracy"] == pytest.approx(float((result.labels == labels).float().mean()))
+    with pytest.raises(ValueError, match="batch_size: expected a positive int, got 0"):
+        evaluate(model, images, labels, classification_metrics(2), batch_size=0)

@@ -71,12 +71,23 @@ def mnistm_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("mnistm")
 
 
+def nest(rows: list[dict]) -> dict:
+    """Result rows as ``{dataset: {method: {key: [value per seed]}}}`` (settings left out)."""
+    out: dict = {}
+    for row in rows:
+        entry = out.setdefault(row["dataset"], {}).setdefault(row["method"], {})
+        for key, value in row.items():
+            if key not in ("dataset", "method", "settings"):
+                entry.setdefault(key, []).append(value)
+    return out
+
+
 def run_main(argv: list[str]) -> tuple[dict, str]:
-    """``mnist_usps.main(argv)`` and everything it printed."""
+    """``mnist_usps.main(argv)`` as nested results, and everything it printed."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        results = mnist_usps.main(argv)
-    return results, buffer.getvalue()
+        rows = mnist_usps.main(argv)
+    return nest(rows), buffer.getvalue()
 
 
 def load_ckpt(path: Path) -> dict:
@@ -108,6 +119,7 @@ def test_cpe_methods_need_a_big_enough_feature_map(tmp_path):
     # ResNet-18 at 32 px: a 1×1 feature map; the run stops before touching any data
     with pytest.raises(ValueError, match=r"1×1 feature map.*larger --img-size"):
         mnist_usps.main(["--img-size", "32", "--method", "full", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,10 +128,9 @@ def test_cpe_methods_need_a_big_enough_feature_map(tmp_path):
 
 
 @needs_data
-def test_validation_hold_out_is_the_last_5000_digits_and_disjoint(mnistm_cache):
-    args = mnist_usps.parse_args(
-        ["--train-subset", "5", "--test-subset", "3", "--mnistm-cache", str(mnistm_cache)]
-    )
+def test_validation_hold_out_is_the_last_5000_digits_and_disjoint(mnistm_cache, tmp_path):
+    argv = ["--train-subset", "5", "--test-subset", "3", "--mnistm-cache", str(mnistm_cache)]
+    args = mnist_usps.parse_args([*argv, "--out", str(tmp_path)])
     train, val, tests = mnist_usps.load_data(args, ["usps"], torch.device("cpu"), lambda _: None)
     source = load_digits_npz(DATA / "mnist.npz")
     labels = source["y_train"].tolist()
@@ -129,34 +140,36 @@ def test_validation_hold_out_is_the_last_5000_digits_and_disjoint(mnistm_cache):
     assert len(train_idx) == 50 and len(val_idx) == 30
     assert sorted(np.bincount(source["y_train"][val_idx]).tolist()) == [3] * 10
     # the resident splits are exactly those digits, native 28×28, one channel
-    assert torch.equal(train.images[:, 0], torch.from_numpy(source["x_train"][train_idx]))
-    assert torch.equal(val.images[:, 0], torch.from_numpy(source["x_train"][val_idx]))
-    assert val.labels.tolist() == [labels[i] for i in val_idx]
+    assert torch.equal(train[0][:, 0], torch.from_numpy(source["x_train"][train_idx]))
+    assert torch.equal(val[0][:, 0], torch.from_numpy(source["x_train"][val_idx]))
+    assert val[1].tolist() == [labels[i] for i in val_idx]
     full_train, full_val = mnist_usps.source_indices(labels, 5000, None, None)
     assert full_train == list(range(55000)) and full_val == list(range(55000, 60000))
 
     # USPS: 16×16 grey digits, resized bilinearly to the input side and replicated to RGB
-    digits = tests["usps"]
-    assert tuple(digits.images.shape) == (N_TEST, 1, 16, 16) and digits.images.dtype == torch.uint8
-    x = mnist_usps.to_input(digits.images, 64)
+    images = tests["usps"][0]
+    assert tuple(images.shape) == (N_TEST, 1, 16, 16) and images.dtype == torch.uint8
+    x = mnist_usps.to_unit(images, 64)
     assert tuple(x.shape) == (N_TEST, 3, 64, 64) and 0.0 <= float(x.min()) <= float(x.max()) <= 1
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])
-    expected = F.interpolate(digits.images.float() / 255, (64, 64), mode="bilinear")
+    expected = F.interpolate(images.float() / 255, (64, 64), mode="bilinear")
     assert torch.allclose(x[:, :1], expected, atol=1e-6)
 
 
 @needs_data
-def test_mnist_m_is_rgb_and_differs_from_mnist(mnistm_cache):
-    args = mnist_usps.parse_args(["--test-subset", "3", "--mnistm-cache", str(mnistm_cache)])
-    _, _, tests = mnist_usps.load_data(args, ["mnistm"], torch.device("cpu"), lambda _: None)
-    digits = tests["mnistm"]
-    assert tuple(digits.images.shape) == (N_TEST, 3, 28, 28)
+def test_mnist_m_is_rgb_and_differs_from_mnist(mnistm_cache, tmp_path):
+    argv = ["--test-subset", "3", "--mnistm-cache", str(mnistm_cache), "--out", str(tmp_path)]
+    _, _, tests = mnist_usps.load_data(
+        mnist_usps.parse_args(argv), ["mnistm"], torch.device("cpu"), lambda _: None
+    )
+    images, labels = tests["mnistm"]
+    assert tuple(images.shape) == (N_TEST, 3, 28, 28)
     source = load_digits_npz(DATA / "mnist.npz")
     keep = mnist_usps.first_n_per_class(source["y_test"].tolist(), 3)
-    assert digits.labels.tolist() == source["y_test"][keep].tolist()  # MNIST's test labels
+    assert labels.tolist() == source["y_test"][keep].tolist()  # MNIST's test labels
     grey = torch.from_numpy(source["x_test"][keep])[:, None].expand(-1, 3, -1, -1)
-    assert not torch.equal(digits.images, grey)
-    assert not torch.equal(digits.images[:, 0], digits.images[:, 1])  # coloured photo patches
+    assert not torch.equal(images, grey)
+    assert not torch.equal(images[:, 0], images[:, 1])  # coloured photo patches
     assert (mnistm_cache / "mnist_m_test_seed0.npz").is_file()
     assert not [p for p in mnistm_cache.iterdir() if p.name.endswith(".tmp")]
 
@@ -182,7 +195,15 @@ def smoke(tmp_path_factory, mnistm_cache):
 @needs_data
 def test_smoke_results_json(smoke):
     out, results, _ = smoke
-    assert json.loads((out / "results.json").read_text()) == results
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert nest(rows) == results and len(rows) == 6
+    settings = rows[0]["settings"]
+    assert all(r["settings"] == settings for r in rows)
+    for key, value in {"model": "resnet18", "img_size": 64, "epochs": 1, "train_subset": 5,
+                       "test_subset": 3, "batch_size": 16, "lr": 0.05, "translate": 2.0,
+                       "val_size": 5000, "cpe_normalize": False, "torch": torch.__version__,
+                       }.items():  # fmt: skip
+        assert settings[key] == value, key
     assert list(results) == ["mnist-usps", "mnist-mnistm"]
     for target, rows in results.items():
         assert list(rows) == ["snapmix_cpe", "full", "full+tta"], target
@@ -235,7 +256,7 @@ def test_smoke_checkpoint(smoke):
     assert ckpt["epoch"] == 1 and ckpt["best_epoch"] == 1
     assert ckpt["config"]["snapmix"] and ckpt["config"]["cpe"]
     assert ckpt["config"]["val_size"] == 5000 and ckpt["best_state"] is not None
-    assert {"optimizer", "scheduler", "rng", "model", "best_val"} <= set(ckpt)
+    assert {"optimizer", "model", "best_val", "train_seconds", "epochs"} <= set(ckpt)
     assert ckpt["best_state"]["fc.weight"].shape == (10, 512)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
@@ -275,3 +296,27 @@ def test_resume_continues_and_matches_an_uninterrupted_run(smoke, mnistm_cache, 
         run_main([*argv, "--translate", "0", "--resume", "--out", str(resumed)])
     with pytest.raises(ValueError, match="ask for at least 2 epochs"):
         run_main([*argv, "--epochs", "1", "--resume", "--out", str(resumed)])
+
+
+@needs_data
+def test_another_run_into_the_same_folder_keeps_the_rows_and_writes_figures(
+    smoke, mnistm_cache, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    shutil.copytree(smoke[0], out)
+    first = json.loads((out / "results.json").read_text())["rows"]
+    with pytest.raises(SystemExit):  # the finished run is not trained again silently
+        mnist_usps.main([*SMOKE, "--method", "snapmix_cpe", "--epochs", "1", "--out", str(out)])
+    assert "--resume" in capsys.readouterr().err
+    argv = [*SMOKE, "--method", "baseline", "--seeds", "1", "--epochs", "0", "--target", "usps"]
+    argv += ["--mnistm-cache", str(mnistm_cache), "--figures", "--out", str(out)]
+    _, text = run_main(argv)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows[: len(first)] == first
+    assert [(r["dataset"], r["method"], r["seed"]) for r in rows[len(first) :]] == [
+        ("mnist-usps", "baseline", 1)
+    ]
+    kinds = ("cams", "deletion", "snapmix", "tta")
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert names == [f"mnist_baseline_seed1_{kind}.png" for kind in kinds]
+    assert text.count("figure: ") == 4

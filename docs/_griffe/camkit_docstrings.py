@@ -24,6 +24,7 @@ DOCUMENTED_MODULES = (
     "camkit.train",
     "camkit.timm_task",
     "camkit.viz",
+    "camkit.io",
     "camkit.cam",
     "camkit.snapmix",
     "camkit.losses",

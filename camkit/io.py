@@ -1,0 +1,246 @@
+"""Files that survive crashes and concurrent writers: checkpoints, results, figures.
+
+- :func:`atomic_save`, :func:`atomic_write_bytes`, :func:`atomic_write_text`: write to a temporary
+  file in the target's folder (a name unique to the process and call), flush and ``fsync`` it,
+  ``os.replace`` it over the target and ``fsync`` the folder. A reader, or a run killed half-way,
+  sees the old file or the new one, never a mix; the temporary file is removed on failure.
+- :func:`clean_stale_temps`: remove the temporary files of writes whose process died half-way.
+- :func:`load_checkpoint`: ``torch.load(..., weights_only=True)`` whose errors name the file and
+  say what was expected (empty, truncated, a bare ``state_dict`` for a run checkpoint).
+- :func:`merge_results`: merge result rows into a JSON file under an exclusive lock, each row
+  replacing only the old row with the same key (POSIX ``fcntl.flock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "atomic_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "clean_stale_temps",
+    "load_checkpoint",
+    "merge_results",
+]
+
+PathLike = str | os.PathLike[str]
+_TEMP = re.compile(r"^\..+\.camkit-(\d+)-[0-9a-f]{8}\.tmp$")  # .<name>.camkit-<pid>-<hex>.tmp
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform or file system can open a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
+    """Call ``write(handle)`` on a fresh temporary file, then move it over ``path`` (the core)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.camkit-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+    return path
+
+
+def atomic_save(obj: object, path: PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see the module); returns ``Path(path)``.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "ckpt.pt"
+        >>> _ = atomic_save({"w": torch.ones(2)}, path)
+        >>> load_checkpoint(path)["w"]
+        tensor([1., 1.])
+    """
+    return _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_bytes(data: bytes, path: PathLike) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``Path(path)``."""
+    return _atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(text: str, path: PathLike, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically; returns ``Path(path)``.
+
+    Examples:
+        >>> import tempfile
+        >>> path = atomic_write_text("hello\\n", Path(tempfile.mkdtemp()) / "a.txt")
+        >>> path.read_text()
+        'hello\\n'
+    """
+    return atomic_write_bytes(text.encode(encoding), path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_temps(folder: PathLike) -> list[Path]:
+    """Remove the temporary files that camkit's atomic writes left in ``folder`` when killed.
+
+    Only names of camkit's own pattern (``.<name>.camkit-<pid>-<hex>.tmp``) are touched, and only
+    those whose process is no longer running on this machine, so a write in progress elsewhere is
+    never broken. Returns the removed paths (none when ``folder`` does not exist).
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / ".ckpt.pt.camkit-999999999-0123abcd.tmp").write_bytes(b"half")
+        >>> [p.name for p in clean_stale_temps(folder)]
+        ['.ckpt.pt.camkit-999999999-0123abcd.tmp']
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        match = _TEMP.match(entry.name)
+        if match and entry.is_file() and not _alive(int(match.group(1))):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def load_checkpoint(path: PathLike, *, required: Sequence[str] = ()) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with errors naming the file.
+
+    Args:
+        path: the checkpoint file.
+        required: keys the checkpoint must have (e.g. ``("config", "model")`` for a run
+            checkpoint); a bare ``state_dict`` or another dict without them is refused.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is empty, truncated or not a torch file, or lacks ``required`` keys;
+            the message names the file and what was expected.
+
+    Examples:
+        >>> import tempfile
+        >>> path = atomic_save({"config": {}, "model": {}}, Path(tempfile.mkdtemp()) / "run.pt")
+        >>> sorted(load_checkpoint(path, required=("config", "model")))
+        ['config', 'model']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(
+            f"{path}: the checkpoint file is empty (0 bytes); expected a torch.save file"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"{path}: cannot read the checkpoint ({size} bytes; truncated or not a torch.save "
+            f"file?): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
+    missing = [key for key in required if not isinstance(obj, Mapping) or key not in obj]
+    if missing:
+        if isinstance(obj, Mapping) and obj and all(torch.is_tensor(v) for v in obj.values()):
+            found = f"a bare state_dict ({len(obj)} tensors)"
+        elif isinstance(obj, Mapping):
+            found = f"a dict with keys {sorted(map(str, obj))[:8]}"
+        else:
+            found = type(obj).__name__
+        raise ValueError(
+            f"{path}: expected a run checkpoint with keys {list(required)}, got {found} "
+            f"(missing {missing})"
+        )
+    return obj
+
+
+def _key_of(row: Mapping[str, Any], key: Sequence[str] | Callable[[Mapping[str, Any]], Any]) -> str:
+    value = key(row) if callable(key) else {name: row.get(name) for name in key}
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def merge_results(
+    path: PathLike,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    key: Sequence[str] | Callable[[Mapping[str, Any]], Any] = ("method", "seed"),
+) -> list[dict[str, Any]]:
+    """Merge result ``rows`` into the JSON file ``path``; return all of its rows afterwards.
+
+    The file holds ``{"rows": [...]}``. Under an exclusive ``fcntl.flock`` of the sidecar file
+    ``<path>.lock`` the file is read, every old row whose key equals a new row's key is replaced
+    by it (in place), the other new rows are appended, and the file is written back atomically
+    (:func:`atomic_write_text`). Concurrent calls, from threads or processes, lose no row.
+
+    Args:
+        path: the JSON results file (created when missing).
+        rows: the new rows, JSON-serialisable mappings.
+        key: the names of the fields that identify a row (e.g. ``("method", "seed",
+            "settings")``; nested values compare by their JSON form), or a function of the row.
+
+    Raises:
+        ValueError: ``path`` exists but is not a results file of this form.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "results.json"
+        >>> _ = merge_results(path, [{"method": "a", "seed": 0, "acc": 1.0}])
+        >>> _ = merge_results(path, [{"method": "b", "seed": 0, "acc": 2.0}])
+        >>> [(r["method"], r["acc"]) for r in merge_results(path, [{"method": "a", "seed": 0,
+        ...                                                          "acc": 3.0}])]
+        [('a', 3.0), ('b', 2.0)]
+    """
+    import fcntl
+
+    path = Path(path)
+    new = [dict(row) for row in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f"{path.name}.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            old: list[dict[str, Any]] = []
+            if path.is_file() and path.stat().st_size > 0:
+                data = json.loads(path.read_text())
+                if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+                    raise ValueError(
+                        f"{path}: expected a results file {{'rows': [...]}} (merge_results's), "
+                        f"got a {type(data).__name__} of another form; move it aside"
+                    )
+                old = data["rows"]
+            index = {_key_of(row, key): i for i, row in enumerate(old)}
+            for row in new:
+                k = _key_of(row, key)
+                if k in index:
+                    old[index[k]] = row
+                else:
+                    index[k] = len(old)
+                    old.append(row)
+            atomic_write_text(json.dumps({"rows": old}, indent=1) + "\n", path)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    return old
