@@ -22,6 +22,10 @@ Usage (from the repository root)::
 
     python benchmarks/evidence.py run --seeds 0 1 2       # resumable: finished rows are skipped
     python benchmarks/evidence.py report                  # tables, paired CIs, the recommendation
+    python benchmarks/evidence.py report --publish        # ... and into benchmarks/results
+
+To continue a published table elsewhere, copy ``benchmarks/results/evidence_cpu.json`` to
+``runs/evidence/evidence.json`` first: ``run`` skips the (dataset, method, seed) rows it holds.
 
 Rows are merged into ``<out>/evidence.json`` under a lock (:func:`camkit.io.merge_results`), one
 per (dataset, method, seed) with every setting that changes a number; ``report`` refuses to put
@@ -55,6 +59,7 @@ from camkit.io import atomic_write_text, merge_results
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 OUT = Path(__file__).resolve().parents[1] / "runs" / "evidence"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 SETTINGS = {
     "model": "resnet10t",
@@ -355,6 +360,11 @@ def report(args: argparse.Namespace) -> str:
     lines += ["", f"Best mean validation accuracy: `{best}` ({summary[best]:.2f})."]
     text = "\n".join(lines) + "\n"
     atomic_write_text(text, args.out / "evidence.md")
+    if args.publish:  # the committed copy; a later session resumes from it with --out
+        published = RESULTS / "evidence_cpu.json"
+        merge_results(published, rows, key=("dataset", "method", "seed"))
+        atomic_write_text(text, RESULTS / "evidence_cpu.md")
+        print(f"published {published} and evidence_cpu.md")
     print(text)
     return text
 
@@ -368,6 +378,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=OUT, help=f"default {OUT}")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (tests)")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="report: also merge the rows into benchmarks/results/evidence_cpu.{json,md}",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         SETTINGS.update(

@@ -787,9 +787,53 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def merge_previous(results: dict, path: Path) -> dict:
+    """``results`` over the benchmarks of the previous run in ``path`` that this run did not redo.
+
+    A run of a subset (``--only train``) so replaces only its own benchmarks' numbers; each
+    benchmark keeps the ``meta`` of the run that measured it in ``meta["runs"]``.
+    """
+    if not path.is_file():
+        results["meta"]["runs"] = {
+            name: _run_meta(results) for name in results["meta"]["benchmarks"]
+        }
+        return results
+    previous = json.loads(path.read_text())
+    if previous.get("meta", {}).get("smoke") != results["meta"]["smoke"]:
+        return results
+    redone = set(results["meta"]["benchmarks"])
+    prefixes = {"train": ("train_",), "cam": ("cam_",), "snapmix": ("snapmix_",)}
+    prefixes.update(tta=("tta_",), memory=("memory_",))
+    kept = {
+        key: value
+        for key, value in previous.items()
+        if key not in ("meta", "details")
+        and not any(key.startswith(prefixes[name]) for name in redone)
+    }
+    old_runs = previous["meta"].get("runs") or {
+        name: _run_meta(previous) for name in previous["meta"].get("benchmarks", [])
+    }
+    runs = {name: meta for name, meta in old_runs.items() if name not in redone}
+    runs.update({name: _run_meta(results) for name in redone})
+    details = {k: v for k, v in previous.get("details", {}).items() if k not in redone}
+    meta = {**results["meta"], "benchmarks": sorted(runs), "runs": runs}
+    return {
+        "meta": meta,
+        **kept,
+        **{k: v for k, v in results.items() if k not in ("meta", "details")},
+        "details": {**details, **results["details"]},
+    }
+
+
+def _run_meta(results: dict) -> dict:
+    meta = results["meta"]
+    return {k: meta[k] for k in ("command", "machine", "wall_seconds", "loadavg_end") if k in meta}
+
+
 def write_report(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    results = merge_previous(results, json_path)
     atomic_write_text(json.dumps(results, indent=2, sort_keys=False) + "\n", json_path)
     flat, meta = results, results["meta"]
     lines = [

@@ -3,11 +3,14 @@
 Usage (from the repository root; ``make figures`` runs it)::
 
     python benchmarks/plots.py                 # reads benchmarks/results, writes docs/figures
+    python benchmarks/plots.py --gallery runs/figures   # also the example figures, shrunk
 
 - ``results_ablation.png``: accuracy per method and dataset from ``reproduce_cpu.json``, the bar
   at the mean over seeds, the whisker ± one standard deviation, each seed a dot;
 - ``perf_ratios.png``: the cost ratios of ``perf_cpu.json`` (and ``perf_cuda.json`` when present)
-  against their targets.
+  against their targets;
+- with ``--gallery``, the figures the examples wrote for their trained models (``--figures``),
+  copied as small PNGs (``gallery_*.png``) for the gallery and the API pages.
 """
 
 from __future__ import annotations
@@ -112,12 +115,56 @@ def perf_figure(runs: dict[str, dict]):
     return fig
 
 
+GALLERY = {  # docs/figures name: the example's figure (runs of `make figures`)
+    "gallery_covid_cams.png": "covid/figures/B_snapmix_cpe_seed0_cams.png",
+    "gallery_covid_snapmix.png": "covid/figures/B_snapmix_cpe_seed0_snapmix.png",
+    "gallery_covid_tta.png": "covid/figures/B_snapmix_cpe_seed0_tta.png",
+    "gallery_covid_deletion.png": "covid/figures/B_snapmix_cpe_seed0_deletion.png",
+    "gallery_digits_cams.png": "digits/figures/mnist_snapmix_cpe_seed0_cams.png",
+    "gallery_digits_tta.png": "digits/figures/mnist_snapmix_cpe_seed0_tta.png",
+}
+
+
+def shrink_png(src: Path, dst: Path, max_width: int = 720) -> Path:
+    """Copy a figure into the docs as a small PNG: at most ``max_width`` px, 256 colours."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from camkit.io import atomic_write_bytes
+
+    image = Image.open(src).convert("RGB")
+    if image.width > max_width:
+        image = image.resize(
+            (max_width, round(image.height * max_width / image.width)), Image.Resampling.LANCZOS
+        )
+    buffer = BytesIO()
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+        buffer, format="PNG", optimize=True
+    )
+    return atomic_write_bytes(buffer.getvalue(), dst)
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=FIGURES)
+    parser.add_argument(
+        "--gallery",
+        type=Path,
+        help="folder of the example runs of `make figures`: copy their figures into --out",
+    )
     args = parser.parse_args(argv)
     written = []
+    if args.gallery is not None:
+        missing = [str(args.gallery / src) for src in GALLERY.values()]
+        missing = [m for m in missing if not Path(m).is_file()]
+        if missing:
+            raise SystemExit(
+                f"--gallery: these figures are missing (run `make figures`): {missing}"
+            )
+        for name, src in GALLERY.items():
+            written.append(shrink_png(args.gallery / src, args.out / name))
     reproduce = args.results / "reproduce_cpu.json"
     if reproduce.is_file():
         data = json.loads(reproduce.read_text())

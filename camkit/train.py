@@ -216,8 +216,9 @@ class TrainStep(nn.Module):
             cpe_loss = self.cpe(out.features, out.cams)
         else:
             logits = self.model(inputs)
-        if targets is None:
-            targets = F.one_hot(labels, logits.shape[1]).to(torch.float32)
+        if targets is None:  # one-hot by scatter: F.one_hot range-checks with a host sync on CUDA
+            targets = logits.new_zeros(logits.shape, dtype=torch.float32)
+            targets.scatter_(1, labels[:, None], 1.0)
         targets = self._smooth(targets.to(torch.float32))
 
         classification_loss = self.criterion(logits, targets)

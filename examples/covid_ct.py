@@ -90,7 +90,12 @@ SETTINGS = (  # what a run checkpoint must agree on to be resumed (epochs may gr
     *("train_subset", "test_subset"),
 )
 DEFAULTS = {"model": "resnet18", "img_size": 224, "epochs": 200, "seeds": [0, 1, 2]}
+DEFAULTS.update(cpe_normalize=False, cpe_temperature=1.0)  # the paper's Eq. 1
+# the demo trains from scratch: the paper-form CPE (raw dot products, 20-380 at the start)
+# dominates the cross-entropy there and collapsed runs in our reproduction; the normalised form
+# stayed level with the baseline (docs/results.md)
 DEMO = {"model": "resnet18", "img_size": 112, "epochs": 16, "seeds": [0], "out": "runs/demo"}
+DEMO.update(cpe_normalize=True, cpe_temperature=0.1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,8 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--checkpoint", type=Path, help="state_dict or camkit run checkpoint to start from")
     add("--method", nargs="+", choices=METHODS, help="one or more (default: all five)")
     add("--tta", action="store_true", help="also evaluate with CAM-masking TTA (always for full)")
-    add("--cpe-normalize", action="store_true", help="L2-normalise the CPE cells (paper: raw)")
-    add("--cpe-temperature", type=float, default=1.0, help="CPE temperature τ (paper: 1)")
+    add(
+        "--cpe-normalize",
+        action=argparse.BooleanOptionalAction,
+        help="L2-normalise the CPE cells (paper: raw; --demo: normalised)",
+    )
+    add("--cpe-temperature", type=float, help="CPE temperature τ (paper: 1; --demo: 0.1)")
     add("--epochs", type=int, help="training epochs (default 200; 0: evaluate only)")
     add("--batch-size", type=int, default=64, help="default 64")
     add("--lr", type=float, default=1e-2, help="new layers' lr; pretrained ones get 0.1×")
@@ -132,8 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--demo",
         action="store_true",
-        help="preset: resnet18, 112 px, 16 epochs, snapmix_cpe "
-        "with TTA, seed 0, a CAM figure, --out runs/demo (rerun: trained again)",
+        help="preset: resnet18, 112 px, 16 epochs, snapmix_cpe with the normalised CPE (τ 0.1) "
+        "and TTA, seed 0, a CAM figure, --out runs/demo (rerun: trained again)",
     )
     args = p.parse_args(argv)
 

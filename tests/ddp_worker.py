@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import timm
 import torch
@@ -27,6 +26,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from camkit import CAMExtractor, CAMMaskingTTA, ContrastivePatchLoss, SnapMix, TrainStep
+from camkit.io import atomic_write_text
 
 STEPS = 3
 
@@ -123,10 +123,7 @@ def main() -> None:
             "num_batches_tracked": [int(t) for t in all_tracked],
             "errors": errors,
         }
-        tmp = f"{args.out}.{os.getpid()}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump(report, handle)
-        os.replace(tmp, args.out)
+        atomic_write_text(json.dumps(report), args.out)
     dist.destroy_process_group()
 
 

@@ -131,3 +131,26 @@ def test_result_plots_show_the_committed_numbers(tmp_path):
     written = plots.main(["--out", str(tmp_path)])
     assert {p.name for p in written} == {"results_ablation.png", "perf_ratios.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_a_partial_perf_run_keeps_the_other_benchmarks(tmp_path):
+    """``perf.py --only train`` into a results folder replaces the train numbers only."""
+    from benchmarks.perf import merge_previous
+
+    def run(benchmarks, values, command):
+        meta = {"command": command, "smoke": False, "benchmarks": benchmarks, "machine": {}}
+        return {"meta": meta, **values, "details": {b: {"from": command} for b in benchmarks}}
+
+    path = tmp_path / "perf_cpu.json"
+    first = merge_previous(
+        run(["train", "cam"], {"train_step_ratio_full": 1.4, "cam_speedup_vs_gradcam": 3.1}, "a"),
+        path,
+    )
+    path.write_text(json.dumps(first))
+    second = merge_previous(run(["train"], {"train_step_ratio_full": 1.3}, "b"), path)
+    assert second["train_step_ratio_full"] == 1.3
+    assert second["cam_speedup_vs_gradcam"] == 3.1  # kept, not lost
+    assert second["details"] == {"train": {"from": "b"}, "cam": {"from": "a"}}
+    assert second["meta"]["runs"]["cam"]["command"] == "a"
+    assert second["meta"]["runs"]["train"]["command"] == "b"
+    assert second["meta"]["benchmarks"] == ["cam", "train"]

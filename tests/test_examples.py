@@ -173,10 +173,15 @@ def test_demo_preset_and_explicit_options(tmp_path):
     assert args.out == Path("runs/demo") and args.overwrite  # a scratch run: rerunnable
     assert covid_ct.parse_args(["--demo", "--epochs", "1"]).epochs == 1
     assert not covid_ct.parse_args(["--demo", "--resume"]).overwrite
+    # the demo trains with the normalised CPE; the paper's form stays the scripts' default
+    assert (args.cpe_normalize, args.cpe_temperature) == (True, 0.1)
+    paper = covid_ct.parse_args(["--demo", "--no-cpe-normalize", "--cpe-temperature", "1"])
+    assert (paper.cpe_normalize, paper.cpe_temperature) == (False, 1.0)
     defaults = covid_ct.parse_args(["--out", str(tmp_path)])
     assert defaults.method == list(covid_ct.METHODS) and defaults.seeds == [0, 1, 2]
     assert (defaults.img_size, defaults.epochs, defaults.batch_size) == (224, 200, 64)
     assert not defaults.tta and defaults.lr == 1e-2 and not defaults.overwrite
+    assert (defaults.cpe_normalize, defaults.cpe_temperature) == (False, 1.0)
     assert covid_ct.parse_args(["--method", "cpe", "--seeds", "99"]).out == Path("runs/covid_ct")
 
 
