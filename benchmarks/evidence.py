@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> None:
     done = {
         (r["dataset"], r["method"], r["seed"])
         for r in merge_results(path, [], key=("dataset", "method", "seed"))
-        if r.get("settings", {}).get("model") == settings["model"]
+        if all(r.get("settings", {}).get(k) == v for k, v in SETTINGS.items())
     }
     split = load_digits(args.data, args.out / "cache")
     if args.smoke:
@@ -385,6 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     if args.smoke:
+        if args.out == OUT:  # never mix smoke rows into the real table's folder
+            args.out = OUT.parent / "evidence_smoke"
         SETTINGS.update(
             train_digits=256, val_digits=128, epochs=1, batch_size=64, deletion_images=16, tta_k=4
         )

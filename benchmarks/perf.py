@@ -170,9 +170,10 @@ def bench_train(cfg: dict, device: torch.device) -> dict:
         log("  " + ", ".join(f"{k}={v['median_ms']:.0f}ms" for k, v in details[tag].items()))
         del bench
     # headline: the worst configuration
-    for variant in (*STEP_VARIANTS[1:], "full_vs_hand"):
+    tags = [_tag(arch, size, batch) for arch, size, batch, _ in cfg["train"]]
+    for variant in (*STEP_VARIANTS[1:], "full_vs_hand"):  # exact keys: "full" ≠ "full_hand_…"
         flat[f"train_step_ratio_{variant}"] = max(
-            v for k, v in flat.items() if k.startswith(f"train_step_ratio_{variant}_")
+            flat[f"train_step_ratio_{variant}_{tag}"] for tag in tags
         )
     return {"flat": flat, "details": details}
 

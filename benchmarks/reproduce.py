@@ -25,6 +25,10 @@ table refuses rows of different settings. Both files go to the scratch folder ``
 
     python benchmarks/reproduce.py --epochs 20 --seeds 0 1 2 --publish
     python benchmarks/reproduce.py --datasets digits --seeds 0 1 2 --publish
+
+The committed ``benchmarks/results/reproduce_cpu.json`` still holds the 2026-11 tables in the
+older nested form, without per-row settings: ``--publish`` refuses to merge into it (it says so)
+until those tables are rerun; their settings are in ``reproduce_cpu.md``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_labels", "check_positive", "check_probability", "check_tensor"]
+__all__ = ["check_labels", "check_positive", "check_probability", "check_tensor", "flagged_rows"]
 
 
 def _describe(x: torch.Tensor) -> str:
@@ -115,3 +115,10 @@ def check_labels(labels: object, name: str, num_classes: int, *, batch: int | No
             ((labels >= 0) & (labels < num_classes)).all(),
             f"{name}: expected class indices in [0, {num_classes - 1}]",
         )
+
+
+def flagged_rows(flags: torch.Tensor, limit: int = 10) -> tuple[int, str]:
+    """``(count, "i, j, ...")`` of the ``True`` rows of a ``(B,)`` mask, for error messages."""
+    rows = flags.nonzero()[:, 0].tolist()
+    shown = ", ".join(str(r) for r in rows[:limit]) + (", ..." if len(rows) > limit else "")
+    return len(rows), shown

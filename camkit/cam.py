@@ -122,6 +122,16 @@ def refuse_wrappers(model: object, where: str) -> None:
             "step = DDP(camkit.TrainStep(model, snapmix=..., cpe=...)), then step(images, labels); "
             "for CAMs alone (no training) pass ddp_model.module"
         )
+    fsdp = type(model).__name__ in ("FullyShardedDataParallel", "FSDPModule") or any(
+        type(base).__name__ == "FSDPModule" for base in type(model).__mro__
+    )
+    if fsdp:
+        raise TypeError(
+            f"{where}: got an FSDP-sharded model; camkit would call forward_features/"
+            "forward_head without FSDP's unsharding. Wrap the step, not the model: "
+            "DDP(camkit.TrainStep(model, ...)) is the tested recipe (sharding the step with "
+            "FSDP is untested)"
+        )
     if isinstance(model, DataParallel):
         raise TypeError(
             f"{where}: got a DataParallel model; camkit would run only the wrapped module on one "

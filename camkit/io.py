@@ -240,7 +240,9 @@ def merge_results(
                 else:
                     index[k] = len(old)
                     old.append(row)
-            atomic_write_text(json.dumps({"rows": old}, indent=1) + "\n", path)
+            # allow_nan=False: a NaN or inf is refused here rather than written as invalid JSON
+            text = json.dumps({"rows": old}, indent=1, allow_nan=False)
+            atomic_write_text(text + "\n", path)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
     return old

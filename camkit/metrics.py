@@ -31,7 +31,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.wrappers.abstract import WrapperMetric
 
-from camkit._checks import _describe, check_labels, check_tensor
+from camkit._checks import _describe, check_labels, check_tensor, flagged_rows
 
 __all__ = ["classification_metrics", "evaluate", "format_table"]
 
@@ -117,10 +117,9 @@ def _check_no_nan(preds: Tensor) -> None:
     """Reject NaN scores: the argmax would count a row with a NaN as the class of its NaN."""
     nan_rows = torch.isnan(preds).any(1)
     if bool(nan_rows.any()):
-        rows = nan_rows.nonzero()[:, 0].tolist()
-        shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        count, shown = flagged_rows(nan_rows)
         raise ValueError(
-            f"preds: expected scores without NaN, got NaN in {len(rows)} of {preds.shape[0]} "
+            f"preds: expected scores without NaN, got NaN in {count} of {preds.shape[0]} "
             f"rows (rows [{shown}]) of a {_describe(preds)}; the argmax would count each such "
             "row as the class of its first NaN"
         )
@@ -285,8 +284,9 @@ def evaluate(
 
     The test set stays where it is (e.g. resident on the GPU as uint8): each batch of ``images``
     goes through ``transform`` (decode, resize, normalise, channels-last, ...) to the model input,
-    then through ``model`` or, with ``tta``, through ``tta.predict``. Nothing is read back to the
-    host before the end. ``model`` should be in eval mode.
+    then through ``model`` or, with ``tta``, through ``tta.predict``. Each ``metrics.update``
+    checks its batch on the host (labels in range, no NaN scores): evaluation is not a hot path,
+    and a wrong score must not be counted silently. ``model`` should be in eval mode.
 
     Args:
         model: the classifier, ``(B, C, H, W) -> (B, K)`` logits.

@@ -388,6 +388,7 @@ def apply_snapmix(
         raise ValueError(f"num_classes: expected an int >= 1, got {num_classes!r}")
     # checked at once on the CPU, queued with torch._assert_async (no host sync) on the device
     check_labels(labels, "labels", num_classes, batch=b)
+    labels = labels.long()  # uint8/int32 labels are valid; the scatters need int64
     check_tensor(cams, "cams", ndim=3, floating=True)
     if cams.shape[0] != b:
         raise ValueError(f"cams: expected {b} maps (one per image), got shape {tuple(cams.shape)}")

@@ -144,6 +144,8 @@ class TrainStep(nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(model, CAMExtractor):  # its model is what trains
+            model = model.model
         refuse_wrappers(model, "model")
         if snapmix is not None and not isinstance(snapmix, SnapMix):
             raise TypeError(f"snapmix: expected a camkit.SnapMix or None, got {type(snapmix)}")
@@ -200,7 +202,9 @@ class TrainStep(nn.Module):
             check_labels(labels, "labels", self.num_classes, batch=batch)
         else:
             check_tensor(labels, "labels", shape=(batch,), floating=False)
-        labels = labels.to(images.device)
+        # int64 for the one-hot and SnapMix scatters; non_blocking: a pageable host-to-device
+        # copy would otherwise synchronise the stream
+        labels = labels.to(images.device, torch.long, non_blocking=True)
 
         if self.snapmix is not None:
             cams = self.extractor.forward_frozen(images, labels).cams

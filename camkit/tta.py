@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from camkit._checks import check_probability, check_tensor
+from camkit._checks import check_probability, check_tensor, flagged_rows
 from camkit.cam import CAMExtractor, cell_sums, frozen_state, upsample_cams
 
 VoteRule = Literal["threshold", "argmax", "relative"]
@@ -135,11 +135,10 @@ def _check_finite_probs(bad: torch.Tensor, where: str) -> None:
     """
     if not bool(bad.any()):
         return
-    indices = bad.nonzero()[:, 0].tolist()
-    shown = ", ".join(str(i) for i in indices[:10]) + (", ..." if len(indices) > 10 else "")
+    count, shown = flagged_rows(bad)
     raise ValueError(
         f"model: produced non-finite outputs (NaN or inf probabilities) on {where} for "
-        f"{len(indices)} of {bad.shape[0]} images, at batch indices [{shown}]; the vote cannot "
+        f"{count} of {bad.shape[0]} images, at batch indices [{shown}]; the vote cannot "
         "count them (check the model, the images and mask_value)"
     )
 
@@ -425,5 +424,10 @@ def deletion_auc(curve: DeletionCurve | TTAResult) -> torch.Tensor:
     fractions = check_tensor(curve.fractions, "curve.fractions", shape=(probs.shape[1],))
     if probs.shape[1] < 2:
         raise ValueError(f"curve: expected at least 2 points, got {probs.shape[1]}")
-    span = fractions[-1] - fractions[0]
+    span = float(fractions[-1] - fractions[0])
+    if not span > 0:
+        raise ValueError(
+            f"curve: expected increasing fractions of cells masked, got a span of {span} "
+            f"(fractions {fractions.tolist()[:4]}...)"
+        )
     return torch.trapezoid(probs, fractions.to(probs), dim=1) / span

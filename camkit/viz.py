@@ -338,14 +338,21 @@ def tta_figure(
     p0 = float(result.original_probs[index, pred])
     fig = _figure("tta_figure", 2.2 * n + 3.4, 2.8)
     grid = fig.add_gridspec(1, n + 1, width_ratios=[1.0] * n + [1.6])
+    # the vote's own line: θ (the paper's rule), θ·P0 (relative); none for the arg-max rule,
+    # whose votes depend on the other classes too
+    rule = getattr(tta, "rule", "threshold")
+    line = {"threshold": tta.theta, "relative": tta.theta * p0}.get(rule)
     for i, step in enumerate(steps.tolist()):
         p = p0 if step == 0 else float(probs[step - 1])
         title = f"unmasked: P={p:.2f}" if step == 0 else f"step {step}: P={p:.2f}"
-        _show(fig.add_subplot(grid[0, i]), shown[i], title, "green" if p > tta.theta else "red")
+        colour = "black" if line is None else "green" if p > line else "red"
+        _show(fig.add_subplot(grid[0, i]), shown[i], title, colour)
     ax = fig.add_subplot(grid[0, n])
     xs, ys = [0, *evaluated.tolist()], [p0, *probs[evaluated - 1].tolist()]
     ax.plot(xs, ys, marker="o", ms=3, label=f"P({_name(pred, class_names)})")
-    ax.axhline(tta.theta, color="grey", ls="--", label=f"θ = {tta.theta:g}")
+    if line is not None:
+        name = f"θ = {tta.theta:g}" if rule == "threshold" else f"θ·P0 = {line:.2f}"
+        ax.axhline(line, color="grey", ls="--", label=name)
     ax.set(xlim=(0, tta.k), ylim=(0.0, 1.02), xlabel="mask step j (cells masked)")
     verdict = "flipped to" if bool(result.flipped[index]) else "kept"
     label = _name(int(result.labels[index]), class_names)

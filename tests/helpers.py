@@ -30,3 +30,28 @@ class TinyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def tiny_timm(arch: str = "resnet18", **kwargs) -> nn.Module:
+    """A 2-class timm model, seeded, in train mode (pretrained=False)."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(arch, pretrained=False, num_classes=2, **kwargs).train()
+
+
+def fixed_batch(size: int = 64, b: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random batch ``(b, 3, size, size)`` with labels 0, 1, 1, 0."""
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(b, 3, size, size, generator=gen), torch.tensor([0, 1, 1, 0][:b])
+
+
+def nest(rows: list[dict]) -> dict:
+    """Result rows as ``{dataset: {method: {key: [value per seed]}}}`` (settings left out)."""
+    out: dict = {}
+    for row in rows:
+        entry = out.setdefault(row["dataset"], {}).setdefault(row["method"], {})
+        for key, value in row.items():
+            if key not in ("dataset", "method", "settings"):
+                entry.setdefault(key, []).append(value)
+    return out

@@ -27,6 +27,7 @@ sys.path.insert(0, str(EXAMPLES))
 import covid_ct  # noqa: E402
 
 from camkit.datasets import default_data_root  # noqa: E402
+from tests.helpers import nest  # noqa: E402
 
 DATA = default_data_root()
 HAS_SITE_B = DATA is not None and (DATA / "COVID-CT").is_dir()
@@ -64,17 +65,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def nest(rows: list[dict]) -> dict:
-    """Result rows as ``{dataset: {method: {key: [value per seed]}}}`` (settings left out)."""
-    out: dict = {}
-    for row in rows:
-        entry = out.setdefault(row["dataset"], {}).setdefault(row["method"], {})
-        for key, value in row.items():
-            if key not in ("dataset", "method", "settings"):
-                entry.setdefault(key, []).append(value)
-    return out
 
 
 def run_main(argv: list[str]) -> tuple[dict, str]:

@@ -112,3 +112,13 @@ def test_unreadable_checkpoints_name_the_file_and_what_was_expected(tmp_path):
     assert set(io.load_checkpoint(good, required=("config", "model"))) == {"config", "model"}
     with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
         io.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_merge_refuses_nan_rather_than_writing_invalid_json(tmp_path):
+    from camkit.io import merge_results
+
+    path = tmp_path / "results.json"
+    merge_results(path, [{"method": "a", "seed": 0, "acc": 1.0}])
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        merge_results(path, [{"method": "b", "seed": 0, "acc": float("nan")}])
+    assert [r["method"] for r in merge_results(path, [])] == ["a"]  # the file is intact

@@ -26,6 +26,7 @@ import mnist_usps  # noqa: E402
 
 from camkit.datasets import default_data_root, load_digits_npz  # noqa: E402
 from camkit.metrics import classification_metrics  # noqa: E402
+from tests.helpers import nest  # noqa: E402
 
 DATA = default_data_root()
 HAS_DIGITS = DATA is not None and all(
@@ -69,17 +70,6 @@ def _one_thread():
 def mnistm_cache(tmp_path_factory):
     """One MNIST-M cache folder for the whole module (built once, about a second)."""
     return tmp_path_factory.mktemp("mnistm")
-
-
-def nest(rows: list[dict]) -> dict:
-    """Result rows as ``{dataset: {method: {key: [value per seed]}}}`` (settings left out)."""
-    out: dict = {}
-    for row in rows:
-        entry = out.setdefault(row["dataset"], {}).setdefault(row["method"], {})
-        for key, value in row.items():
-            if key not in ("dataset", "method", "settings"):
-                entry.setdefault(key, []).append(value)
-    return out
 
 
 def run_main(argv: list[str]) -> tuple[dict, str]:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from camkit import ContrastivePatchLoss, SnapMix, TrainStep
-from tests.helpers import TinyNet
+from tests.helpers import TinyNet, fixed_batch, tiny_timm
 from tests.test_train_ddp import _torchrun
 
 if importlib.util.find_spec("timm.task") is None or not hasattr(
@@ -38,15 +38,7 @@ from timm.task import TrainingTask
 
 from camkit.timm_task import SnapMixTask
 
-
-def _model(arch: str = "resnet18", **kwargs) -> nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(arch, pretrained=False, num_classes=2, **kwargs).train()
-
-
-def _batch(size: int = 64, b: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(b, 3, size, size, generator=gen), torch.tensor([0, 1, 1, 0][:b])
+_model, _batch = tiny_timm, fixed_batch
 
 
 def _parts(use_snapmix: bool, use_cpe: bool, seed: int = 0) -> dict:

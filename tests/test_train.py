@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-import timm
 import torch
 import torch._dynamo
 from timm.loss import SoftTargetCrossEntropy
@@ -21,17 +20,9 @@ from camkit import (
     TrainStep,
     soft_cross_entropy,
 )
-from tests.helpers import TinyNet
+from tests.helpers import TinyNet, fixed_batch, tiny_timm
 
-
-def _model(arch: str = "resnet18", **kwargs) -> nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(arch, pretrained=False, num_classes=2, **kwargs).train()
-
-
-def _batch(size: int = 64, b: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    return torch.randn(b, 3, size, size, generator=gen), torch.tensor([0, 1, 1, 0][:b])
+_model, _batch = tiny_timm, fixed_batch
 
 
 def _hand_written(model, images, labels, use_snapmix, use_cpe, seed=0):
@@ -236,3 +227,17 @@ def test_compiled_extractor_runs_compiled():
     out = torch.compile(CAMExtractor(model), backend="aot_eager")(images, labels)
     torch.testing.assert_close(out.cams, CAMExtractor(model)(images, labels).cams)
     torch._dynamo.reset()
+
+
+def test_narrow_integer_labels_and_an_extractor_are_accepted():
+    """uint8/int32 labels (MNIST arrays) train like int64; an extractor is unwrapped."""
+    images, labels = _batch()
+    model = _model()
+    reference = TrainStep(copy.deepcopy(model), cpe=ContrastivePatchLoss())(images, labels).loss
+    for dtype in (torch.uint8, torch.int32):
+        step = TrainStep(copy.deepcopy(model), cpe=ContrastivePatchLoss())
+        torch.testing.assert_close(step(images, labels.to(dtype)).loss, reference)
+        mixed = TrainStep(copy.deepcopy(model), snapmix=SnapMix(2))(images, labels.to(dtype))
+        assert mixed.targets.shape == (4, 2)
+    step = TrainStep(CAMExtractor(model), snapmix=SnapMix(2))
+    assert step.model is model and step(images, labels).logits.shape == (4, 2)

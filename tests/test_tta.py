@@ -237,3 +237,11 @@ def test_k_class_rules_do_not_flip_every_low_confidence_prediction():
 def test_unknown_rule_is_refused():
     with pytest.raises(ValueError, match="rule: expected 'threshold', 'argmax' or 'relative'"):
         CAMMaskingTTA(_evidence_model(), rule="majority")
+
+
+def test_deletion_auc_refuses_a_curve_without_span():
+    from camkit.tta import DeletionCurve, deletion_auc
+
+    curve = DeletionCurve(fractions=torch.zeros(3), probs=torch.rand(2, 3))
+    with pytest.raises(ValueError, match="curve: expected increasing fractions"):
+        deletion_auc(curve)
