@@ -333,7 +333,8 @@ def report(args: argparse.Namespace) -> str:
                 d, lo, hi = paired_ci(
                     [metric(by[m][s], part) - metric(base[s], part) for s in paired]
                 )
-                cells.append(f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]")
+                ci = f"[{lo:+.2f}, {hi:+.2f}]" if lo == lo else "[n/a: one seed]"
+                cells.append(f"{d:+.2f} {ci}")
             elif part != "val":
                 cells.append("—")
         auc = statistics.fmean(by[m][s]["deletion_auc_usps"] for s in seeds)
