@@ -376,3 +376,18 @@ def test_step_probs_match_pytorch_grad_cam_deletion_metric(resnet_run):
     gc_auc = np.trapezoid(ys, xs, axis=1) / xs[-1]
     np.testing.assert_allclose(deletion_auc(res).numpy(), gc_auc, atol=1e-5)
     assert math.isfinite(float(gc_auc.sum()))
+
+
+@pytest.mark.parametrize("rule", ["argmax", "relative"])
+def test_tta_figure_draws_the_rules_own_line(rule):
+    images = torch.rand(3, 3, 32, 32) + 0.1
+    tta = CAMMaskingTTA(_evidence_model(), k=9, theta=0.5, patch_size=8, rule=rule)
+    res = tta.predict(images)
+    fig = viz.tta_figure(images, res, tta, index=1, num_copies=3)
+    lines = fig.axes[-1].get_lines()
+    if rule == "argmax":  # its votes depend on every class: no single line to draw
+        assert len(lines) == 1
+        assert {a.title.get_color() for a in fig.axes[:-1]} == {"black"}
+    else:
+        p0 = res.original_probs[1, res.original_labels[1]].item()
+        np.testing.assert_allclose(lines[1].get_ydata(), [0.5 * p0, 0.5 * p0], rtol=1e-6)
