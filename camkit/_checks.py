@@ -10,7 +10,15 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_labels", "check_positive", "check_probability", "check_tensor", "flagged_rows"]
+__all__ = [
+    "check_choice",
+    "check_int",
+    "check_labels",
+    "check_positive",
+    "check_probability",
+    "check_tensor",
+    "flagged_rows",
+]
 
 
 def _describe(x: torch.Tensor) -> str:
@@ -90,6 +98,24 @@ def check_probability(value: float, name: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name}: expected a value in [0, 1], got {value}")
     return float(value)
+
+
+def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
+    """Check that ``value`` is an ``int`` (not a ``bool``), at least ``minimum`` when given."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        want = "an int" if minimum is None else f"an int >= {minimum}"
+        raise TypeError(f"{name}: expected {want}, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(value: object, name: str, allowed: Sequence[object]) -> object:
+    """Check that ``value`` is one of ``allowed``; the error lists the choices."""
+    if value not in tuple(allowed):
+        choices = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return value
 
 
 def check_labels(labels: object, name: str, num_classes: int, *, batch: int | None = None) -> None:
