@@ -15,6 +15,7 @@ classifier on real images; its accuracy is reported, not tuned:
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -28,11 +29,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def covid_ct_root() -> Path | None:
-    """``default_data_root() / "COVID-CT"`` when it exists, else ``None``."""
-    from camkit.datasets import default_data_root
+def data_root() -> Path | None:
+    """``CAMKIT_DATA`` if set, else the nearest ``shared/data`` above the repository, else ``None``.
 
-    root = default_data_root()
+    The one data-root lookup of the benchmarks (the examples have their own, the same).
+    """
+    if os.environ.get("CAMKIT_DATA"):
+        return Path(os.environ["CAMKIT_DATA"]).expanduser()
+    found = (p / "shared" / "data" for p in Path(__file__).resolve().parents)
+    return next((p for p in found if p.is_dir()), None)
+
+
+def covid_ct_root() -> Path | None:
+    """``data_root() / "COVID-CT"`` when it exists, else ``None``."""
+    root = data_root()
     if root is None or not (root / "COVID-CT").is_dir():
         return None
     return root / "COVID-CT"

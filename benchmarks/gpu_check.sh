@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# One prepared GPU run for camkit (H100/H200): CUDA/bf16/channels_last/torch.compile checks, the
+# One prepared GPU run for camkit (H100/H200): first the CUDA cases of the test harness
+# (`pytest -m cuda tests/test_harness.py`: Module == function == reference on the GPU in fp32,
+# bf16 and fp64), then CUDA/bf16/channels_last/torch.compile checks, the
 # performance benchmarks on CUDA, then the paper's site-B protocol (ResNet-50, 224², data resident
 # on the GPU, kornia augmentations on the GPU, bf16, channels_last) for baseline and the full
 # method, with as many epochs as fit in TRAIN_SECONDS per method.
 #
-# On the GPU machine, from the repository root:
+# On the GPU machine, from the repository root (or anywhere: the script moves there itself):
 #   bash benchmarks/gpu_check.sh
-# One device command may run 10 minutes: run it as two calls, STAGES="checks perf" then
+# One device command may run 10 minutes: run it as two calls, STAGES="tests checks perf" then
 # STAGES="train" (the train stage reads the step time measured by the checks from $OUT; without
 # it, it assumes 60 ms). It expects python3 with torch, timm and torchmetrics; kornia wheels in .whl/ are installed
 # first when present. Data: DATA (default .gpu_data/COVID-CT, made here with
@@ -19,7 +21,8 @@ TRAIN_SECONDS=${TRAIN_SECONDS:-120}
 PERF_SECONDS=${PERF_SECONDS:-240}
 # the TTA benchmark trains its own model first: left out on the GPU unless asked for
 PERF_ONLY=${PERF_ONLY:-train,cam,snapmix,memory}
-STAGES=${STAGES:-checks perf train}
+STAGES=${STAGES:-tests checks perf train}
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -27,6 +30,14 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+if [[ " $STAGES " == *" tests "* ]]; then
+  echo "== 0. test harness, CUDA cases (pytest -m cuda)"
+  # only the harness: other test modules import packages (grad-cam) the GPU image lacks
+  timeout 300 python3 -m pytest -q -p no:cacheprovider -rs -m cuda tests/test_harness.py 2>&1 \
+    | tee "$OUT/pytest_cuda.log" | tail -30
+  echo "pytest -m cuda exit status: ${PIPESTATUS[0]} (log: $OUT/pytest_cuda.log)"
+fi
 
 if [[ " $STAGES " == *" checks "* ]]; then
   echo "== 1. CUDA checks"

@@ -1,20 +1,30 @@
 """The straightforward implementations camkit is compared against (written here, from the spec).
 
-- :func:`loop_snapmix` / :func:`loop_snapmix_apply`: SnapMix as one would first write it, one
-  sample at a time on host integers: for each image, crop the partner's box, ``F.interpolate`` it
-  to the receiving box, paste it, and sum the CAM distributions inside the boxes.
-- :func:`released_tta`: the CAM-masking test-time augmentation as the paper's released code ran
-  it: one image at a time with autograd on, a forward for the prediction, a second forward for
-  the CAM, then the ``k`` cumulatively masked copies forwarded one by one.
+This is the one reference module: the tests (``tests/harness.py``, ``tests/test_losses.py``,
+``tests/test_tta.py``, ``tests/test_benchmarks.py``) and the benchmarks (``benchmarks/perf.py``)
+all compare camkit with these functions. They are plain loops over images, cells and pairs, use
+only torch/timm calls (never camkit's code paths) and compute in float64 where it helps; they
+follow the conventions of camkit's docs (box geometry, CAM normalisation, cell ranking, vote rule)
+so that outputs can be compared to rounding.
 
-Both follow the conventions of camkit's docs (box geometry, CAM normalisation, vote rule) so that
-the outputs can be compared exactly; ``tests/test_benchmarks.py`` checks that they agree with
-camkit on small inputs.
+- `loop_snapmix` / `loop_snapmix_apply`: SnapMix as one would first write it, one sample at a
+  time on host integers: for each image, crop the partner's box, ``F.interpolate`` it to the
+  receiving box, paste it, and sum the CAM distributions inside the boxes.
+- `reference_cpe`: the contrastive patch embedding loss (Eq. 1, generalised to ``n`` cells, a
+  temperature and L2 normalisation), one image and one pair at a time in float64, differentiable.
+- `reference_cams`: CAMs of a timm classifier from ``forward_features``/``forward_head`` and
+  autograd (the head-gradient class weights), one image at a time.
+- `reference_tta` / `released_tta`: the CAM-masking test-time augmentation as the paper's
+  released code ran it: one image at a time with autograd on, a forward for the prediction, a
+  second forward for the CAM, then the ``k`` cumulatively masked copies forwarded one by one.
+- `reference_vote`: the vote alone, on given step probabilities, one image at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -137,7 +147,7 @@ def loop_snapmix(
 
 
 def params_to_lists(params) -> tuple[list[int], list[Box], list[Box], list[bool]]:
-    """camkit's :class:`~camkit.snapmix.SnapMixParams` as the loop's host lists."""
+    """camkit's `SnapMixParams` (its four tensors) as the loop's host lists."""
     return (
         [int(v) for v in params.perm.tolist()],
         [tuple(int(v) for v in box) for box in params.box_a.tolist()],
@@ -147,8 +157,262 @@ def params_to_lists(params) -> tuple[list[int], list[Box], list[Box], list[bool]
 
 
 # --------------------------------------------------------------------------------------------
-# CAM-masking TTA, the released protocol
+# Contrastive patch embedding loss, one image and one pair at a time
 # --------------------------------------------------------------------------------------------
+
+
+def _area_average(cam: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``cam`` (h', w') averaged onto a ``height × width`` grid: cell ``(i, j)`` is the mean of rows
+    ``floor(i·h'/height) … ceil((i+1)·h'/height) − 1`` and the columns alike (area resampling)."""
+    src_h, src_w = cam.shape
+    out = torch.empty(height, width, dtype=cam.dtype)
+    for i in range(height):
+        r0, r1 = (i * src_h) // height, -((-(i + 1) * src_h) // height)
+        for j in range(width):
+            c0, c1 = (j * src_w) // width, -((-(j + 1) * src_w) // width)
+            out[i, j] = cam[r0:r1, c0:c1].mean()
+    return out
+
+
+def reference_cpe(
+    features: torch.Tensor,
+    cams: torch.Tensor,
+    num_patches: int = 2,
+    *,
+    normalize: bool = False,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """The CPE loss of each image in float64, ``(B,)``, differentiable with respect to ``features``.
+
+    Per image: the cells are ranked by the CAM (averaged onto the feature grid first when it has
+    another size); ``u`` are the ``n`` highest (ties: lower row-major index first) and ``v`` the
+    ``n`` lowest (ties: higher index first). With ``s(a, b) = a·b / τ`` (unit vectors when
+    ``normalize``), each group ``g`` contributes the mean over its pairs ``i < j`` of
+    ``−ln e^{s(g_i, g_j)} / (e^{s(g_i, g_j)} + Σ_{k,l} e^{s(u_k, v_l)})``, evaluated with the
+    largest exponent factored out (raw dot products of order 10³ would overflow ``exp``).
+    """
+    feats64, cams64 = features.double(), cams.detach().double().cpu()
+    _, _, height, width = features.shape
+    losses = []
+    for b in range(features.shape[0]):
+        cells = feats64[b].flatten(1).T  # (h·w, C)
+        cam = cams64[b]
+        if cam.shape != (height, width):
+            cam = _area_average(cam, height, width)
+        scores = cam.flatten().tolist()
+        cell_ids = range(len(scores))
+        top = sorted(cell_ids, key=lambda i: (-scores[i], i))[:num_patches]
+        bottom = sorted(cell_ids, key=lambda i: (scores[i], -i))[:num_patches]
+        u = [cells[i] / cells[i].norm() if normalize else cells[i] for i in top]
+        v = [cells[i] / cells[i].norm() if normalize else cells[i] for i in bottom]
+
+        def s(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            return (a * c).sum() / temperature
+
+        cross = [s(a, c) for a in u for c in v]
+        total = feats64.new_zeros(())
+        for group in (u, v):
+            pairs = list(itertools.combinations(range(num_patches), 2))
+            for i, j in pairs:
+                positive = s(group[i], group[j])
+                shift = torch.stack([positive, *cross]).max().detach()
+                numerator = torch.exp(positive - shift)
+                denominator = numerator + sum(torch.exp(x - shift) for x in cross)
+                total = total - torch.log(numerator / denominator) / len(pairs)
+        losses.append(total)
+    return torch.stack(losses) if losses else feats64.new_zeros(0)
+
+
+# --------------------------------------------------------------------------------------------
+# CAMs and the CAM-masking TTA, one image at a time
+# --------------------------------------------------------------------------------------------
+
+
+def _feature_grid(model: nn.Module, feats: torch.Tensor, image_size: tuple[int, int]):
+    """``forward_features`` output of one image as a ``(C, h, w)`` map (prefix tokens dropped)."""
+    if feats.ndim == 3:  # (1, N, C) tokens: the patch tokens fold onto the patch grid
+        patch = model.patch_embed.patch_size
+        grid_h, grid_w = image_size[0] // patch[0], image_size[1] // patch[1]
+        tokens = feats[0, int(getattr(model, "num_prefix_tokens", 0)) :]
+        return tokens.T.reshape(-1, grid_h, grid_w)
+    if getattr(model, "output_fmt", "NCHW") == "NHWC":
+        return feats[0].permute(2, 0, 1)
+    return feats[0]
+
+
+def reference_cams(
+    model: nn.Module, images: torch.Tensor, target: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logits (B, K), cams (B, h, w), target (B,))`` of a timm classifier, one image at a time.
+
+    ``alpha_c`` is the gradient of the class logit with respect to ``forward_features``' output,
+    through ``forward_head`` only, summed over the positions (for an average-pooled linear head
+    this is the class row of the classifier; for a class-token head, the gradient at that token);
+    the CAM is ``alpha_c · F`` at every cell. ``target`` defaults to the predicted class.
+    """
+    logits, cams, targets = [], [], []
+    with torch.enable_grad():
+        for i in range(images.shape[0]):
+            feats = model.forward_features(images[i : i + 1]).detach().requires_grad_(True)
+            out = model.forward_head(feats)[0]
+            c = int(out.argmax()) if target is None else int(target[i])
+            (grad,) = torch.autograd.grad(out[c], feats)
+            size = tuple(images.shape[-2:])
+            # summed over every position (a class token sits outside the grid)
+            alpha = (
+                grad[0].sum(0) if feats.ndim == 3 else _feature_grid(model, grad, size).sum((1, 2))
+            )
+            grid_feats = _feature_grid(model, feats.detach(), size)
+            cams.append(torch.einsum("c,chw->hw", alpha, grid_feats))
+            logits.append(out.detach())
+            targets.append(c)
+    return torch.stack(logits), torch.stack(cams), torch.tensor(targets, dtype=torch.long)
+
+
+def reference_vote(
+    step_probs: torch.Tensor,
+    original_probs: torch.Tensor,
+    *,
+    theta: float = 0.2,
+    rule: str = "threshold",
+    count_original: bool = False,
+    step_class_probs: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Which images flip, one image at a time: ``(B,)`` bool.
+
+    ``step_probs`` ``(B, k)`` is the probability of the unmasked prediction ``c`` on each masked
+    copy; ``original_probs`` ``(B, K)`` the unmasked softmax. A vote supports ``c`` when
+    ``p > θ`` (``"threshold"``), ``p > θ · p_0`` (``"relative"``) or when ``c`` is the copy's
+    arg-max (``"argmax"``, which needs the copies' ``(B, K)`` probabilities, one tensor per step,
+    in ``step_class_probs``). The unmasked image votes too when ``count_original``. An image flips
+    when more than half of its votes do not support ``c``.
+    """
+    flips = []
+    for b in range(original_probs.shape[0]):
+        c = int(original_probs[b].argmax())
+        p0 = float(original_probs[b, c])
+
+        def supports(p: float, probs_row: torch.Tensor | None, c: int = c, p0: float = p0) -> bool:
+            if rule == "argmax":
+                return int(probs_row.argmax()) == c
+            return p > (theta * p0 if rule == "relative" else theta)
+
+        against = 0
+        for j, p in enumerate(step_probs[b].tolist()):
+            row = None if step_class_probs is None else step_class_probs[j][b]
+            against += 0 if supports(p, row) else 1
+        votes = step_probs.shape[1]
+        if count_original:
+            against += 0 if supports(p0, original_probs[b]) else 1
+            votes += 1
+        flips.append(against > votes / 2)
+    return torch.tensor(flips, dtype=torch.bool)
+
+
+def reference_cell_order(
+    cam: torch.Tensor, image_size: tuple[int, int], patch_size: int
+) -> list[tuple[int, int]]:
+    """The ``(row, col)`` cells of one CAM ``(h, w)`` by decreasing CAM mass on the image.
+
+    The CAM is upsampled bilinearly (``align_corners=False``, in float64) to ``image_size`` and
+    summed over each ``patch_size`` square (the last row and column of cells may be partial);
+    ties go to the lower row-major cell index.
+    """
+    height, width = image_size
+    cam = cam.double()  # a bf16 sum over a cell would tie cells that differ
+    up = F.interpolate(cam[None, None], size=image_size, mode="bilinear", align_corners=False)
+    up = up[0, 0]
+    rows, cols = -(-height // patch_size), -(-width // patch_size)
+    mass = {}
+    for r in range(rows):
+        for c in range(cols):
+            cell = up[r * patch_size : (r + 1) * patch_size, c * patch_size : (c + 1) * patch_size]
+            mass[(r, c)] = float(cell.sum())
+    return sorted(mass, key=lambda rc: (-mass[rc], rc[0] * cols + rc[1]))
+
+
+def reference_mask(
+    image: torch.Tensor, cells: list[tuple[int, int]], patch_size: int, mask_value: float = 0.0
+) -> torch.Tensor:
+    """A copy of ``image`` (..., H, W) with the ``patch_size`` squares of ``cells`` set to
+    ``mask_value`` (a number, or one value per channel for a ``(C, H, W)`` image)."""
+    masked = image.clone()
+    for r, c in cells:
+        box = masked[
+            ..., r * patch_size : (r + 1) * patch_size, c * patch_size : (c + 1) * patch_size
+        ]
+        if isinstance(mask_value, (int, float)):
+            box[...] = mask_value
+        else:
+            box[...] = torch.as_tensor(mask_value, dtype=image.dtype).view(-1, 1, 1)
+    return masked
+
+
+class ReferenceTTA(NamedTuple):
+    """What `reference_tta` computes (on the CPU, in the model's dtype)."""
+
+    labels: torch.Tensor  # (B,) int64 labels after voting
+    original_probs: torch.Tensor  # (B, K) unmasked softmax
+    step_probs: torch.Tensor  # (B, k) probability of the unmasked prediction per mask step
+    cams: torch.Tensor  # (B, h, w) CAM of the prediction
+
+
+def reference_tta(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    k: int = 31,
+    theta: float = 0.2,
+    patch_size: int = 8,
+    mask_value: float = 0.0,
+    count_original: bool = False,
+) -> ReferenceTTA:
+    """CAM-masking TTA the way the released code ran it: one image at a time, autograd on.
+
+    Per image: forward 1 gives the prediction ``c`` (softmax argmax); forward 2 gives the feature
+    map, whose CAM ``alpha_c · F`` (`reference_cams`) is upsampled bilinearly to the image, summed
+    over ``patch_size``-pixel cells and ranked (decreasing, ties by row-major index); then for
+    ``j = 1 … k`` the copy with the top ``j`` cells set to ``mask_value`` is forwarded alone, and
+    its vote does not support ``c`` when ``softmax[c] <= θ``. When more than half of the votes
+    (``k``, or ``k + 1`` with ``count_original``) do not support ``c`` the label flips to the
+    runner-up class. That is ``k + 2`` image-forwards.
+
+    Args:
+        model: a timm classifier, in eval mode.
+        images: ``(N, C, H, W)`` (cells at the right and bottom edges may be partial).
+
+    Returns:
+        `ReferenceTTA` with every step evaluated.
+    """
+    labels, originals, steps, maps = [], [], [], []
+    with torch.enable_grad():
+        for i in range(images.shape[0]):
+            image = images[i : i + 1]
+            probs = model(image).softmax(1)[0].detach()
+            top2 = probs.topk(min(2, probs.numel())).indices.tolist()
+            pred, runner_up = top2[0], top2[-1]
+            cam = reference_cams(model, image, torch.tensor([pred]))[1][0]
+            order = reference_cell_order(cam.detach(), tuple(images.shape[-2:]), patch_size)
+            masked = image
+            step = []
+            for j in range(k):
+                masked = reference_mask(masked, [order[j]], patch_size, mask_value)
+                step.append(model(masked).softmax(1)[0, pred].detach())
+            against = sum(1 for p in step if float(p) <= theta)
+            votes = k
+            if count_original:
+                against += 0 if float(probs[pred]) > theta else 1
+                votes += 1
+            labels.append(runner_up if against > votes / 2 else pred)
+            originals.append(probs)
+            steps.append(torch.stack(step))
+            maps.append(cam.detach())
+    return ReferenceTTA(
+        labels=torch.tensor(labels, dtype=torch.long),
+        original_probs=torch.stack(originals).cpu(),
+        step_probs=torch.stack(steps).cpu(),
+        cams=torch.stack(maps).cpu(),
+    )
 
 
 def released_tta(
@@ -160,52 +424,7 @@ def released_tta(
     patch_size: int = 8,
     mask_value: float = 0.0,
 ) -> torch.Tensor:
-    """CAM-masking TTA the way the released code ran it: one image at a time, autograd on.
-
-    Per image: forward 1 gives the prediction ``c`` (softmax argmax); forward 2 gives the feature
-    map, whose CAM ``w_c · F`` is upsampled bilinearly to the image, summed over
-    ``patch_size``-pixel cells and ranked (decreasing, ties by row-major index); then for
-    ``j = 1 … k`` the copy with the top ``j`` cells set to ``mask_value`` is forwarded alone, and
-    its vote does not support ``c`` when ``softmax[c] <= θ``. When more than ``k / 2`` votes do
-    not support ``c`` the label flips to the runner-up class. That is ``k + 2`` image-forwards.
-
-    Args:
-        model: a timm classifier with a linear head (``get_classifier()``), in eval mode.
-        images: ``(N, 3, H, W)``, ``H`` and ``W`` multiples of ``patch_size``.
-
-    Returns:
-        ``(N,)`` int64 labels after voting.
-    """
-    n, _, height, width = images.shape
-    if height % patch_size or width % patch_size:
-        raise ValueError(f"image size {height}×{width} is not a multiple of {patch_size}")
-    grid_w = width // patch_size
-    weight = model.get_classifier().weight
-    labels = []
-    with torch.enable_grad():
-        for i in range(n):
-            image = images[i : i + 1]
-            probs = model(image).softmax(1)[0]
-            top2 = probs.topk(min(2, probs.numel())).indices.tolist()
-            pred, runner_up = top2[0], top2[-1]
-            feats = model.forward_features(image)[0]
-            cam = torch.einsum("c,chw->hw", weight[pred], feats)
-            up = F.interpolate(
-                cam[None, None], size=(height, width), mode="bilinear", align_corners=False
-            )[0, 0]
-            cells = up.reshape(height // patch_size, patch_size, grid_w, patch_size).sum((1, 3))
-            order = torch.argsort(cells.flatten(), descending=True, stable=True).tolist()
-            masked = image.clone()
-            against = 0
-            for j in range(k):
-                row, col = divmod(order[j], grid_w)
-                masked = masked.clone()
-                masked[
-                    ...,
-                    row * patch_size : (row + 1) * patch_size,
-                    col * patch_size : (col + 1) * patch_size,
-                ] = mask_value
-                p = float(model(masked).softmax(1)[0, pred].detach())
-                against += p <= theta
-            labels.append(runner_up if against > k / 2 else pred)
-    return torch.tensor(labels, dtype=torch.long)
+    """The ``(N,)`` int64 labels of `reference_tta` (the released protocol, timed by perf.py)."""
+    return reference_tta(
+        model, images, k=k, theta=theta, patch_size=patch_size, mask_value=mask_value
+    ).labels

@@ -1,6 +1,6 @@
 """Input validation shared by every public camkit function.
 
-One helper, :func:`check_tensor`, states what an argument must look like and raises an error that
+One helper, `check_tensor`, states what an argument must look like and raises an error that
 names the argument, what was expected and what was given.
 """
 

@@ -1,14 +1,17 @@
 """Files that survive crashes and concurrent writers: checkpoints, results, figures.
 
-- :func:`atomic_save`, :func:`atomic_write_bytes`, :func:`atomic_write_text`: write to a temporary
-  file in the target's folder (a name unique to the process and call), flush and ``fsync`` it,
-  ``os.replace`` it over the target and ``fsync`` the folder. A reader, or a run killed half-way,
-  sees the old file or the new one, never a mix; the temporary file is removed on failure.
-- :func:`clean_stale_temps`: remove the temporary files of writes whose process died half-way.
-- :func:`load_checkpoint`: ``torch.load(..., weights_only=True)`` whose errors name the file and
-  say what was expected (empty, truncated, a bare ``state_dict`` for a run checkpoint).
-- :func:`merge_results`: merge result rows into a JSON file under an exclusive lock, each row
-  replacing only the old row with the same key (POSIX ``fcntl.flock``).
+- [`atomic_save`][camkit.atomic_save], [`atomic_write_bytes`][camkit.atomic_write_bytes],
+  [`atomic_write_text`][camkit.atomic_write_text]: write to a temporary file in the target's folder
+  (a name unique to the process and call), flush and ``fsync`` it, ``os.replace`` it over the target
+  and ``fsync`` the folder. A reader, or a run killed half-way, sees the old file or the new one,
+  never a mix; the temporary file is removed on failure.
+- [`clean_stale_temps`][camkit.clean_stale_temps]: remove the temporary files of writes whose
+  process died half-way.
+- [`load_checkpoint`][camkit.load_checkpoint]: ``torch.load(..., weights_only=True)`` whose errors
+  name the file and say what was expected (empty, truncated, a bare ``state_dict`` for a run
+  checkpoint).
+- [`merge_results`][camkit.merge_results]: merge result rows into a JSON file under an exclusive
+  lock, each row replacing only the old row with the same key (POSIX ``fcntl.flock``).
 """
 
 from __future__ import annotations
@@ -195,7 +198,8 @@ def merge_results(
     The file holds ``{"rows": [...]}``. Under an exclusive ``fcntl.flock`` of the sidecar file
     ``<path>.lock`` the file is read, every old row whose key equals a new row's key is replaced
     by it (in place), the other new rows are appended, and the file is written back atomically
-    (:func:`atomic_write_text`). Concurrent calls, from threads or processes, lose no row.
+    ([`atomic_write_text`][camkit.atomic_write_text]). Concurrent calls, from threads or processes,
+    lose no row.
 
     Args:
         path: the JSON results file (created when missing).

@@ -2,7 +2,7 @@
 
 For each image the feature-map cells are ranked by a class activation map; the ``n`` most relevant
 cells ``u_1 … u_n`` and the ``n`` least relevant ``v_1 … v_n`` are taken (``n = 2`` in the paper).
-Each group is pulled together and pushed away from the other::
+Each group is pulled together and pushed away from the other:
 
     L = −ln e^{u1·u2} / (e^{u1·u2} + Σ_{i,j} e^{u_i·v_j})
         −ln e^{v1·v2} / (e^{v1·v2} + Σ_{i,j} e^{u_i·v_j})
@@ -14,21 +14,39 @@ ResNet-50 features) give finite values and gradients.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camkit._checks import check_positive, check_tensor
+from camkit._checks import check_choice, check_int, check_positive, check_tensor
 
-__all__ = ["ContrastivePatchLoss", "contrastive_patch_loss", "select_patches"]
+__all__ = ["ContrastivePatchLoss", "contrastive_patch_loss"]
 
 Reduction = Literal["mean", "sum", "none"]
+_REDUCTIONS = ("mean", "sum", "none")
 
 
-def select_patches(
-    features: torch.Tensor, cams: torch.Tensor, num_patches: int = 2
+@dataclass(frozen=True)
+class _CPEConfig:
+    """The loss's settings, validated once: held by the Module, built per call by the function."""
+
+    num_patches: int = 2
+    normalize: bool = False
+    temperature: float = 1.0
+    reduction: Reduction = "mean"
+
+    def __post_init__(self) -> None:
+        check_int(self.num_patches, "num_patches", minimum=2)  # a pair per group
+        object.__setattr__(self, "normalize", bool(self.normalize))
+        object.__setattr__(self, "temperature", check_positive(self.temperature, "temperature"))
+        check_choice(self.reduction, "reduction", _REDUCTIONS)
+
+
+def _select_patches(
+    features: torch.Tensor, cams: torch.Tensor, num_patches: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather the feature vectors of the ``n`` highest- and ``n`` lowest-CAM cells.
 
@@ -44,7 +62,7 @@ def select_patches(
     Args:
         features: ``(B, C, h, w)`` feature map.
         cams: ``(B, h', w')`` maps ranking the cells (only their order matters; no gradient).
-        num_patches: ``n`` ≥ 1 cells per group; ``2n ≤ h·w``.
+        num_patches: ``n`` ≥ 1 cells per group (validated by the caller); ``2n ≤ h·w``.
 
     Returns:
         ``(top (B, n, C), bottom (B, n, C))``, top in decreasing and bottom in increasing CAM order,
@@ -58,8 +76,6 @@ def select_patches(
             f"cams: expected {b} maps to match features {tuple(features.shape)}, "
             f"got shape {tuple(cams.shape)}"
         )
-    if isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 1:
-        raise ValueError(f"num_patches: expected an int >= 1, got {num_patches!r}")
     if 2 * num_patches > h * w:
         raise ValueError(
             f"num_patches: 2 × {num_patches} cells do not fit in the {h}×{w} feature map"
@@ -87,6 +103,30 @@ def _group_term(within: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
     return (torch.logsumexp(logits, dim=-1) - positive).mean(1)
 
 
+def _contrastive_patch_loss(
+    features: torch.Tensor, cams: torch.Tensor, config: _CPEConfig
+) -> torch.Tensor:
+    """The loss under a validated ``config``: checks the tensors, never the settings again."""
+    top, bottom = _select_patches(features, cams, config.num_patches)
+    compute_dtype = torch.promote_types(features.dtype, torch.float32)
+    # autocast would run the dot products in bf16/fp16: raw 2048-d products of order 10^3 need fp32
+    with torch.autocast(features.device.type, enabled=False):
+        u, v = top.to(compute_dtype), bottom.to(compute_dtype)
+        if config.normalize:
+            u, v = F.normalize(u, dim=-1), F.normalize(v, dim=-1)
+        scale = 1.0 / config.temperature
+        cross = (u @ v.transpose(1, 2)).flatten(1) * scale
+        loss = _group_term(u @ u.transpose(1, 2) * scale, cross) + _group_term(
+            v @ v.transpose(1, 2) * scale, cross
+        )
+    if config.reduction == "mean":
+        # an empty batch: 0, not mean()'s 0/0 = NaN; the (empty) sum keeps the autograd graph
+        return loss.mean() if loss.shape[0] > 0 else loss.sum()
+    if config.reduction == "sum":
+        return loss.sum()
+    return loss
+
+
 def contrastive_patch_loss(
     features: torch.Tensor,
     cams: torch.Tensor,
@@ -99,17 +139,20 @@ def contrastive_patch_loss(
     """Contrastive patch embedding loss (paper Eq. 1), functional form.
 
     Convention:
-        With ``u`` the top and ``v`` the bottom cells of :func:`select_patches` and
+        Cells are ranked at the feature map's resolution (``cams`` at another resolution are
+        first area-averaged onto the feature grid; ties go to the lower row-major index), and
+        ``u`` are the ``n`` highest and ``v`` the ``n`` lowest cells. With
         ``s(a, b) = a·b / τ`` (``a, b`` L2-normalised first when ``normalize``), the loss of an
         image is ``T(u) + T(v)`` where ``T(g)`` averages, over the pairs ``i < j`` of group ``g``,
         ``logsumexp([s(g_i, g_j), s(u_k, v_l) for all k, l]) − s(g_i, g_j)``. For ``n = 2``,
         ``normalize=False``, ``τ = 1`` this is Eq. 1 exactly. Computed in float32 at least.
 
     Args:
-        features: ``(B, C, h, w)`` feature map (e.g. :attr:`CAMOutput.features`).
+        features: ``(B, C, h, w)`` feature map (e.g. `CAMOutput.features`).
         cams: ``(B, h', w')`` CAMs of the class the cells should support (ground truth in
             training; for a SnapMix image, the CAM of its dominant label from the same forward).
-        num_patches: ``n`` cells per group (paper: 2; no gain beyond it).
+            Only their order matters: no gradient flows into them.
+        num_patches: ``n ≥ 2`` cells per group (paper: 2; no gain beyond it), ``2n ≤ h·w``.
         normalize: L2-normalise the cell vectors (cosine similarities).
         temperature: ``τ > 0`` dividing the similarities.
         reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"`` for ``(B,)``.
@@ -121,6 +164,11 @@ def contrastive_patch_loss(
         ``backward()`` and DDP's gradient hooks run as for any batch, and an empty ``(0,)``
         tensor for ``"none"``.
 
+    Raises:
+        TypeError: a setting or a tensor of the wrong type or dtype.
+        ValueError: a setting out of range, tensors of the wrong rank or batch size, or ``2n``
+            cells more than the feature map has.
+
     Examples:
         >>> features = torch.randn(2, 8, 4, 4, requires_grad=True)
         >>> loss = contrastive_patch_loss(features, torch.rand(2, 4, 4))
@@ -128,31 +176,12 @@ def contrastive_patch_loss(
         >>> bool(features.grad.abs().sum() > 0)
         True
     """
-    check_positive(temperature, "temperature")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
-    if isinstance(num_patches, int) and not isinstance(num_patches, bool) and num_patches < 2:
-        raise ValueError(
-            f"num_patches: the loss needs a pair per group, expected >= 2, got {num_patches}"
-        )
-    top, bottom = select_patches(features, cams, num_patches)
-    compute_dtype = torch.promote_types(features.dtype, torch.float32)
-    # autocast would run the dot products in bf16/fp16: raw 2048-d products of order 10^3 need fp32
-    with torch.autocast(features.device.type, enabled=False):
-        u, v = top.to(compute_dtype), bottom.to(compute_dtype)
-        if normalize:
-            u, v = F.normalize(u, dim=-1), F.normalize(v, dim=-1)
-        scale = 1.0 / temperature
-        cross = (u @ v.transpose(1, 2)).flatten(1) * scale
-        loss = _group_term(u @ u.transpose(1, 2) * scale, cross) + _group_term(
-            v @ v.transpose(1, 2) * scale, cross
-        )
-    if reduction == "mean":
-        # an empty batch: 0, not mean()'s 0/0 = NaN; the (empty) sum keeps the autograd graph
-        return loss.mean() if loss.shape[0] > 0 else loss.sum()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
+    config = _CPEConfig(num_patches, normalize, temperature, reduction)
+    return _contrastive_patch_loss(features, cams, config)
+
+
+def _setting(name: str) -> property:
+    return property(lambda self: getattr(self.config, name), doc=f"`config.{name}` (read-only).")
 
 
 class ContrastivePatchLoss(nn.Module):
@@ -162,17 +191,29 @@ class ContrastivePatchLoss(nn.Module):
     cross pairs in both denominators, raw dot products, no temperature. ``normalize=True`` with a
     ``temperature`` (e.g. 0.1) is the usual cosine/InfoNCE form, which does not saturate on large
     raw dot products. The official code's version (grid-sampling at pixel coordinates, weight 0.1)
-    is a bug and is not reproduced.
+    is a bug and is not reproduced. The settings are validated once, here, and kept in a frozen
+    `config` (read back as ``num_patches``, ``normalize``, ``temperature``, ``reduction``).
 
     Convention:
-        See :func:`contrastive_patch_loss`.
+        See [`contrastive_patch_loss`][camkit.contrastive_patch_loss], which computes the same
+        loss from the same settings.
 
     Args:
-        num_patches: ``n`` ≥ 2 cells per group.
+        num_patches: ``n ≥ 2`` cells per group.
         normalize: L2-normalise the cell vectors.
         temperature: ``τ > 0``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``; an empty batch gives a zero loss that
             keeps the graph (an empty ``(0,)`` tensor for ``"none"``), never NaN.
+
+    Shape:
+        - features: ``(B, C, h, w)`` float feature map, ``h·w ≥ 2n``.
+        - cams: ``(B, h', w')`` float maps ranking the cells (any resolution).
+        - output: ``()`` for ``"mean"`` and ``"sum"``, ``(B,)`` for ``"none"``; float32, or
+          float64 for float64 features.
+
+    Raises:
+        TypeError: a setting of the wrong type.
+        ValueError: a setting out of range.
 
     Examples:
         >>> import timm, torch
@@ -185,6 +226,11 @@ class ContrastivePatchLoss(nn.Module):
         torch.Size([])
     """
 
+    num_patches = _setting("num_patches")
+    normalize = _setting("normalize")
+    temperature = _setting("temperature")
+    reduction = _setting("reduction")
+
     def __init__(
         self,
         num_patches: int = 2,
@@ -194,29 +240,23 @@ class ContrastivePatchLoss(nn.Module):
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
-        if isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 2:
-            raise ValueError(f"num_patches: expected an int >= 2, got {num_patches!r}")
-        check_positive(temperature, "temperature")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
-        self.num_patches = num_patches
-        self.normalize = bool(normalize)
-        self.temperature = float(temperature)
-        self.reduction: Reduction = reduction
+        self.config = _CPEConfig(num_patches, normalize, temperature, reduction)
 
     def forward(self, features: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
-        """Loss of ``features`` (B, C, h, w) with cells ranked by ``cams`` (B, h', w')."""
-        return contrastive_patch_loss(
-            features,
-            cams,
-            self.num_patches,
-            normalize=self.normalize,
-            temperature=self.temperature,
-            reduction=self.reduction,
-        )
+        """Rank the cells of ``features`` by ``cams`` and return the loss of the two groups.
+
+        Args:
+            features: ``(B, C, h, w)`` feature map; the gradient flows into its selected cells.
+            cams: ``(B, h', w')`` maps ranking the cells (detached).
+
+        Returns:
+            the loss, reduced as ``reduction`` says.
+        """
+        return _contrastive_patch_loss(features, cams, self.config)
 
     def extra_repr(self) -> str:
+        c = self.config
         return (
-            f"num_patches={self.num_patches}, normalize={self.normalize}, "
-            f"temperature={self.temperature}, reduction={self.reduction!r}"
+            f"num_patches={c.num_patches}, normalize={c.normalize}, "
+            f"temperature={c.temperature}, reduction={c.reduction!r}"
         )

@@ -2,16 +2,12 @@
 
 The paper reports accuracy, precision, recall and F1 of the positive class (COVID = class 1) on the
 binary site-A/B tasks, and accuracy plus per-class sensitivity (recall) and PPV (precision) on
-COVIDx-CT (Normal, Pneumonia, COVID-19). :func:`classification_metrics` builds all of them as one
-:class:`torchmetrics.MetricCollection` from torchmetrics' own multiclass metrics, so they
-accumulate over batches and synchronise across processes like any torchmetrics metric.
-:func:`evaluate` runs a model (optionally through :class:`camkit.CAMMaskingTTA`) over a test
-set held in memory and returns the collection's values; :func:`format_table` prints
-``mean ± std`` over seeds, one row per method.
-
-Conventions: every score is a fraction in ``[0, 1]``; a score whose denominator is zero (a class
-never predicted has no precision, a class absent from the targets has no recall) is ``0``, never
-NaN, through torchmetrics' ``zero_division=0``.
+COVIDx-CT. [`classification_metrics`][camkit.metrics.classification_metrics] builds them as one
+torchmetrics ``MetricCollection``, so they accumulate over batches and synchronise across
+processes; [`evaluate`][camkit.metrics.evaluate] runs a model (optionally through the CAM-masking
+TTA) over a test set held in memory; [`format_table`][camkit.metrics.format_table] prints
+``mean ± std`` over seeds. Every score is a fraction in ``[0, 1]``; one whose denominator is zero
+(no prediction or no target of a class) is ``0``, never NaN (torchmetrics' ``zero_division=0``).
 """
 
 from __future__ import annotations
@@ -29,51 +25,31 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
-from torchmetrics.wrappers.abstract import WrapperMetric
+from torchmetrics.wrappers import ClasswiseWrapper
 
-from camkit._checks import _describe, check_labels, check_tensor, flagged_rows
+from camkit._checks import _describe, check_int, check_labels, check_tensor, flagged_rows
 
 __all__ = ["classification_metrics", "evaluate", "format_table"]
 
-_ZERO_DIVISION = 0.0
 
+class _SelectClass(ClasswiseWrapper):
+    """torchmetrics' ``ClasswiseWrapper``, returning the value of one class instead of the dict.
 
-class _SelectClass(WrapperMetric):
-    """Expose one entry of a per-class (``average=None``) metric as a scalar metric.
-
-    All state lives in the wrapped metric, which also does the synchronisation across processes.
+    camkit keeps this for ``precision``/``recall``/``f1`` of the positive class: the plain wrapper
+    returns every class under ``<prefix><label>`` keys, and no ``average`` mode picks one class.
+    The state lives in the wrapped per-class metric, which also synchronises across processes.
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
     def __init__(self, metric: Metric, index: int) -> None:
-        super().__init__()
-        self.metric = metric
+        super().__init__(metric)
         self.index = index
 
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        self.metric.update(*args, **kwargs)
-
-    def compute(self) -> Tensor:
-        return self.metric.compute()[self.index]
-
-    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
-        return self.metric(*args, **kwargs)[self.index]
-
-    def reset(self) -> None:
-        self.metric.reset()
-
-    def persistent(self, mode: bool = False) -> None:
-        self.metric.persistent(mode)
-
-    def _filter_kwargs(self, **kwargs: Any) -> dict[str, Any]:
-        return self.metric._filter_kwargs(**kwargs)
+    def _convert_output(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x[self.index]
 
 
 class _CheckedCollection(MetricCollection):
-    """A :class:`~torchmetrics.MetricCollection` that checks ``preds`` and ``target`` once per call.
+    """A ``MetricCollection`` that checks ``preds`` and ``target`` once per call.
 
     torchmetrics does not reject out-of-range class labels in every case (a predicted label
     ``>= num_classes`` is silently miscounted), nor NaN scores (the argmax counts a NaN as the
@@ -110,7 +86,11 @@ class _CheckedCollection(MetricCollection):
                 "preds, target: expected a non-empty batch to compute batch values on, "
                 "got 0 samples (use update() to skip empty batches)"
             )
-        return super().forward(preds, target)
+        return dict(sorted(super().forward(preds, target).items()))
+
+    def compute(self) -> dict[str, Any]:
+        """The values over every batch so far, keys sorted alphabetically."""
+        return dict(sorted(super().compute().items()))
 
 
 def _check_no_nan(preds: Tensor) -> None:
@@ -125,12 +105,6 @@ def _check_no_nan(preds: Tensor) -> None:
         )
 
 
-def _check_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    return value
-
-
 def classification_metrics(
     num_classes: int = 2,
     positive_class: int | None = 1,
@@ -139,8 +113,8 @@ def classification_metrics(
 ) -> MetricCollection:
     """Build the paper's classification metrics as one torchmetrics collection.
 
-    The collection's keys (and the keys of ``compute()``, which torchmetrics sorts
-    alphabetically), each preceded by ``prefix``:
+    The keys of ``compute()`` and of a call's result, sorted alphabetically, each preceded by
+    ``prefix``:
 
     - ``accuracy``: overall accuracy (fraction of correctly classified samples).
     - ``precision``, ``recall``, ``f1``: of class ``positive_class`` against all others; only
@@ -152,13 +126,12 @@ def classification_metrics(
     alone): ``preds`` is either a ``(B, num_classes)`` float tensor of probabilities or logits, of
     which the argmax is taken, or a ``(B,)`` integer tensor of predicted labels; ``target`` is a
     ``(B,)`` integer tensor of labels in ``[0, num_classes)``; ``update`` skips an empty batch
-    (``B = 0``). Every value is a 0-d float tensor in ``[0, 1]``; a score whose denominator is
-    zero (a class never predicted has no precision, a class absent from the targets has no recall)
-    is 0, not NaN.
+    (``B = 0``). Every value is a 0-d float tensor in ``[0, 1]``, 0 where a denominator is zero.
 
     The metrics are torchmetrics' ``MulticlassAccuracy`` (``average="micro"``) and
     ``MulticlassPrecision`` / ``MulticlassRecall`` / ``MulticlassF1Score`` (``average=None``,
-    ``zero_division=0``), one instance per key.
+    ``zero_division=0``), the per-class keys through ``ClasswiseWrapper``: the collection's members
+    are ``accuracy``, ``precision``, ``recall``, ``f1``, ``sensitivity`` and ``ppv``.
 
     Args:
         num_classes: number of classes, at least 2 (2 for the site-A/B tasks, 3 for COVIDx-CT).
@@ -169,7 +142,7 @@ def classification_metrics(
         prefix: string put in front of every key, e.g. ``"val_"``.
 
     Returns:
-        A :class:`torchmetrics.MetricCollection`; move it to the predictions' device with ``.to``.
+        A torchmetrics ``MetricCollection``; move it to the predictions' device with ``.to``.
 
     Raises:
         TypeError: an argument has a wrong type; on update, ``preds`` or ``target`` has a wrong
@@ -177,8 +150,7 @@ def classification_metrics(
         ValueError: ``num_classes < 2``, ``positive_class`` outside ``[0, num_classes)``,
             ``class_names`` of the wrong length or with duplicate or invalid names; on update,
             ``preds`` or ``target`` has a wrong shape or labels outside ``[0, num_classes)``, or
-            float ``preds`` hold a NaN (the argmax would silently count it as a class; ±inf
-            scores are accepted, the argmax orders them).
+            float ``preds`` hold a NaN (the argmax would count it as a class; ±inf is accepted).
 
     Examples:
         >>> import torch
@@ -213,11 +185,9 @@ def classification_metrics(
         sensitivity_Normal: 100.0
         sensitivity_Pneumonia: 66.7
     """
-    num_classes = _check_int(num_classes, "num_classes")
-    if num_classes < 2:
-        raise ValueError(f"num_classes: expected an int >= 2, got {num_classes}")
+    num_classes = check_int(num_classes, "num_classes", minimum=2)
     if positive_class is not None:
-        positive_class = _check_int(positive_class, "positive_class")
+        positive_class = check_int(positive_class, "positive_class")
         if not 0 <= positive_class < num_classes:
             raise ValueError(
                 f"positive_class: expected None or an int in [0, {num_classes - 1}] "
@@ -227,20 +197,14 @@ def classification_metrics(
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(f"prefix: expected None or a str, got {type(prefix).__name__}")
 
-    def per_class(cls: Callable[..., Metric]) -> Metric:
-        return cls(num_classes=num_classes, average=None, zero_division=_ZERO_DIVISION)
-
-    metrics: dict[str, Metric] = {
-        "accuracy": MulticlassAccuracy(num_classes=num_classes, average="micro"),
-    }
+    per_class: dict[str, Any] = {"num_classes": num_classes, "average": None, "zero_division": 0}
+    metrics: dict[str, Metric] = {"accuracy": MulticlassAccuracy(num_classes, average="micro")}
     if positive_class is not None:
-        metrics["precision"] = _SelectClass(per_class(MulticlassPrecision), positive_class)
-        metrics["recall"] = _SelectClass(per_class(MulticlassRecall), positive_class)
-        metrics["f1"] = _SelectClass(per_class(MulticlassF1Score), positive_class)
-    for i, name in enumerate(names):
-        metrics[f"sensitivity_{name}"] = _SelectClass(per_class(MulticlassRecall), i)
-    for i, name in enumerate(names):
-        metrics[f"ppv_{name}"] = _SelectClass(per_class(MulticlassPrecision), i)
+        metrics["precision"] = _SelectClass(MulticlassPrecision(**per_class), positive_class)
+        metrics["recall"] = _SelectClass(MulticlassRecall(**per_class), positive_class)
+        metrics["f1"] = _SelectClass(MulticlassF1Score(**per_class), positive_class)
+    metrics["sensitivity"] = ClasswiseWrapper(MulticlassRecall(**per_class), names, "sensitivity_")
+    metrics["ppv"] = ClasswiseWrapper(MulticlassPrecision(**per_class), names, "ppv_")
     return _CheckedCollection(metrics, num_classes=num_classes, prefix=prefix)
 
 
@@ -292,15 +256,15 @@ def evaluate(
         model: the classifier, ``(B, C, H, W) -> (B, K)`` logits.
         images: ``(N, ...)`` the test inputs, any dtype, on the model's device.
         labels: ``(N,)`` int64 labels on the same device.
-        metrics: the collection to fill, e.g. :func:`classification_metrics` (reset first).
+        metrics: the collection to fill, e.g. `classification_metrics` (reset first).
         batch_size: images per forward.
         transform: maps a slice of ``images`` to the model input (default: unchanged).
-        tta: a :class:`camkit.CAMMaskingTTA` (or an object with its ``predict``) to evaluate with.
+        tta: a [`CAMMaskingTTA`][camkit.CAMMaskingTTA] (or anything with its ``predict``).
         amp: run the forwards under bfloat16 autocast on the images' device.
 
     Returns:
         ``{name: float}`` of ``metrics.compute()``; with ``tta`` also ``tta_forwards`` (mean
-        image-forwards per image, from :attr:`camkit.TTAResult.forwards`) and ``tta_flipped``
+        image-forwards per image, from `TTAResult.forwards`) and ``tta_flipped``
         (the number of labels the vote flipped).
 
     Examples:
@@ -311,8 +275,7 @@ def evaluate(
         (['accuracy', 'f1', 'ppv_0'], True)
     """
     check_tensor(labels, "labels", shape=(images.shape[0],), floating=False)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    check_int(batch_size, "batch_size", minimum=1)
     device = images.device
     metrics = metrics.to(device)
     forwards = torch.zeros((), dtype=torch.long, device=device)
@@ -388,44 +351,34 @@ def format_table(
             raise TypeError(
                 f"rows[{method!r}]: expected a mapping {{metric: value}}, got {type(row).__name__}"
             )
-    if metrics is None:
-        columns = list(dict.fromkeys(m for row in rows.values() for m in row))
-    else:
-        if isinstance(metrics, str) or not isinstance(metrics, Sequence):
-            raise TypeError(
-                "metrics: expected None or a sequence of metric names, "
-                f"got {type(metrics).__name__}"
-            )
-        columns = list(metrics)
+    if metrics is not None and (isinstance(metrics, str) or not isinstance(metrics, Sequence)):
+        kind = type(metrics).__name__
+        raise TypeError(f"metrics: expected None or a sequence of metric names, got {kind}")
+    found = dict.fromkeys(m for row in rows.values() for m in row)  # in order of appearance
+    columns = list(found if metrics is None else metrics)
     if not columns:
         raise ValueError("metrics: expected at least one metric to show, got none")
 
     header = ["method", *(str(c) for c in columns)]
     body = [
-        [str(method)]
-        + [
-            _format_cell(row[c], f"rows[{method!r}][{c!r}]", percent) if c in row else "-"
-            for c in columns
-        ]
+        [str(method), *(_cell(row, c, f"rows[{method!r}][{c!r}]", percent) for c in columns)]
         for method, row in rows.items()
     ]
     widths = [max(3, *(len(line[j]) for line in [header, *body])) for j in range(len(header))]
-
-    def render(cells: list[str]) -> str:
-        padded = [cells[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = (
+    rule = [":" + "-" * (widths[0] - 1), *("-" * (w - 1) + ":" for w in widths[1:])]
+    aligns = ["<"] + [">"] * len(columns)  # method names left, numbers right
+    return "\n".join(
         "| "
-        + " | ".join([":" + "-" * (widths[0] - 1)] + ["-" * (w - 1) + ":" for w in widths[1:]])
+        + " | ".join(f"{c:{a}{w}}" for c, a, w in zip(line, aligns, widths, strict=True))
         + " |"
+        for line in [header, rule, *body]
     )
-    return "\n".join([render(header), rule, *(render(line) for line in body)])
 
 
-def _format_cell(value: object, name: str, percent: bool) -> str:
+def _cell(row: Mapping[str, object], key: str, name: str, percent: bool) -> str:
+    if key not in row:
+        return "-"
+    value = row[key]
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().tolist()
     try:

@@ -4,9 +4,10 @@ timm's ``train.py`` builds its training step from a ``timm.task.TrainingTask`` (
 ``ClassificationTask``) and then drives everything through the task: the optimiser is built on
 ``task.get_trainable_module()``, ``task.compile()`` and ``task.prepare_distributed()`` wrap what
 trains, validation runs ``task.get_eval_model()``, and the checkpoint saver stores
-``task.get_checkpoint_state()``. :class:`SnapMixTask` plugs :class:`camkit.TrainStep` into that
-contract, so ``train.py`` trains with SnapMix and the contrastive patch loss by swapping the task
-(the three-line change is in the documentation page "timm train.py").
+``task.get_checkpoint_state()``. [`SnapMixTask`][camkit.SnapMixTask] plugs
+[`camkit.TrainStep`][camkit.TrainStep] into that contract, so ``train.py`` trains with SnapMix and
+the contrastive patch loss by swapping the task (the three-line change is in the documentation page
+"timm train.py").
 
 This module is optional: ``import camkit`` does not import it (nor ``timm.task``), and it needs
 timm 1.0.27 or newer, the first release whose ``TrainingTask`` has ``compile``,
@@ -24,26 +25,20 @@ import torch
 from torch import nn
 
 from camkit.losses import ContrastivePatchLoss
-from camkit.snapmix import SnapMix
+from camkit.mix import SnapMix
 from camkit.train import SoftCriterion, TrainStep
 
-try:
-    from timm.task import TrainingTask
-except ImportError as err:  # timm < 1.0.23 has no timm.task at all
-    raise ImportError(
-        "camkit.timm_task needs timm >= 1.0.27 (the timm.task training-task API), "
-        f"found timm {timm.__version__} without timm.task; pip install 'timm>=1.0.27'"
-    ) from err
-
-# (``compile`` is no test: every nn.Module has one)
 _NEEDED = ("get_eval_model", "setup_ema", "update_ema", "get_checkpoint_state")
-if not all(hasattr(TrainingTask, name) for name in _NEEDED):  # timm 1.0.23 – 1.0.26
+try:  # timm < 1.0.23 has no timm.task; 1.0.23 - 1.0.26 lack the methods below
+    from timm.task import TrainingTask
+
+    if not all(hasattr(TrainingTask, name) for name in _NEEDED):
+        raise ImportError(f"timm.task.TrainingTask lacks one of {', '.join(_NEEDED)}")
+except ImportError as err:
     raise ImportError(
-        "camkit.timm_task needs timm >= 1.0.27, whose timm.task.TrainingTask has "
-        f"{', '.join(_NEEDED)}; found timm {timm.__version__}, whose TrainingTask lacks "
-        f"{', '.join(n for n in _NEEDED if not hasattr(TrainingTask, n))}; "
-        "pip install 'timm>=1.0.27'"
-    )
+        f"camkit.timm_task needs timm >= 1.0.27 (timm.task.TrainingTask with "
+        f"{', '.join(_NEEDED)}), found timm {timm.__version__}: pip install 'timm>=1.0.27'"
+    ) from err
 
 __all__ = ["SnapMixTask"]
 
@@ -52,7 +47,8 @@ _PREFIX = "model."
 
 
 class _TimmTrainStep(TrainStep):
-    """A :class:`TrainStep` that shows timm's optimiser factory the model's parameter groups.
+    """A [`TrainStep`][camkit.TrainStep] that shows timm's optimiser factory the model's parameter
+    groups.
 
     ``train.py`` builds its optimiser on ``task.get_trainable_module()``, i.e. on the step, whose
     parameter names are the model's with a ``model.`` prefix. ``create_optimizer_v2`` asks the
@@ -87,10 +83,10 @@ class _TimmTrainStep(TrainStep):
 class SnapMixTask(TrainingTask):
     """A timm training task that trains with camkit's step: SnapMix, CE, CPE.
 
-    ``task(input, target)`` runs :class:`camkit.TrainStep` (frozen CAM pass, SnapMix, one
-    training forward, soft-target cross-entropy, contrastive patch loss) and returns timm's result
-    dict. The task holds the step as its ``trainable_module``, so everything that trains wraps the
-    step, never the model alone:
+    ``task(input, target)`` runs [`camkit.TrainStep`][camkit.TrainStep] (frozen CAM pass, SnapMix,
+    one training forward, soft-target cross-entropy, contrastive patch loss) and returns timm's
+    result dict. The task holds the step as its ``trainable_module``, so everything that trains
+    wraps the step, never the model alone:
 
     - ``prepare_distributed()`` wraps the step in ``DistributedDataParallel`` (camkit's DDP
       recipe: the training forward runs inside DDP's, every rank stays in sync);
@@ -109,8 +105,8 @@ class SnapMixTask(TrainingTask):
 
     Args:
         model: a timm classifier, unwrapped (not DDP, not compiled): the task wraps the step.
-        snapmix: the :class:`camkit.SnapMix` transform, or ``None``.
-        cpe: the :class:`camkit.ContrastivePatchLoss`, or ``None``.
+        snapmix: the [`camkit.SnapMix`][camkit.SnapMix] transform, or ``None``.
+        cpe: the [`camkit.ContrastivePatchLoss`][camkit.ContrastivePatchLoss], or ``None``.
         criterion: ``criterion(logits, soft_targets) -> scalar`` (default: soft-target
             cross-entropy, timm's ``SoftTargetCrossEntropy``). timm's hard-label criteria
             (``LabelSmoothingCrossEntropy``) do not accept the soft targets; use
@@ -122,8 +118,8 @@ class SnapMixTask(TrainingTask):
         verbose: log the configuration (as ``ClassificationTask``).
 
     Attributes:
-        step: the unwrapped :class:`camkit.TrainStep` (``trainable_module`` may be its DDP or
-            compiled wrapper).
+        step: the unwrapped [`camkit.TrainStep`][camkit.TrainStep] (``trainable_module`` may be its
+            DDP or compiled wrapper).
         model: the plain model being trained.
 
     Raises:
@@ -198,10 +194,10 @@ class SnapMixTask(TrainingTask):
             model: a timm classifier with an int ``num_classes`` (every timm model has one).
             alpha: SnapMix Beta parameter α (paper: 1).
             prob: probability of mixing a batch (paper: 1).
-            cpe: ``True`` for :class:`camkit.ContrastivePatchLoss` with the paper's defaults (raw
-                dot products), a ``ContrastivePatchLoss`` to use (e.g. the normalised form
-                ``ContrastivePatchLoss(normalize=True, temperature=0.1)``, which trained stably
-                from scratch where the raw form did not), or ``False`` for no CPE.
+            cpe: ``True`` for [`camkit.ContrastivePatchLoss`][camkit.ContrastivePatchLoss] with the
+                paper's defaults (raw dot products), a ``ContrastivePatchLoss`` to use (e.g. the
+                normalised form ``ContrastivePatchLoss(normalize=True, temperature=0.1)``, which
+                trained stably from scratch where the raw form did not), or ``False`` for no CPE.
             cpe_weight: weight ``λ`` of the CPE term (paper: 1).
             label_smoothing: ``ε`` in ``[0, 1)`` (``train.py --smoothing``).
             device: as for the constructor.
@@ -258,7 +254,7 @@ class SnapMixTask(TrainingTask):
     def prepare_distributed(self, device_ids: list | None = None, **ddp_kwargs: Any) -> SnapMixTask:
         """Wrap the training step (not the model) in ``DistributedDataParallel``.
 
-        Call it once, after :meth:`compile` if you compile (as ``train.py`` does). CPU
+        Call it once, after `compile` if you compile (as ``train.py`` does). CPU
         ``device_ids`` (``train.py --device cpu`` passes ``[torch.device("cpu")]``) are dropped,
         since DDP takes none for CPU modules, so gloo runs on CPU work.
 
@@ -290,7 +286,7 @@ class SnapMixTask(TrainingTask):
     ) -> nn.Module:
         """``torch.compile`` the training step (training) and the plain model (evaluation).
 
-        Call it before :meth:`prepare_distributed`, as ``train.py`` does.
+        Call it before `prepare_distributed`, as ``train.py`` does.
 
         Args:
             backend: ``torch.compile`` backend.
@@ -301,7 +297,7 @@ class SnapMixTask(TrainingTask):
             The compiled eval model (``get_eval_model()``): ``model(x)`` gives the logits.
 
         Raises:
-            RuntimeError: called after :meth:`prepare_distributed`.
+            RuntimeError: called after `prepare_distributed`.
         """
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -322,10 +318,10 @@ class SnapMixTask(TrainingTask):
 
         Args:
             module: returned as it is when given (timm's convention).
-            ema: the EMA model instead (``None`` before :meth:`setup_ema`).
+            ema: the EMA model instead (``None`` before `setup_ema`).
 
         Returns:
-            A module whose ``forward(x)`` gives the logits; :func:`timm.utils.unwrap_model`
+            A module whose ``forward(x)`` gives the logits; `timm.utils.unwrap_model`
             of it has the model's ``state_dict`` keys.
         """
         if module is not None:
@@ -343,13 +339,7 @@ class SnapMixTask(TrainingTask):
         device: torch.device | str | None = None,
         **kwargs: Any,
     ) -> nn.Module:
-        """Keep an EMA of the plain model (timm's ``ModelEmaV3``), not of the step.
-
-        Args:
-            decay: EMA decay.
-            use_warmup: timm's EMA warm-up.
-            device: where the EMA lives (``"cpu"`` for ``--model-ema-force-cpu``).
-            **kwargs: further ``ModelEmaV3`` arguments.
+        """Keep an EMA of the plain model (timm's ``ModelEmaV3``, same arguments), not of the step.
 
         Returns:
             The ``ModelEmaV3``; its ``.module`` is a copy of the model.
@@ -362,11 +352,7 @@ class SnapMixTask(TrainingTask):
         return self.trainable_module_ema
 
     def update_ema(self, step: int | None = None) -> None:
-        """Move the EMA (if any) towards the model's current weights.
-
-        Args:
-            step: the optimiser update count (for the EMA warm-up).
-        """
+        """Move the EMA (if any) towards the model's weights; ``step``: the update count."""
         if self.has_ema():
             self.get_trainable_module(ema=True).update(self.model, step=step)
 
@@ -380,8 +366,8 @@ class SnapMixTask(TrainingTask):
 
         Returns:
             ``{"loss", "output", "targets", "classification_loss"}`` and, with CPE,
-            ``"cpe_loss"``: the :class:`camkit.TrainStepOutput` fields, ``output`` being the
-            training forward's logits.
+            ``"cpe_loss"``: the [`camkit.TrainStepOutput`][camkit.TrainStepOutput] fields,
+            ``output`` being the training forward's logits.
 
         Raises:
             TypeError: ``input`` is not a tensor (e.g. NaFlex patch dicts).

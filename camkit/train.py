@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from camkit._checks import check_labels, check_positive, check_probability, check_tensor
-from camkit.cam import CAMExtractor, refuse_wrappers
+from camkit.cam._extractor import CAMExtractor, refuse_wrappers
 from camkit.losses import ContrastivePatchLoss
-from camkit.snapmix import SnapMix
+from camkit.mix import SnapMix
 
 __all__ = ["TrainStep", "TrainStepOutput", "soft_cross_entropy"]
 
@@ -144,6 +144,7 @@ class TrainStep(nn.Module):
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        method = model.method if isinstance(model, CAMExtractor) else "cam"  # kept, like model
         if isinstance(model, CAMExtractor):  # its model is what trains
             model = model.model
         refuse_wrappers(model, "model")
@@ -166,7 +167,7 @@ class TrainStep(nn.Module):
             raise ValueError(f"label_smoothing: expected a value in [0, 1), got {label_smoothing}")
 
         self.model = model
-        extractor = CAMExtractor(model) if (snapmix is not None or cpe is not None) else None
+        extractor = CAMExtractor(model, method) if snapmix is not None or cpe is not None else None
         # not registered as a submodule: it shares ``model`` and would duplicate its state_dict keys
         object.__setattr__(self, "extractor", extractor)
         num_classes = extractor.num_classes if extractor is not None else None

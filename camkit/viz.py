@@ -18,8 +18,9 @@ import torch
 from camkit._checks import check_probability, check_tensor
 from camkit.cam import normalize_cams, upsample_cams
 from camkit.io import _atomic_write
-from camkit.snapmix import SnapMixParams, apply_snapmix
-from camkit.tta import DeletionCurve, cell_ranks, deletion_auc, masked_copies
+from camkit.mix import SnapMixParams, snapmix
+from camkit.tta import DeletionCurve, deletion_auc
+from camkit.tta._masking import cell_ranks, masked_copies
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -234,8 +235,8 @@ def snapmix_figure(
 ) -> Figure:
     """The SnapMix of image ``index``: both images, their boxes and CAMs, the mix and ``ρ_a, ρ_b``.
 
-    Replays the exact draw ``params`` (from :func:`camkit.snapmix.sample_snapmix_params`) through
-    :func:`camkit.snapmix.apply_snapmix` on the pair (image ``a = index`` and its partner
+    Replays the exact draw ``params`` (from [`SnapMix.sample`][camkit.SnapMix.sample]) through
+    [`snapmix`][camkit.snapmix] on the pair (image ``a = index`` and its partner
     ``b = params.perm[index]``), so the boxes and weights shown are the ones the training step
     used with these draws: ``soft = ρ_a·onehot(y_a) + ρ_b·onehot(y_b)``.
 
@@ -243,7 +244,7 @@ def snapmix_figure(
         images: ``(B, C, H, W)`` un-mixed batch, as given to SnapMix.
         labels: ``(B,)`` int64 labels.
         cams: ``(B, h, w)`` CAMs of the un-mixed images for their labels.
-        params: the :class:`~camkit.snapmix.SnapMixParams` of the batch.
+        params: the [`SnapMixParams`][camkit.SnapMixParams] of the batch.
         index: which image ``a`` to show.
         class_names: names of the classes.
         mean: as in :func:`overlay_cams`, and so are ``std``, ``alpha`` and ``cmap``.
@@ -260,9 +261,10 @@ def snapmix_figure(
     # the pair as a batch of two whose labels are 0 and 1: soft[0] is exactly (ρ_a, ρ_b), also
     # for a self-pair, and mixed[0] is the batch's mixed image a
     twice = [index, index]
-    pair_params = SnapMixParams(params.perm.new_tensor([1, 0]), *(t[twice] for t in params[1:]))
+    pair_params = SnapMixParams(params.perm.new_tensor([1, 0]), *(t[twice] for t in params[1:4]))
+    pair_params = pair_params._replace(shared_box=params.shared_box)  # the batch's paste path
     two = torch.tensor([0, 1], device=images.device)
-    mixed, soft = apply_snapmix(images[pair], two, cams[pair], pair_params, 2)
+    mixed, soft = snapmix(images[pair], two, cams[pair], 2, params=pair_params)
     rho_a, rho_b = soft[0].tolist()
     shown = _display(torch.cat([images[pair], mixed[:1]]), mean, std)
     overlays = overlay_cams(images[pair], cams[pair], mean=mean, std=std, alpha=alpha, cmap=cmap)

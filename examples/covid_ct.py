@@ -61,7 +61,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from tqdm.auto import tqdm
 
 from camkit import CAMExtractor, CAMMaskingTTA, ContrastivePatchLoss, SnapMix, TrainStep
-from camkit.datasets import COVIDCT, COVIDxCT, SARSCoV2CT, default_data_root
+from camkit.datasets import COVIDCT, COVIDxCT, SARSCoV2CT
 from camkit.io import (
     atomic_save,
     atomic_write_bytes,
@@ -247,12 +247,20 @@ class ImageCache:
             atomic_save({"version": 1, "items": self.items}, self.path)
 
 
+def _default_data_root() -> Path | None:
+    """``CAMKIT_DATA`` if set, else the nearest ``shared/data`` above this script, else ``None``."""
+    if os.environ.get("CAMKIT_DATA"):
+        return Path(os.environ["CAMKIT_DATA"]).expanduser()
+    found = (p / "shared" / "data" for p in Path(__file__).resolve().parents)
+    return next((p for p in found if p.is_dir()), None)
+
+
 def data_folder(explicit: Path | None, name: str, flag: str) -> Path:
-    root = default_data_root()
+    root = _default_data_root()
     if explicit is None and root is None:
         raise FileNotFoundError(
             f"{flag}: not given, and no shared/data folder was found above "
-            f"the working directory (set CAMKIT_DATA or pass {flag} PATH)"
+            f"{Path(__file__).parent} (set CAMKIT_DATA or pass {flag} PATH)"
         )
     return explicit if explicit is not None else root / name
 
@@ -542,7 +550,6 @@ def train(args, method, seed, train_set, val_set, backbone, device, log) -> dict
 def write_figures(args, tta, test, train_set, stem: str, every_kind: bool) -> list[Path]:
     """A CAM grid of a few test images (label, prediction, TTA flip); with ``every_kind`` also
     the SnapMix, TTA and deletion-curve figures. Returns the written paths."""
-    from camkit.snapmix import sample_snapmix_params
     from camkit.tta import deletion_curve
     from camkit.viz import cam_grid, deletion_figure, save_figure, snapmix_figure, tta_figure
 
@@ -579,13 +586,8 @@ def write_figures(args, tta, test, train_set, stem: str, every_kind: bool) -> li
         labels = train_set[1][: args.batch_size]
         with torch.no_grad():
             train_cams = tta.extractor.forward_frozen(images, labels).cams
-        params = sample_snapmix_params(
-            len(labels),
-            size,
-            size,
-            generator=torch.Generator(images.device).manual_seed(0),
-            device=images.device,
-        )
+        gen = torch.Generator(images.device).manual_seed(0)
+        params = SnapMix(args.num_classes, generator=gen).sample(len(labels), size, size)
         figures["snapmix"] = snapmix_figure(images, labels, train_cams, params, **style)
     folder = args.out / "figures"
     return [save_figure(fig, folder / f"{stem}_{name}.png") for name, fig in figures.items()]

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from tqdm.auto import tqdm
 
 from camkit import CAMExtractor, CAMMaskingTTA, ContrastivePatchLoss, SnapMix, TrainStep
-from camkit.datasets import build_mnist_m, default_data_root, load_digits_npz, usps
+from camkit.datasets import build_mnist_m, load_digits_npz, usps
 from camkit.io import (
     atomic_save,
     atomic_write_bytes,
@@ -192,12 +193,20 @@ def digits(images: Any, labels: Any, keep: list[int], device: torch.device):
     return x.contiguous().to(device), y.to(device)
 
 
+def _default_data_root() -> Path | None:
+    """``CAMKIT_DATA`` if set, else the nearest ``shared/data`` above this script, else ``None``."""
+    if os.environ.get("CAMKIT_DATA"):
+        return Path(os.environ["CAMKIT_DATA"]).expanduser()
+    found = (p / "shared" / "data" for p in Path(__file__).resolve().parents)
+    return next((p for p in found if p.is_dir()), None)
+
+
 def load_data(args: argparse.Namespace, targets: list[str], device: torch.device, log: Any):
     """The MNIST train and validation splits and the target test sets, on the device."""
-    root = args.data or default_data_root()
+    root = args.data or _default_data_root()
     if root is None:
         raise FileNotFoundError(
-            "--data: not given, and no shared/data folder was found above the working directory "
+            f"--data: not given, and no shared/data folder was found above {Path(__file__).parent} "
             "(set CAMKIT_DATA or pass --data PATH, the folder with mnist.npz, usps.npz, BSDS500)"
         )
     log(f"data: {root}")
@@ -469,7 +478,6 @@ def train(args, method, seed, train_set, val_set, device, log) -> dict[str, Any]
 
 def write_figures(args, tta, test, train_set, stem: str) -> list[Path]:
     """CAM grid, TTA, deletion-curve and SnapMix figures of a few digits; the written paths."""
-    from camkit.snapmix import sample_snapmix_params
     from camkit.tta import deletion_curve
     from camkit.viz import cam_grid, deletion_figure, save_figure, snapmix_figure, tta_figure
 
@@ -497,7 +505,7 @@ def write_figures(args, tta, test, train_set, stem: str) -> list[Path]:
         train_cams = tta.extractor.forward_frozen(images, labels).cams
     gen = torch.Generator(images.device).manual_seed(0)
     size = args.img_size
-    params = sample_snapmix_params(len(labels), size, size, generator=gen, device=images.device)
+    params = SnapMix(NUM_CLASSES, generator=gen).sample(len(labels), size, size)
     figures["snapmix"] = snapmix_figure(images, labels, train_cams, params, **style)
     folder = args.out / "figures"
     return [save_figure(fig, folder / f"{stem}_{name}.png") for name, fig in figures.items()]

@@ -1,6 +1,12 @@
-"""Small models for tests: timm-contract classifiers whose behaviour is easy to reason about."""
+"""Small models for tests: timm-contract classifiers whose behaviour is easy to reason about.
+
+Also `data_root`, where the staged data is (the lookup of the examples and benchmarks).
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -55,3 +61,15 @@ def nest(rows: list[dict]) -> dict:
             if key not in ("dataset", "method", "settings"):
                 entry.setdefault(key, []).append(value)
     return out
+
+
+def data_root() -> Path | None:
+    """``CAMKIT_DATA`` if set, else the nearest ``shared/data`` above the repository, else ``None``.
+
+    The lookup of ``examples/*.py`` and ``benchmarks/data.py``: from ``/work/main`` it finds
+    ``/work/main/shared/data`` or the sibling ``/work/shared/data``.
+    """
+    if os.environ.get("CAMKIT_DATA"):
+        return Path(os.environ["CAMKIT_DATA"]).expanduser()
+    found = (p / "shared" / "data" for p in Path(__file__).resolve().parents)
+    return next((p for p in found if p.is_dir()), None)

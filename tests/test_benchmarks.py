@@ -21,8 +21,7 @@ from benchmarks.reference import (
     params_to_lists,
     released_tta,
 )
-from camkit import CAMMaskingTTA
-from camkit.snapmix import apply_snapmix, sample_snapmix_params
+from camkit import CAMMaskingTTA, SnapMix, snapmix
 from tests.helpers import TinyNet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,10 +75,9 @@ def test_loop_snapmix_reference_matches_camkit(box_mode):
     cams[0] = 1.5  # a constant map: uniform distribution (area ratios)
     mixed_any = False
     for seed in range(6):
-        params = sample_snapmix_params(
-            b, h, w, box_mode=box_mode, prob=0.8, generator=torch.Generator().manual_seed(seed)
-        )
-        mixed, soft = apply_snapmix(images, labels, cams, params, k)
+        gen = torch.Generator().manual_seed(seed)
+        params = SnapMix(k, prob=0.8, generator=gen, box_mode=box_mode).sample(b, h, w)
+        mixed, soft = snapmix(images, labels, cams, k, params=params)
         ref_mixed, ref_soft = loop_snapmix_apply(images, labels, cams, *params_to_lists(params), k)
         # float32 both ways (camkit's grid_sample vs the loop's F.interpolate): rounding only
         torch.testing.assert_close(ref_mixed, mixed, rtol=1e-4, atol=1e-4)

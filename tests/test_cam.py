@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from camkit import CAMExtractor, cell_sums, frozen_state, normalize_cams, upsample_cams
-from camkit.cam import _linear_weights
+from camkit.cam._contract import linear_weights as _linear_weights
 from tests.helpers import TinyNet
 
 # name -> (create kwargs, input size, exact?) ; at least 12 families, tiny and pretrained=False

@@ -1,12 +1,13 @@
 """Tests for camkit.datasets.
 
-Tests marked ``data`` read the staged real data found by ``default_data_root()`` and are skipped
-when it is absent. Everything else runs on small trees generated in ``tmp_path``.
+Tests marked ``data`` read the staged real data found by ``tests.helpers.data_root()`` and are
+skipped when it is absent. Everything else runs on small trees generated in ``tmp_path``.
 """
 
 from __future__ import annotations
 
 import doctest
+import importlib
 import os
 from pathlib import Path
 
@@ -22,12 +23,12 @@ from camkit.datasets import (
     DigitsDataset,
     SARSCoV2CT,
     build_mnist_m,
-    default_data_root,
     load_digits_npz,
     mnist,
     mnist_m,
     usps,
 )
+from tests.helpers import data_root
 
 # ------------------------------------------------------------------------------------------
 # fixtures and helpers
@@ -35,9 +36,11 @@ from camkit.datasets import (
 
 
 def _data_path(*parts: str) -> Path:
-    root = default_data_root()
+    root = data_root()
     if root is None:
-        pytest.skip("staged data not found: set CAMKIT_DATA or run next to shared/data")
+        pytest.skip(
+            "staged data not found: set CAMKIT_DATA or put shared/data above the repository"
+        )
     path = root.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"staged data file {path} is not present")
@@ -74,37 +77,20 @@ def _make_covid_ct(root: Path) -> Path:
     return root
 
 
-def _ancestors_have_shared_data(path: Path) -> bool:
-    return any((p / "shared" / "data").is_dir() for p in (path, *path.parents))
-
-
 # ------------------------------------------------------------------------------------------
-# default_data_root
+# the package's public names
 # ------------------------------------------------------------------------------------------
 
 
-def test_default_data_root_env_var(monkeypatch, tmp_path):
-    monkeypatch.setenv("CAMKIT_DATA", str(tmp_path / "somewhere"))
-    assert default_data_root() == tmp_path / "somewhere"  # returned unchecked
-
-
-def test_default_data_root_walks_up_to_sibling_shared_data(monkeypatch, tmp_path):
-    (tmp_path / "shared" / "data").mkdir(parents=True)
-    work = tmp_path / "main" / "sub"
-    work.mkdir(parents=True)
-    monkeypatch.setenv("CAMKIT_DATA", "")  # empty counts as unset
-    monkeypatch.chdir(work)
-    assert default_data_root() == tmp_path / "shared" / "data"
-    (work / "shared" / "data").mkdir(parents=True)  # the nearest one wins
-    assert default_data_root() == work / "shared" / "data"
-
-
-def test_default_data_root_none(monkeypatch, tmp_path):
-    if _ancestors_have_shared_data(tmp_path):
-        pytest.skip("an ancestor of tmp_path has shared/data")
-    monkeypatch.delenv("CAMKIT_DATA", raising=False)
-    monkeypatch.chdir(tmp_path)
-    assert default_data_root() is None
+def test_public_names_and_no_data_folder_lookup():
+    assert sorted(cds.__all__) == [
+        "COVIDCT", "COVIDxCT", "DigitsDataset", "IMAGE_EXTENSIONS", "SARSCoV2CT",
+        "build_mnist_m", "load_digits_npz", "mnist", "mnist_m", "usps",
+    ]  # fmt: skip
+    assert all(hasattr(cds, name) for name in cds.__all__)
+    assert not hasattr(cds, "default_data_root")  # the library knows no repository folder
+    assert cds.COVIDCT.__module__ == "camkit.datasets.covid"
+    assert cds.build_mnist_m.__module__ == "camkit.datasets.mnist_m"
 
 
 # ------------------------------------------------------------------------------------------
@@ -344,12 +330,18 @@ def test_sars_errors(sars_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="root") as err:
         SARSCoV2CT(tmp_path / "missing")
     assert str(tmp_path / "missing") in str(err.value)
-    for bad in (0.0, 1.0, 1.5, -0.1, True, "0.5"):
-        with pytest.raises(ValueError, match="train_fraction"):
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"^train_fraction: expected a (number|value) in"):
             SARSCoV2CT(sars_root, train_fraction=bad)
-    for bad_seed in (-1, 1.5, None):
-        with pytest.raises(ValueError, match="seed"):
+    for bad in (True, "0.5"):
+        with pytest.raises(TypeError, match=r"^train_fraction: expected a number"):
+            SARSCoV2CT(sars_root, train_fraction=bad)
+    with pytest.raises(ValueError, match=r"^seed: expected an int >= 0, got -1"):
+        SARSCoV2CT(sars_root, seed=-1)
+    for bad_seed in (1.5, None):
+        with pytest.raises(TypeError, match=r"^seed: expected an int >= 0"):
             SARSCoV2CT(sars_root, seed=bad_seed)
+    assert SARSCoV2CT(sars_root, seed=np.int64(3)).seed == 3  # numpy ints are ints
 
 
 def test_sars_missing_or_empty_class_folder(tmp_path):
@@ -669,7 +661,7 @@ def test_digits_dataset_errors():
         DigitsDataset(gray, [0, -1])
     with pytest.raises(TypeError, match="labels: expected an integer tensor"):
         DigitsDataset(gray, np.array([0.0, 1.0]))
-    with pytest.raises(ValueError, match="channels: expected None, 1 or 3, got 2"):
+    with pytest.raises(ValueError, match="channels: expected one of None, 1, 3, got 2"):
         DigitsDataset(gray, [0, 1], channels=2)
     with pytest.raises(ValueError, match="channels: 1 was asked for"):
         DigitsDataset(np.zeros((2, 4, 4, 3), np.uint8), [0, 1], channels=1)
@@ -825,8 +817,10 @@ def test_mnist_m_errors(photo_dir, digits, tmp_path):
         build_mnist_m(digits[..., None], photo_dir)
     with pytest.raises(TypeError, match="mnist_images: expected a numpy array or tensor"):
         build_mnist_m(digits.tolist(), photo_dir)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ValueError, match=r"^seed: expected an int >= 0, got -3"):
         build_mnist_m(digits, photo_dir, seed=-3)
+    with pytest.raises(TypeError, match=r"^seed: "):
+        build_mnist_m(digits, photo_dir, seed=0.5)
     with pytest.raises(FileNotFoundError, match="bsds_dir") as err:
         build_mnist_m(digits, tmp_path / "nope")
     assert str(tmp_path / "nope") in str(err.value)
@@ -894,10 +888,10 @@ def test_mnist_m_real_subset(mnist_npz):
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.data
-def test_docstring_examples_run():
-    _data_path("COVID-CT")
-    _data_path("BSDS500", "images", "train")
-    result = doctest.testmod(cds, optionflags=doctest.ELLIPSIS, verbose=False)
-    assert result.attempted > 20
+@pytest.mark.parametrize("module", ["covid", "digits", "mnist_m"])
+def test_docstring_examples_run_without_the_data(module, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # far from any shared/data folder
+    mod = importlib.import_module(f"camkit.datasets.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.attempted >= 5
     assert result.failed == 0

@@ -26,14 +26,13 @@ sys.path.insert(0, str(EXAMPLES))
 
 import covid_ct  # noqa: E402
 
-from camkit.datasets import default_data_root  # noqa: E402
-from tests.helpers import nest  # noqa: E402
+from tests.helpers import data_root, nest  # noqa: E402
 
-DATA = default_data_root()
+DATA = data_root()
 HAS_SITE_B = DATA is not None and (DATA / "COVID-CT").is_dir()
 _skip_without_data = pytest.mark.skipif(
     not HAS_SITE_B,
-    reason="needs the staged COVID-CT data (shared/data/COVID-CT above the working directory, "
+    reason="needs the staged COVID-CT data (shared/data/COVID-CT above the repository, "
     "or CAMKIT_DATA); not found",
 )
 
@@ -503,3 +502,20 @@ def test_demo_writes_a_cam_figure_and_figures_writes_every_kind(tmp_path):
     names = sorted(p.name for p in (tmp_path / "all" / "figures").iterdir())
     kinds = ("cams", "deletion", "snapmix", "tta")
     assert names == [f"B_baseline_seed0_{kind}.png" for kind in kinds]
+
+
+def test_default_data_root_lookups_agree(monkeypatch, tmp_path):
+    """The examples, the benchmarks and the tests find the same data folder, or none."""
+    import mnist_usps
+
+    from benchmarks import data as bench_data
+
+    lookups = (covid_ct._default_data_root, mnist_usps._default_data_root, bench_data.data_root)
+    monkeypatch.chdir(tmp_path)  # the lookup starts at the scripts, not the working directory
+    monkeypatch.delenv("CAMKIT_DATA", raising=False)
+    found = data_root()
+    assert [lookup() for lookup in lookups] == [found] * 3
+    if found is not None:
+        assert any(found == p / "shared" / "data" for p in EXAMPLES.parents)
+    monkeypatch.setenv("CAMKIT_DATA", str(tmp_path / "elsewhere"))  # returned unchecked
+    assert [lookup() for lookup in lookups] == [tmp_path / "elsewhere"] * 3

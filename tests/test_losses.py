@@ -1,44 +1,13 @@
-import itertools
-import math
+"""camkit.losses against Eq. 1 typed out and the float64 loop of benchmarks.reference."""
+
+import dataclasses
 
 import pytest
 import torch
 
+from benchmarks.reference import reference_cpe
 from camkit import ContrastivePatchLoss, contrastive_patch_loss
-from camkit.losses import select_patches
-
-
-def reference_cpe(features, cams, n=2, normalize=False, temperature=1.0):
-    """Slow float64 version of Eq. 1 (generalised to n): python sort, explicit exp sums."""
-    features, cams = features.double(), cams.double()
-    losses = []
-    for b in range(features.shape[0]):
-        cells = features[b].flatten(1).T
-        scores = cams[b].flatten().tolist()
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-        rev = sorted(range(len(scores)), key=lambda i: (scores[i], -i))
-        u = [cells[i] for i in order[:n]]
-        v = [cells[i] for i in rev[:n]]
-        if normalize:
-            u = [x / x.norm() for x in u]
-            v = [x / x.norm() for x in v]
-
-        def s(a, c):
-            return float(a @ c) / temperature
-
-        cross = [s(a, c) for a in u for c in v]
-        total = 0.0
-        for group in (u, v):
-            pairs = list(itertools.combinations(range(n), 2))
-            term = 0.0
-            for i, j in pairs:
-                pos = s(group[i], group[j])
-                shift = max([pos, *cross])  # exp of raw dot products would overflow
-                num = math.exp(pos - shift)
-                term += -math.log(num / (num + sum(math.exp(x - shift) for x in cross)))
-            total += term / len(pairs)
-        losses.append(total)
-    return torch.tensor(losses, dtype=torch.float64)
+from camkit.losses import _select_patches
 
 
 def test_equals_eq1_written_out():
@@ -66,7 +35,7 @@ def test_matches_slow_reference(n, normalize, temperature):
     loss = contrastive_patch_loss(
         features, cams, n, normalize=normalize, temperature=temperature, reduction="none"
     )
-    ref = reference_cpe(features, cams, n, normalize, temperature)
+    ref = reference_cpe(features, cams, n, normalize=normalize, temperature=temperature)
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
     mean = ContrastivePatchLoss(n, normalize=normalize, temperature=temperature)(features, cams)
     torch.testing.assert_close(mean.double(), ref.mean(), rtol=1e-5, atol=1e-5)
@@ -105,7 +74,7 @@ def test_cams_at_image_resolution_rank_by_cell_mass():
     cams[0, :4, 4:] = 3.0  # cell (0, 1) most relevant
     cams[0, 4:, 4:] = 1.0  # then (1, 1)
     cams[0, 4:, :4] = -2.0  # (1, 0) least relevant, (0, 0) next
-    top, bottom = select_patches(features, cams, 2)
+    top, bottom = _select_patches(features, cams, 2)
     cells = features[0].flatten(1).T
     torch.testing.assert_close(top[0], cells[[1, 3]])
     torch.testing.assert_close(bottom[0], cells[[2, 0]])
@@ -113,7 +82,7 @@ def test_cams_at_image_resolution_rank_by_cell_mass():
 
 def test_constant_cams_give_disjoint_groups():
     features = torch.randn(1, 4, 3, 3)
-    top, bottom = select_patches(features, torch.zeros(1, 3, 3), 2)
+    top, bottom = _select_patches(features, torch.zeros(1, 3, 3), 2)
     cells = features[0].flatten(1).T
     torch.testing.assert_close(top[0], cells[[0, 1]])
     torch.testing.assert_close(bottom[0], cells[[8, 7]])
@@ -131,8 +100,40 @@ def test_errors():
         contrastive_patch_loss(features, torch.randn(3, 3, 3))
     with pytest.raises(ValueError, match="features: expected a 4-D tensor"):
         contrastive_patch_loss(features[0], cams)
-    with pytest.raises(ValueError, match="reduction"):
+    with pytest.raises(ValueError, match=r"^reduction: expected one of 'mean', 'sum', 'none'"):
         ContrastivePatchLoss(reduction="max")
+    with pytest.raises(TypeError, match=r"^num_patches: expected an int >= 2, got 2.0 \(float\)"):
+        contrastive_patch_loss(features, cams, 2.0)
+    with pytest.raises(ValueError, match=r"^num_patches: expected an int >= 2, got 1"):
+        contrastive_patch_loss(features, cams, 1)
+
+
+def test_settings_are_validated_once_into_a_frozen_config():
+    loss = ContrastivePatchLoss(3, normalize=1, temperature=1)
+    assert (loss.num_patches, loss.normalize, loss.temperature, loss.reduction) == (
+        3,
+        True,
+        1.0,
+        "mean",
+    )
+    assert isinstance(loss.temperature, float) and loss.normalize is True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loss.config.num_patches = 2
+    with pytest.raises(AttributeError):
+        loss.num_patches = 2  # read-only: the config is the one source of the settings
+    assert repr(loss) == (
+        "ContrastivePatchLoss(num_patches=3, normalize=True, temperature=1.0, reduction='mean')"
+    )
+
+
+@pytest.mark.parametrize("size", [(8, 10), (7, 9)])
+def test_cams_at_another_resolution_match_the_area_averaging_reference(size):
+    """CAMs at 2× (whole blocks) and at a non-multiple size are area-averaged onto the cells."""
+    gen = torch.Generator().manual_seed(7)
+    features = torch.randn(3, 16, 4, 5, generator=gen)
+    cams = torch.randn(3, *size, generator=gen)
+    loss = contrastive_patch_loss(features, cams, 2, reduction="none")
+    torch.testing.assert_close(loss.double(), reference_cpe(features, cams), rtol=1e-5, atol=1e-5)
 
 
 def test_autocast_keeps_dot_products_in_float32():

@@ -24,18 +24,18 @@ sys.path.insert(0, str(EXAMPLES))
 
 import mnist_usps  # noqa: E402
 
-from camkit.datasets import default_data_root, load_digits_npz  # noqa: E402
+from camkit.datasets import load_digits_npz  # noqa: E402
 from camkit.metrics import classification_metrics  # noqa: E402
-from tests.helpers import nest  # noqa: E402
+from tests.helpers import data_root, nest  # noqa: E402
 
-DATA = default_data_root()
+DATA = data_root()
 HAS_DIGITS = DATA is not None and all(
     (DATA / name).exists() for name in ("mnist.npz", "usps.npz", "BSDS500/images/train")
 )
 _skip_without_data = pytest.mark.skipif(
     not HAS_DIGITS,
     reason="needs the staged digits data (mnist.npz, usps.npz, BSDS500/images/train in "
-    "shared/data above the working directory, or CAMKIT_DATA); not found",
+    "shared/data above the repository, or CAMKIT_DATA); not found",
 )
 
 

@@ -15,17 +15,17 @@ import pytest
 import torch
 
 from benchmarks import reproduce
-from camkit.datasets import default_data_root
 from camkit.io import merge_results
+from tests.helpers import data_root
 
-DATA = default_data_root()
+DATA = data_root()
 HAS_DATA = DATA is not None and all(
     (DATA / name).exists() for name in ("COVID-CT", "mnist.npz", "usps.npz", "BSDS500/images/train")
 )
 needs_data = pytest.mark.skipif(
     not HAS_DATA,
     reason="needs the staged data (COVID-CT, mnist.npz, usps.npz, BSDS500 in shared/data "
-    "above the working directory, or CAMKIT_DATA); not found",
+    "above the repository, or CAMKIT_DATA); not found",
 )
 
 METHODS = {"baseline", "snapmix_cpe", "full"}

@@ -270,7 +270,7 @@ def test_import_camkit_does_not_import_timm_task():
 def test_old_timm_is_refused_with_the_version_needed(monkeypatch):
     monkeypatch.delitem(sys.modules, "camkit.timm_task")
     monkeypatch.setitem(sys.modules, "timm.task", None)  # timm < 1.0.23: no timm.task
-    with pytest.raises(ImportError, match=r"timm >= 1\.0\.27.*found timm .* without timm\.task"):
+    with pytest.raises(ImportError, match=r"timm >= 1\.0\.27.*found timm "):
         importlib.import_module("camkit.timm_task")
 
     old = types.ModuleType("timm.task")  # timm 1.0.23 - 1.0.26: a TrainingTask without the hooks
@@ -281,5 +281,5 @@ def test_old_timm_is_refused_with_the_version_needed(monkeypatch):
 
     old.TrainingTask = TrainingTask
     monkeypatch.setitem(sys.modules, "timm.task", old)
-    with pytest.raises(ImportError, match=r"timm >= 1\.0\.27.*lacks get_eval_model, setup_ema"):
+    with pytest.raises(ImportError, match=r"timm >= 1\.0\.27.*get_eval_model, setup_ema"):
         importlib.import_module("camkit.timm_task")

@@ -1,11 +1,15 @@
+"""camkit.tta against the per-image loops of benchmarks.reference."""
+
 import copy
+import dataclasses
 
 import pytest
 import timm
 import torch
 
+from benchmarks.reference import reference_cell_order, reference_mask, reference_vote
 from camkit import CAMExtractor, CAMMaskingTTA
-from camkit.tta import cell_ranks, masked_copies
+from camkit.tta._masking import cell_ranks, masked_copies
 from tests.helpers import TinyNet
 
 
@@ -19,42 +23,16 @@ def _evidence_model(seed: int = 0) -> TinyNet:
     return model.eval()
 
 
-def reference_vote(step_probs, original_prob, theta, count_original):
-    """Paper's rule, one image at a time: flip when non-supporting votes exceed half."""
-    flips = []
-    for row, p0 in zip(step_probs.tolist(), original_prob.tolist(), strict=True):
-        against = sum(1 for p in row if not p > theta)
-        votes = len(row)
-        if count_original:
-            against += 0 if p0 > theta else 1
-            votes += 1
-        flips.append(against > votes / 2)
-    return torch.tensor(flips)
-
-
 def test_masked_copies_match_loop_reference():
     gen = torch.Generator().manual_seed(0)
-    images = torch.randn(2, 3, 12, 10, generator=gen)
+    images = torch.randn(2, 3, 12, 10, generator=gen)  # a 3×3 grid with partial edge cells
     cams = torch.rand(2, 3, 3, generator=gen)
     ranks = cell_ranks(cams, (12, 10), 4)
-    up = torch.nn.functional.interpolate(
-        cams[:, None], size=(12, 10), mode="bilinear", align_corners=False
-    )[:, 0]
     for b in range(2):
-        cells = {}
-        for y in range(12):
-            for x in range(10):
-                cells[(y // 4, x // 4)] = cells.get((y // 4, x // 4), 0.0) + float(up[b, y, x])
-        order = sorted(cells, key=lambda c: (-cells[c], c[0] * 3 + c[1]))
+        order = reference_cell_order(cams[b], (12, 10), 4)
         for steps in (0, 1, 4, 9):
             out = masked_copies(images[b : b + 1], ranks[b : b + 1], torch.tensor([steps]), -1.5)
-            hidden = set(order[:steps])
-            for y in range(12):
-                for x in range(10):
-                    want = -1.5 if (y // 4, x // 4) in hidden else images[b, :, y, x]
-                    torch.testing.assert_close(
-                        out[0, :, y, x], torch.as_tensor(want).expand(3).to(out)
-                    )
+            torch.testing.assert_close(out[0], reference_mask(images[b], order[:steps], 4, -1.5))
 
 
 @pytest.mark.parametrize("count_original", [False, True])
@@ -71,10 +49,7 @@ def test_early_exit_labels_equal_full_vote(theta, count_original):
     evaluated = ~torch.isnan(fast.step_probs)
     torch.testing.assert_close(fast.step_probs[evaluated], full.step_probs[evaluated])
     expected_flip = reference_vote(
-        full.step_probs,
-        full.original_probs.gather(1, full.original_labels[:, None])[:, 0],
-        theta,
-        count_original,
+        full.step_probs, full.original_probs, theta=theta, count_original=count_original
     )
     assert torch.equal(full.flipped, expected_flip)
 
@@ -180,25 +155,6 @@ def test_step_probs_nan_marks_exactly_the_skipped_steps():
     assert torch.equal(fast.labels, full.labels)
 
 
-def _reference_rule_vote(probs_per_step, probs0, rule, theta):
-    """One image at a time: which images flip under ``rule`` (no early exit, no original vote)."""
-    flips = []
-    for b in range(probs0.shape[0]):
-        c = int(probs0[b].argmax())
-        against = 0
-        for probs in probs_per_step:
-            p = float(probs[b, c])
-            if rule == "argmax":
-                support = int(probs[b].argmax()) == c
-            elif rule == "relative":
-                support = p > theta * float(probs0[b, c])
-            else:
-                support = p > theta
-            against += 0 if support else 1
-        flips.append(against > len(probs_per_step) / 2)
-    return torch.tensor(flips)
-
-
 @pytest.mark.parametrize("rule,theta", [("threshold", 0.27), ("argmax", 0.3), ("relative", 0.97)])
 @pytest.mark.parametrize("early_exit", [False, True])
 def test_vote_rules_match_a_per_image_reference(rule, theta, early_exit):
@@ -214,7 +170,10 @@ def test_vote_rules_match_a_per_image_reference(rule, theta, early_exit):
             model(masked_copies(images, ranks, torch.full((24,), j))).softmax(1)
             for j in range(1, 6)
         ]
-    expected = _reference_rule_vote(steps, out.logits.softmax(1), rule, theta)
+    probs0 = out.logits.softmax(1)
+    pred = probs0.argmax(1, keepdim=True)
+    step_probs = torch.cat([p.gather(1, pred) for p in steps], 1)
+    expected = reference_vote(step_probs, probs0, theta=theta, rule=rule, step_class_probs=steps)
     assert torch.equal(res.flipped, expected)
     assert expected.any() and (~expected).any()  # the case discriminates
 
@@ -235,8 +194,32 @@ def test_k_class_rules_do_not_flip_every_low_confidence_prediction():
 
 
 def test_unknown_rule_is_refused():
-    with pytest.raises(ValueError, match="rule: expected 'threshold', 'argmax' or 'relative'"):
+    with pytest.raises(
+        ValueError, match="rule: expected one of 'threshold', 'argmax', 'relative', got 'majority'"
+    ):
         CAMMaskingTTA(_evidence_model(), rule="majority")
+
+
+def test_settings_are_validated_once_into_a_frozen_config():
+    tta = CAMMaskingTTA(_evidence_model(), k=3, theta=1, patch_size=4, mask_value=[0.5, 0, -1])
+    assert (tta.k, tta.theta, tta.patch_size, tta.rule) == (3, 1.0, 4, "threshold")
+    assert isinstance(tta.theta, float) and tta.mask_value == (0.5, 0.0, -1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tta.config.k = 5
+    with pytest.raises(AttributeError):
+        tta.k = 5  # read-only: the config is the one source of the settings
+    assert "k=3, theta=1.0, patch_size=4" in repr(tta)
+    with pytest.raises(TypeError, match=r"^k: expected an int >= 1, got 2.0 \(float\)"):
+        CAMMaskingTTA(_evidence_model(), k=2.0)
+    with pytest.raises(TypeError, match=r"^chunk_size: expected an int"):
+        CAMMaskingTTA(_evidence_model(), chunk_size=True)
+    with pytest.raises(TypeError, match=r"^mask_value: expected a number or a sequence"):
+        CAMMaskingTTA(_evidence_model(), mask_value="grey")
+    # the settings of a built TTA are used as given: a per-channel mask of 3 values masks RGB
+    res = CAMMaskingTTA(_evidence_model(), k=2, patch_size=4, mask_value=tta.mask_value).predict(
+        torch.randn(2, 3, 16, 16)
+    )
+    assert res.step_probs.shape == (2, 2)
 
 
 def test_deletion_auc_refuses_a_curve_without_span():

@@ -16,8 +16,7 @@ from matplotlib.patches import Rectangle
 
 import camkit
 import camkit.viz as viz
-from camkit import CAMExtractor, CAMMaskingTTA
-from camkit.snapmix import SnapMixParams, apply_snapmix, sample_snapmix_params
+from camkit import CAMExtractor, CAMMaskingTTA, SnapMix, SnapMixParams, snapmix
 from camkit.tta import DeletionCurve, TTAResult, deletion_auc, deletion_curve
 from tests.helpers import TinyNet
 
@@ -191,9 +190,9 @@ def test_snapmix_figure_shows_the_draws_boxes_and_weights():
     gen = torch.Generator().manual_seed(3)
     images, cams = torch.rand(4, 3, 32, 32, generator=gen), torch.rand(4, 4, 4, generator=gen)
     labels = torch.tensor([0, 1, 2, 3])  # distinct: soft[i] holds rho_a and rho_b apart
-    params = sample_snapmix_params(4, 32, 32, generator=torch.Generator().manual_seed(0))
+    params = SnapMix(4, generator=torch.Generator().manual_seed(0)).sample(4, 32, 32)
     assert bool(params.apply.all())
-    mixed, soft = apply_snapmix(images, labels, cams, params, num_classes=4)
+    mixed, soft = snapmix(images, labels, cams, num_classes=4, params=params)
     index = 2
     partner = int(params.perm[index])
     assert partner != index
@@ -219,7 +218,7 @@ def test_snapmix_figure_self_pair_splits_the_weights():
     box = torch.tensor([[2, 2, 10, 12]] * 2)
     box_b = torch.tensor([[4, 0, 12, 6]] * 2)
     params = SnapMixParams(torch.tensor([0, 1]), box, box_b, torch.tensor([True, True]))
-    _, soft = apply_snapmix(images, labels, cams, params, num_classes=2)
+    _, soft = snapmix(images, labels, cams, num_classes=2, params=params)
     title = viz.snapmix_figure(images, labels, cams, params, index=0).axes[2].get_title()
     rho_a = float(title.split("ρ_a=")[1].split()[0])
     rho_b = float(title.split("ρ_b=")[1].split()[0])

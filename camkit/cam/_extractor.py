@@ -1,0 +1,309 @@
+"""[`CAMExtractor`][camkit.CAMExtractor] and [`CAMOutput`][camkit.CAMOutput].
+
+Private module: the public names are re-exported by `camkit.cam` and `camkit`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from camkit._checks import _describe, check_choice, check_labels, check_tensor
+from camkit.cam._contract import (
+    frozen_state,
+    linear_weights,
+    model_name,
+    num_prefix_tokens,
+    probe_exact,
+    refuse_wrappers,
+    spatial_dims,
+    to_grid,
+)
+from camkit.cam._methods import CAM_METHODS, CAMMethod, HeadGradient, compute_cams
+
+__all__ = ["CAMExtractor", "CAMOutput", "refuse_wrappers"]
+
+
+class CAMOutput(NamedTuple):
+    """What one forward of [`CAMExtractor`][camkit.CAMExtractor] returns.
+
+    Attributes:
+        logits: ``(B, K)`` class logits, identical to ``model(images)``.
+        features: ``(B, C, h, w)`` final feature map in NCHW order (prefix tokens of token models
+            removed), part of the autograd graph when autograd is on.
+        cams: ``(B, h, w)`` maps of the extractor's method for the requested (or predicted)
+            class, at the feature resolution, without upsampling or normalisation. For method
+            ``"cam"`` the raw ``alpha_c · F(h, w)``: no bias, no ReLU; the gradient methods end
+            with a ReLU. Differentiable with respect to the features; the method's weights are
+            constants.
+        target: ``(B,)`` int64, the class each map belongs to.
+    """
+
+    logits: torch.Tensor
+    features: torch.Tensor
+    cams: torch.Tensor
+    target: torch.Tensor
+
+
+class CAMExtractor(nn.Module):
+    """Logits, feature map and class activation maps of a timm classifier from one forward.
+
+    Wraps any timm classifier without changing it: ``forward_features`` gives the feature map
+    ``F``, ``forward_head`` the logits, and the maps come from the last feature layer with no
+    backward through the backbone. Works in training (autograd on, train mode): the model's mode is
+    never switched. [`forward`][camkit.CAMExtractor.forward] is the model's ordinary forward
+    (BatchNorm statistics update as they would under ``model(images)``);
+    [`forward_frozen`][camkit.CAMExtractor.forward_frozen] is a side pass with autograd off that
+    leaves every buffer untouched — the pass SnapMix needs for the CAMs of the un-mixed batch.
+
+    The methods (``method``, one of [`CAM_METHODS`][camkit.CAM_METHODS]) all use ``G``, the
+    gradient of the class logit with respect to each cell of ``F`` taken through the head only
+    (the features enter ``forward_head`` as a detached leaf; for an average-pooling + linear head
+    ``G = w_c / (h·w)``, written down without autograd; gradient reaching prefix tokens is spread
+    evenly over the cells), and ``alpha``, the class row ``w_c`` of an exact head or
+    ``sum_{h,w} G`` (the gradient at the pooled vector) for any other head:
+
+    | method | map | ReLU |
+    | --- | --- | --- |
+    | ``"cam"`` (default) | ``sum_c alpha_c F_c`` | no: raw, signed |
+    | ``"gradcam"`` | ``ReLU(sum_c mean_{h,w}(G_c) F_c)`` | yes |
+    | ``"gradcampp"`` | ``ReLU(sum_c v_c F_c)``, ``v_c = sum_{h,w} ReLU(G_c) a_c`` | yes |
+    | ``"layercam"`` | ``ReLU(sum_c ReLU(G_c(h, w)) F_c(h, w))`` | yes |
+
+    with the Grad-CAM++ coefficients ``a_c(h, w) = G² / (2 G² + S_c G³)``, ``S_c = sum_{h,w} F_c``
+    (the exponential-logit approximation of its paper's Eq. 19; 0 where ``G = 0``).
+
+    ``"cam"`` stays raw because SnapMix's ``"distribution"`` normalisation, the CPE cell ranking
+    and the TTA's masking order use the signed map of the paper (Zhou et al.'s CAM, the one the
+    paper and the released SnapMix code use). The three gradient methods keep the ReLU of their
+    papers (and of pytorch-grad-cam), so cells of negative evidence all read 0. On an exact head
+    ``G`` is the same at every cell, so ``"gradcam"`` is ``ReLU("cam") / (h·w)``.
+
+    Convention:
+        - ``images``: ``(B, 3, H, W)`` float, the model's normalised input.
+        - ``features``: ``(B, C, h, w)``, NCHW whatever the model's ``output_fmt``; token models
+          (ViT, DeiT, Mixer, …) drop their ``num_prefix_tokens`` and fold the patch tokens onto
+          their ``patch_embed`` grid (or the square grid when the model has none).
+        - ``cams``: ``(B, h, w)``, the method's map of ``target[b]``; for ``"cam"`` on an exact
+          head ``cams.mean((1, 2)) + bias[target] == logits[range(B), target]``.
+        - ``target=None`` means the predicted class ``logits.argmax(1)``.
+
+    Exactness of the head is decided once, at construction, by probing ``forward_head`` of a copy
+    of the model in eval mode with random features: the head is exact when its output equals
+    average pooling over the patch cells followed by ``get_classifier()``'s affine map.
+
+    Args:
+        model: a timm classifier with ``num_classes > 0`` (or another
+            [`CAMExtractor`][camkit.CAMExtractor], which is unwrapped; its method is not
+            inherited: pass ``method``).
+        method: the CAM method, one of [`CAM_METHODS`][camkit.CAM_METHODS].
+
+    Attributes:
+        model: the wrapped model (not copied: its parameters are the ones being trained).
+        method: the CAM method.
+        exact: ``True`` only for method ``"cam"`` on an exact head (average pooling + linear),
+            where the map's mean plus the bias is the logit; ``False`` for every other method and
+            head.
+        num_classes: number of classes ``K``.
+
+    Raises:
+        TypeError: the model lacks ``forward_features``/``forward_head``/``get_classifier``, or
+            is a ``DistributedDataParallel``/``DataParallel``/``torch.compile`` wrapper (wrap
+            [`TrainStep`][camkit.TrainStep] or the extractor instead; the message says how).
+        ValueError: ``method`` is not one of [`CAM_METHODS`][camkit.CAM_METHODS] (the message
+            lists them); the model has no classifier (``num_classes=0``), its features are pooled
+            already or otherwise not a spatial map, or its head does not pool them into
+            ``(B, K)`` logits (a model created with ``global_pool=''``).
+
+    Examples:
+        >>> import timm, torch
+        >>> from camkit import CAMExtractor
+        >>> model = timm.create_model("resnet18", pretrained=False, num_classes=2)
+        >>> ext = CAMExtractor(model)
+        >>> out = ext(torch.randn(2, 3, 64, 64))
+        >>> out.logits.shape, out.features.shape, out.cams.shape, ext.exact
+        (torch.Size([2, 2]), torch.Size([2, 512, 2, 2]), torch.Size([2, 2, 2]), True)
+        >>> CAMExtractor(model, method="layercam").exact
+        False
+    """
+
+    def __init__(self, model: nn.Module, method: CAMMethod = "cam") -> None:
+        super().__init__()
+        check_choice(method, "method", CAM_METHODS)
+        if isinstance(model, CAMExtractor):
+            model = model.model
+        refuse_wrappers(model, "model")
+        for name in ("forward_features", "forward_head", "get_classifier"):
+            if not callable(getattr(model, name, None)):
+                raise TypeError(
+                    f"model: expected a timm classifier with forward_features, forward_head and "
+                    f"get_classifier; {model_name(model)} has no {name}()"
+                )
+        num_classes = getattr(model, "num_classes", None)
+        classifier = model.get_classifier()
+        if not num_classes or isinstance(classifier, nn.Identity):
+            raise ValueError(
+                f"model: {model_name(model)} has no classifier (num_classes={num_classes}); "
+                "CAMs need class weights: create it with num_classes > 0"
+            )
+        self.model = model
+        self.num_classes = int(num_classes)
+        self._method: CAMMethod = method
+        exact_head, input_conv = probe_exact(model, self.num_classes)
+        self._exact_head = exact_head
+        # the model's input convolution, kept in a tuple so that it is not registered as a
+        # submodule; set once a zero image of its channel count went through the probe
+        self._input_conv: tuple[nn.Conv2d, ...] = (input_conv,) if input_conv is not None else ()
+
+    @property
+    def method(self) -> CAMMethod:
+        """The CAM method, one of [`CAM_METHODS`][camkit.CAM_METHODS] (fixed at construction)."""
+        return self._method
+
+    @property
+    def exact(self) -> bool:
+        """``True`` only for method ``"cam"`` on an average-pooling + linear head."""
+        return self._exact_head and self._method == "cam"
+
+    def extra_repr(self) -> str:
+        return f"method={self._method!r}, exact={self.exact}"
+
+    # -- head gradient -----------------------------------------------------------------------
+
+    def _class_rows(self, channels: int, target: torch.Tensor) -> torch.Tensor:
+        weight, _ = linear_weights(self.model.get_classifier(), channels)
+        return weight.detach()[target]
+
+    def _raw_gradient(self, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``d logit_target / d feats`` through the head only, in ``feats``' own layout."""
+        with torch.enable_grad():
+            leaf = feats.detach().requires_grad_(True)
+            with frozen_state(self.model):
+                logits = self.model.forward_head(leaf)
+            chosen = logits.gather(1, target[:, None]).sum()
+            (grad,) = torch.autograd.grad(chosen, leaf)
+        return grad.detach()
+
+    def class_weights(self, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The ``(B, C)`` weight vectors ``alpha`` of each sample's target class (constants).
+
+        The weights of method ``"cam"``. Exact heads: the class rows of the classifier. Other
+        heads: ``d logit_c / d pooled``, the gradient of the class logit through the head only,
+        summed over the feature positions (for an average-pooled head this is the gradient with
+        respect to the pooled vector; for a class-token head, the gradient at that token). A
+        head's dropout, when active, acts on this gradient as it acts on the logits.
+
+        Args:
+            feats: raw output of ``model.forward_features``.
+            target: ``(B,)`` int64 class of each sample.
+        """
+        dims = spatial_dims(self.model, feats)
+        if self._exact_head:
+            channels = next(d for d in range(1, feats.ndim) if d not in dims)
+            return self._class_rows(feats.shape[channels], target)
+        return self._raw_gradient(feats, target).sum(dims)
+
+    def _head_gradient(
+        self, feats: torch.Tensor, grid: torch.Tensor, target: torch.Tensor
+    ) -> HeadGradient:
+        """Per-cell gradient ``G`` (on ``grid``'s cells) and class weights ``alpha``."""
+        b, c, h, w = grid.shape
+        if self._exact_head:
+            rows = self._class_rows(c, target)
+            return HeadGradient(
+                cells=(rows / (h * w))[:, :, None, None].expand(b, c, h, w), alpha=rows
+            )
+        grad = self._raw_gradient(feats, target)
+        alpha = grad.sum(spatial_dims(self.model, feats))
+        if grad.ndim == 3:
+            prefix = num_prefix_tokens(self.model)
+            cells = grad[:, prefix:].transpose(1, 2).reshape(b, c, h, w)
+            if prefix:  # prefix tokens have no cell: their share is spread evenly
+                cells = cells + grad[:, :prefix].sum(1)[:, :, None, None] / (h * w)
+        else:
+            cells = to_grid(self.model, grad, None)
+        return HeadGradient(cells=cells, alpha=alpha)
+
+    # -- passes ------------------------------------------------------------------------------
+
+    def _check_inputs(self, images: torch.Tensor, target: torch.Tensor | None) -> None:
+        # metadata only, plus a range check of ``target`` that is queued (no host sync) on CUDA
+        check_tensor(images, "images", ndim=4, floating=True)
+        if self._input_conv:
+            conv = self._input_conv[0]
+            if images.shape[1] != conv.in_channels:
+                raise ValueError(
+                    f"images: expected {conv.in_channels} channels (the input layer of "
+                    f"{model_name(self.model)}), got a {_describe(images)}"
+                )
+            weight_dtype = conv.weight.dtype
+            if images.dtype != weight_dtype and not torch.is_autocast_enabled(images.device.type):
+                raise TypeError(
+                    f"images: expected dtype {weight_dtype} (the model's weights; cast the images "
+                    f"or run under torch.autocast), got a {_describe(images)}"
+                )
+        if target is not None:
+            check_labels(target, "target", self.num_classes, batch=images.shape[0])
+
+    def _cams_from(
+        self,
+        feats: torch.Tensor,
+        logits: torch.Tensor,
+        images: torch.Tensor,
+        target: torch.Tensor | None,
+    ) -> CAMOutput:
+        grid = to_grid(self.model, feats, (images.shape[-2], images.shape[-1]))
+        cls = logits.detach().argmax(1) if target is None else target.to(logits.device).long()
+        cams = compute_cams(self._method, grid, self._head_gradient(feats, grid, cls))
+        return CAMOutput(logits=logits, features=grid, cams=cams, target=cls)
+
+    def forward(self, images: torch.Tensor, target: torch.Tensor | None = None) -> CAMOutput:
+        """One forward of the model returning logits, features and the method's CAMs.
+
+        Args:
+            images: ``(B, 3, H, W)`` float input batch.
+            target: ``(B,)`` int64 class whose CAM to compute; ``None`` for the predicted class.
+
+        Returns:
+            [`CAMOutput`][camkit.CAMOutput] with ``logits`` identical to ``model(images)``.
+
+        Raises:
+            TypeError: ``images`` is not floating point, or (outside ``torch.autocast``) its
+                dtype differs from the model's weights; ``target`` is not an integer tensor.
+            ValueError: ``images`` is not 4-D or has a channel count other than the model's
+                input layer's; ``target`` is not ``(B,)`` or has a class outside ``[0, K)`` (on
+                an accelerator the range check is queued with ``torch._assert_async`` and
+                fails at the next synchronisation instead).
+        """
+        self._check_inputs(images, target)
+        feats = self.model.forward_features(images)
+        logits = self.model.forward_head(feats)
+        return self._cams_from(feats, logits, images, target)
+
+    @torch.no_grad()
+    def forward_frozen(self, images: torch.Tensor, target: torch.Tensor | None = None) -> CAMOutput:
+        """A side pass with autograd off that leaves the model exactly as it was.
+
+        Runs in the model's current mode (train mode keeps batch statistics, as the training
+        forward does) inside [`frozen_state`][camkit.frozen_state], so BatchNorm running
+        statistics and every other buffer are unchanged and ``model.training`` is never touched.
+        SnapMix uses it for the CAMs of the un-mixed batch; the TTA for its prediction pass.
+
+        Args:
+            images: ``(B, 3, H, W)`` float input batch.
+            target: ``(B,)`` int64 class whose CAM to compute; ``None`` for the predicted class.
+
+        Returns:
+            [`CAMOutput`][camkit.CAMOutput]; nothing in it requires grad.
+
+        Raises:
+            TypeError: as [`forward`][camkit.CAMExtractor.forward].
+            ValueError: as [`forward`][camkit.CAMExtractor.forward].
+        """
+        self._check_inputs(images, target)
+        with frozen_state(self.model):
+            feats = self.model.forward_features(images)
+            logits = self.model.forward_head(feats)
+        return self._cams_from(feats, logits, images, target)

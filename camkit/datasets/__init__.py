@@ -1,0 +1,37 @@
+"""Datasets used by the camkit examples and benchmarks.
+
+Image datasets follow the torchvision convention: ``dataset[i]`` returns ``(image, label)``, where
+``image`` is a PIL RGB image passed through ``transform`` when one is given.
+
+- `COVIDCT`: UCSD COVID-CT ("site B") with its official train/val/test lists.
+- `SARSCoV2CT`: the SARS-CoV-2 CT-scan dataset ("site A") with a seeded, stratified split.
+- `COVIDxCT`: COVIDx-CT, read from its ``<file> <class> <box>`` list files.
+- `load_digits_npz`, `DigitsDataset`, `mnist`, `usps`: digit datasets as float tensors in
+  ``[0, 1]``.
+- `build_mnist_m`, `mnist_m`: MNIST-M built from MNIST and BSDS500 photographs.
+
+Every loader takes the paths it reads as arguments: camkit does not look for a data folder.
+
+Every loader checks its inputs up front. A missing folder or file, an unknown split, an empty split,
+a name in a list that is not on disk and a malformed list line all raise ``FileNotFoundError`` or
+``ValueError``. The message names the file, and the line number for list files. Nothing is skipped
+silently. An image that cannot be decoded raises ``OSError`` naming the file when it is loaded.
+"""
+
+from camkit.datasets._io import IMAGE_EXTENSIONS
+from camkit.datasets.covid import COVIDCT, COVIDxCT, SARSCoV2CT
+from camkit.datasets.digits import DigitsDataset, load_digits_npz, mnist, usps
+from camkit.datasets.mnist_m import build_mnist_m, mnist_m
+
+__all__ = [
+    "COVIDCT",
+    "IMAGE_EXTENSIONS",
+    "COVIDxCT",
+    "DigitsDataset",
+    "SARSCoV2CT",
+    "build_mnist_m",
+    "load_digits_npz",
+    "mnist",
+    "mnist_m",
+    "usps",
+]

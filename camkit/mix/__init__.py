@@ -1,0 +1,25 @@
+"""CAM-weighted mixing: SnapMix (Huang et al., AAAI 2021), batched on the device.
+
+Each image ``a`` receives, in a box A, the content of a box B of its partner ``b`` (a random
+permutation of the batch), resized bilinearly. Its soft target is:
+
+    y = ρ_a · onehot(y_a) + ρ_b · onehot(y_b),
+    ρ_a = 1 − Σ_{box A} S_a,    ρ_b = Σ_{box B} S_b,
+
+with ``S`` the class activation map of each un-mixed image for its own label, upsampled to the
+image size and normalised to a spatial distribution
+([`normalize_cams`][camkit.normalize_cams], ``"distribution"``). ``ρ_a + ρ_b`` need not be 1.
+The loss ``ρ_a·CE(y_a) + ρ_b·CE(y_b)`` is timm's ``SoftTargetCrossEntropy`` on these targets.
+
+As in kornia's augmentations, the random draws are separate from their application:
+[`SnapMix.sample`][camkit.SnapMix.sample] draws a [`SnapMixParams`][camkit.SnapMixParams] with
+the module's settings and generator, and [`SnapMix`][camkit.SnapMix] (or the function
+[`snapmix`][camkit.snapmix]) applies given draws exactly, as pure tensor code without per-sample
+Python loops or host synchronisation. Batch-mode draws are made on the host and record the shared
+box as host ints, so the paste is a slice write into one copy of the batch; the label weights are
+computed at the CAMs' resolution, never on maps upsampled to the image size.
+"""
+
+from camkit.mix._snapmix import SnapMix, SnapMixParams, snapmix
+
+__all__ = ["SnapMix", "SnapMixParams", "snapmix"]

@@ -1,0 +1,335 @@
+"""SnapMix: its draws (`SnapMixParams`), its settings, the function and the Module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from camkit._checks import (
+    check_choice,
+    check_int,
+    check_labels,
+    check_positive,
+    check_probability,
+    check_tensor,
+)
+from camkit.mix._ops import mix_weights, paste, soft_targets
+from camkit.mix._random import _sample_beta_device, _sample_beta_host, _sample_boxes
+
+BoxMode = Literal["batch", "sample"]
+LabelWeights = Literal["cam", "area"]
+Box = tuple[int, int, int, int]
+
+
+class SnapMixParams(NamedTuple):
+    """The random draws of one SnapMix call ([`SnapMix.sample`][camkit.SnapMix.sample]).
+
+    Attributes:
+        perm: ``(B,)`` partner index of each image.
+        box_a: ``(B, 4)`` box receiving the paste in each image, ``(y0, x0, y1, x1)``, half-open.
+        box_b: ``(B, 4)`` box cut from the partner.
+        apply: ``(B,)`` bool, whether the image is mixed (the ``prob`` coin, and both boxes
+            non-empty).
+        shared_box: ``(box_a, box_b, mixed)`` as host ints when the whole batch shares one box
+            pair and coin drawn on the host (``box_mode="batch"`` with a CPU generator or none),
+            recorded at sampling; ``None`` otherwise. With it the paste is a slice write and
+            nothing is read back from the tensors. It must agree with them: when editing the
+            tensors by hand, set it to ``None`` (``params._replace(apply=..., shared_box=None)``).
+    """
+
+    perm: torch.Tensor
+    box_a: torch.Tensor
+    box_b: torch.Tensor
+    apply: torch.Tensor
+    shared_box: tuple[Box, Box, bool] | None = None
+
+
+@dataclass(frozen=True)
+class _SnapMixConfig:
+    """SnapMix's settings, validated once when built (by `SnapMix` or `snapmix`)."""
+
+    num_classes: int
+    alpha: float = 1.0
+    prob: float = 1.0
+    box_mode: BoxMode = "batch"
+    label_weights: LabelWeights = "cam"
+    same_label_bonus: bool = False
+
+    def __post_init__(self) -> None:
+        check_int(self.num_classes, "num_classes", minimum=1)
+        set_ = object.__setattr__
+        set_(self, "alpha", check_positive(self.alpha, "alpha"))
+        set_(self, "prob", check_probability(self.prob, "prob"))
+        check_choice(self.box_mode, "box_mode", ("batch", "sample"))
+        check_choice(self.label_weights, "label_weights", ("cam", "area"))
+        set_(self, "same_label_bonus", bool(self.same_label_bonus))
+
+
+@torch.compiler.disable  # host-side draws (numpy, Python ints): one opaque call under compile
+def _sample_snapmix_params(
+    config: _SnapMixConfig,
+    batch_size: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> SnapMixParams:
+    """Draw the partner permutation, the boxes and the coin on ``device`` (see `SnapMix.sample`)."""
+    draws = 1 if config.box_mode == "batch" else batch_size
+    host = device.type == "cpu"
+    perm = torch.randperm(batch_size, generator=generator, device=device)
+    if host:
+        lam = _sample_beta_host(config.alpha, (2 * draws,), generator)
+    else:
+        lam = _sample_beta_device(config.alpha, (2 * draws,), generator, device)
+    boxes = _sample_boxes(lam, height, width, generator).view(2, draws, 4)
+    coin = torch.rand(draws, generator=generator, device=device) < config.prob
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    apply = coin & (area > 0).all(0)
+    shared = None
+    if host and config.box_mode == "batch":  # CPU tensors: reading them is no device sync
+        box_a, box_b = (tuple(boxes[k, 0].tolist()) for k in (0, 1))
+        shared = (box_a, box_b, bool(apply[0]))
+    return SnapMixParams(
+        perm=perm,
+        box_a=boxes[0].expand(batch_size, 4).contiguous(),
+        box_b=boxes[1].expand(batch_size, 4).contiguous(),
+        apply=apply.expand(batch_size).contiguous(),
+        shared_box=shared,
+    )
+
+
+def _draw_device(
+    device: torch.device | str | None, generator: torch.Generator | None
+) -> torch.device:
+    if device is None:
+        return generator.device if generator is not None else torch.device("cpu")
+    device = torch.device(device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"device: expected the generator's device ({generator.device}), got {device}"
+        )
+    return device
+
+
+def _mix(
+    config: _SnapMixConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cams: torch.Tensor,
+    params: SnapMixParams | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the inputs, draw ``params`` when not given, and apply them (``config`` is valid)."""
+    check_tensor(images, "images", ndim=4, floating=True)
+    b, _, h, w = images.shape
+    check_tensor(cams, "cams", ndim=3, floating=True)
+    if cams.shape[0] != b:
+        raise ValueError(f"cams: expected {b} maps (one per image), got shape {tuple(cams.shape)}")
+    if params is None:
+        if generator is not None:
+            device = generator.device
+        else:  # batch draws on the host: the shared box is then known without a device sync
+            device = torch.device("cpu") if config.box_mode == "batch" else images.device
+        params = _sample_snapmix_params(config, b, h, w, generator, device)
+    else:
+        if not isinstance(params, SnapMixParams):
+            raise TypeError(f"params: expected a SnapMixParams, got {type(params).__name__}")
+        check_tensor(params.perm, "params.perm", shape=(b,), floating=False)
+        check_tensor(params.apply, "params.apply", shape=(b,), dtype=torch.bool)
+        check_tensor(params.box_a, "params.box_a", shape=(b, 4), floating=False)
+        check_tensor(params.box_b, "params.box_b", shape=(b, 4), floating=False)
+    # after the draws (under torch.compile a check before them would be a graph of its own):
+    # checked at once on the CPU, queued with torch._assert_async (no host sync) on the device
+    check_labels(labels, "labels", config.num_classes, batch=b)
+    labels = labels.long()  # uint8/int32 labels are valid; the scatters need int64
+    mixed = paste(images, params)
+    maps = torch.zeros_like(cams, dtype=torch.float32) if config.label_weights == "area" else cams
+    rho_a, rho_b = mix_weights(maps.to(images.device), params, (h, w))
+    soft = soft_targets(
+        labels.to(images.device),
+        params,
+        rho_a,
+        rho_b,
+        config.num_classes,
+        same_label_bonus=config.same_label_bonus,
+        dtype=torch.promote_types(images.dtype, torch.float32),
+    )
+    return mixed, soft
+
+
+def snapmix(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cams: torch.Tensor,
+    num_classes: int,
+    *,
+    alpha: float = 1.0,
+    prob: float = 1.0,
+    box_mode: BoxMode = "batch",
+    label_weights: LabelWeights = "cam",
+    same_label_bonus: bool = False,
+    generator: torch.Generator | None = None,
+    params: SnapMixParams | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SnapMix a batch: the functional form of [`SnapMix`][camkit.SnapMix] (same arguments).
+
+    Without ``params`` the draws are made where ``generator`` lives; without one, on the host for
+    ``box_mode="batch"`` (the shared box is then pasted as a slice) and on the images' device for
+    ``"sample"``. With ``params`` (from [`SnapMix.sample`][camkit.SnapMix.sample]) those draws
+    are replayed and ``alpha``, ``prob``, ``box_mode`` and ``generator`` are not used.
+
+    Returns:
+        ``(mixed (B, C, H, W), soft_targets (B, K))``.
+
+    Examples:
+        >>> images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+        >>> mixed, soft = snapmix(images, labels, torch.rand(4, 4, 4), num_classes=2)
+        >>> mixed.shape, soft.shape
+        (torch.Size([4, 3, 32, 32]), torch.Size([4, 2]))
+    """
+    config = _SnapMixConfig(num_classes, alpha, prob, box_mode, label_weights, same_label_bonus)
+    return _mix(config, images, labels, cams, params, generator)
+
+
+def _setting(name: str) -> property:
+    return property(lambda self: getattr(self.config, name), doc=f"`config.{name}` (read-only).")
+
+
+class SnapMix(nn.Module):
+    """SnapMix (Huang et al., AAAI 2021) as a batch transform for the training step.
+
+    Each image ``a`` receives, in a box A, the content of a box B of its partner ``b`` (a random
+    permutation of the batch), resized bilinearly, and the soft target
+    ``ρ_a·onehot(y_a) + ρ_b·onehot(y_b)`` weighted by the CAMs of the un-mixed images. It needs
+    those CAMs, so it runs inside the training step (not in a DataLoader worker): get them from
+    [`CAMExtractor.forward_frozen`][camkit.CAMExtractor.forward_frozen], mix, then train on
+    ``mixed`` with timm's ``SoftTargetCrossEntropy`` and ``soft``. Nothing is read back from the
+    device: with ``box_mode="batch"`` the draws are made on the host (a CPU generator), with
+    ``"sample"`` on the images' device. [`sample`][camkit.SnapMix.sample] draws a
+    [`SnapMixParams`][camkit.SnapMixParams] that ``forward`` (or `snapmix`) replays exactly.
+
+    Convention:
+        ``mixed[i] = images[i]`` outside ``box_a[i]``; inside, the bilinear resize
+        (``align_corners=False``) of ``images[perm[i]]``'s ``box_b[i]``.
+        ``S = normalize_cams(upsample_cams(cams, (H, W)), "distribution")`` (computed at the CAMs'
+        resolution); ``ρ_a = 1 − ΣS_i(box_a)``, ``ρ_b = ΣS_{perm[i]}(box_b)``; ``ρ_a + ρ_b``
+        need not be 1. Un-mixed images keep ``onehot(y_i)``. Box sizes: ``λ ~ Beta(α, α)``, side
+        ratio ``sqrt(1 − λ)``, uniform centre, clipped to the image (CutMix); ``box_mode="batch"``
+        draws one box pair and one coin for the batch (the released code), ``"sample"`` one per
+        image; an image with an empty box is not mixed; self-pairs are allowed.
+        ``label_weights="area"`` uses uniform maps (CutMix area ratios). ``same_label_bonus=True``
+        (the released code) sets both weights to ``ρ_a + ρ_b`` when the two labels agree.
+
+    Args:
+        num_classes: number of classes ``K``.
+        alpha: Beta parameter α > 0 (paper: 1.0).
+        prob: probability that a batch (``"batch"``) or an image (``"sample"``) is mixed.
+        generator: random generator for reproducible draws: a CPU generator for
+            ``box_mode="batch"`` (one on the images' device also works, but the paste then takes
+            the general ``grid_sample`` path), one on the images' device for ``"sample"``.
+        box_mode: ``"batch"`` or ``"sample"``.
+        label_weights: ``"cam"`` (SnapMix) or ``"area"``.
+        same_label_bonus: the released code's weighting of same-label pairs (off by default).
+
+    Shape:
+        - images: ``(B, C, H, W)`` float (not modified).
+        - labels: ``(B,)`` integer class indices in ``[0, K)``.
+        - cams: ``(B, h, w)`` CAMs of the un-mixed images for their labels, any resolution.
+        - Output: ``mixed`` ``(B, C, H, W)`` of ``images``' dtype (``images`` itself when the
+          batch's coin leaves it un-mixed) and ``soft`` ``(B, K)``, float32 or wider.
+
+    Raises:
+        ValueError: a label outside ``[0, K)`` (on an accelerator the check is queued with
+            ``torch._assert_async`` and fails at the next synchronisation), or an argument of the
+            wrong shape or value.
+        TypeError: an argument of the wrong type or dtype.
+
+    Examples:
+        >>> import timm, torch
+        >>> from camkit import CAMExtractor, SnapMix
+        >>> model = timm.create_model("resnet18", pretrained=False, num_classes=2)
+        >>> ext, mix = CAMExtractor(model), SnapMix(num_classes=2)
+        >>> images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 1, 0])
+        >>> cams = ext.forward_frozen(images, labels).cams
+        >>> mixed, soft = mix(images, labels, cams)
+        >>> soft.shape
+        torch.Size([4, 2])
+        >>> params = mix.sample(4, 64, 64)  # drawn once, replayed exactly
+        >>> torch.equal(mix(images, labels, cams, params)[0], mix(images, labels, cams, params)[0])
+        True
+    """
+
+    num_classes = _setting("num_classes")
+    alpha = _setting("alpha")
+    prob = _setting("prob")
+    box_mode = _setting("box_mode")
+    label_weights = _setting("label_weights")
+    same_label_bonus = _setting("same_label_bonus")
+
+    def __init__(
+        self,
+        num_classes: int,
+        alpha: float = 1.0,
+        prob: float = 1.0,
+        generator: torch.Generator | None = None,
+        *,
+        box_mode: BoxMode = "batch",
+        label_weights: LabelWeights = "cam",
+        same_label_bonus: bool = False,
+    ) -> None:
+        super().__init__()
+        self.config = _SnapMixConfig(
+            num_classes, alpha, prob, box_mode, label_weights, same_label_bonus
+        )
+        self.generator = generator
+
+    def sample(
+        self, batch_size: int, height: int, width: int, *, device: torch.device | str | None = None
+    ) -> SnapMixParams:
+        """Draw the partner permutation, the boxes and the coin for a batch, with this generator.
+
+        Convention:
+            ``λ_a, λ_b ~ Beta(α, α)`` independently give the sizes of box A (in the image) and
+            box B (in its partner). Draws on the host take their Beta variates from numpy, seeded
+            from the generator; draws on an accelerator stay in torch.
+
+        Args:
+            batch_size: ``B`` ≥ 1.
+            height: image height ``H`` ≥ 1.
+            width: image width ``W`` ≥ 1.
+            device: where to draw (default: the generator's device, else the host). Draws on the
+                host with ``box_mode="batch"`` record the shared box as host ints.
+
+        Returns:
+            A [`SnapMixParams`][camkit.SnapMixParams] on ``device``.
+        """
+        check_int(batch_size, "batch_size", minimum=1)
+        check_int(height, "height", minimum=1)
+        check_int(width, "width", minimum=1)
+        where = _draw_device(device, self.generator)
+        return _sample_snapmix_params(self.config, batch_size, height, width, self.generator, where)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        cams: torch.Tensor,
+        params: SnapMixParams | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mix ``images`` with their ``labels`` and ``cams``: new draws, or replay ``params``.
+
+        Returns ``(mixed, soft)``; see the class doc for the convention and the shapes.
+        """
+        return _mix(self.config, images, labels, cams, params, self.generator)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"num_classes={c.num_classes}, alpha={c.alpha}, prob={c.prob}, "
+            f"box_mode={c.box_mode!r}, label_weights={c.label_weights!r}, "
+            f"same_label_bonus={c.same_label_bonus}"
+        )
