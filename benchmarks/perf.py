@@ -101,6 +101,12 @@ TARGETS: list[tuple[str, str, Callable[[float], bool] | None]] = [
     ("train_step_ratio_snapmix", "(info; floor ≈ 1.3×)", None),
     ("train_step_ratio_full", "≤ 1.35× plain", lambda v: v <= 1.35),
     ("train_step_ratio_full_vs_hand", "≤ 1.02× (TrainStep / hand-written)", lambda v: v <= 1.02),
+    (
+        "train_step_ratio_full_fast",
+        "≤ 1.10× plain (SnapMix from the mixed CAMs)",
+        lambda v: v <= 1.10,
+    ),
+    ("train_step_ratio_full_fast_collated", "(info: mixed in the DataLoader)", None),
     ("train_step_ratio_timm_cutmix", "(peer)", None),
     ("cam_speedup_vs_gradcam", "≥ 3×", lambda v: v >= 3.0),
     ("cam_corr_vs_gradcam", "≥ 0.999", lambda v: v >= 0.999),

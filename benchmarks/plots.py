@@ -35,6 +35,7 @@ PERF_KEYS = [
     ("train_step_ratio_snapmix", "step + SnapMix / plain", None, True),
     ("train_step_ratio_full", "full step / plain", 1.35, True),
     ("train_step_ratio_full_vs_hand", "TrainStep / hand-written step", 1.02, True),
+    ("train_step_ratio_full_fast", "full step, weights from mixed CAMs / plain", 1.10, True),
     ("train_step_ratio_timm_cutmix", "timm CutMix step / plain (peer)", None, True),
     ("memory_ratio_full", "full step memory / plain", 1.25, True),
     ("cam_speedup_vs_gradcam", "CAM speed-up vs pytorch-grad-cam", 3.0, False),

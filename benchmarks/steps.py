@@ -7,6 +7,11 @@ examples use); ``ce`` = cross-entropy, SGD with Nesterov momentum:
 - ``cpe``: ``TrainStep(model, cpe=ContrastivePatchLoss())(x, y).loss``
 - ``snapmix``: ``TrainStep(model, snapmix=SnapMix(2))(x, y).loss``
 - ``full``: ``TrainStep(model, snapmix=SnapMix(2), cpe=ContrastivePatchLoss())(x, y).loss``
+- ``full_fast``: ``TrainStep(model, snapmix=SnapMix(2, cam_source="mixed"), cpe=...)``: SnapMix
+  without the extra forward (label weights from the training forward's CAMs of the mixed batch)
+- ``full_fast_collated``: the same step given a batch mixed beforehand (as by
+  ``camkit.SnapMixCollate`` in a DataLoader worker): ``step(xm, y, mixed_params=params)``; the
+  host paste is not timed, as it runs in the workers
 - ``full_hand``: the same step written by hand from the parts, as the README did before
   ``TrainStep`` existed (``cams = ext.forward_frozen(x, y).cams; xm, soft = mix(x, y, cams);
   out = ext(xm, soft.argmax(1)); loss = soft_ce(out.logits, soft) + cpe(out.features,
@@ -31,9 +36,18 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-from camkit import CAMExtractor, ContrastivePatchLoss, SnapMix, TrainStep
+from camkit import CAMExtractor, ContrastivePatchLoss, SnapMix, SnapMixCollate, TrainStep
 
-STEP_VARIANTS = ("plain", "cpe", "snapmix", "full", "full_hand", "timm_cutmix")
+STEP_VARIANTS = (
+    "plain",
+    "cpe",
+    "snapmix",
+    "full",
+    "full_fast",
+    "full_fast_collated",
+    "full_hand",
+    "timm_cutmix",
+)
 PART_VARIANTS = ("frozen_fwd", "nograd_fwd", "snapmix_op")
 
 
@@ -63,6 +77,9 @@ class StepBench:
             "cpe": TrainStep(self.model, cpe=self.cpe),
             "snapmix": TrainStep(self.model, snapmix=self.mix),
             "full": TrainStep(self.model, snapmix=self.mix, cpe=self.cpe),
+            "full_fast": TrainStep(
+                self.model, snapmix=SnapMix(num_classes, cam_source="mixed"), cpe=self.cpe
+            ),
         }
         self.timm_mix = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, num_classes=num_classes)
         # small lr: the weights barely move over a benchmark's steps on random data
@@ -74,6 +91,10 @@ class StepBench:
         self.y = (torch.arange(batch) % num_classes)[torch.randperm(batch, generator=gen)].to(
             device
         )
+        # a batch mixed beforehand for `full_fast_collated` (what SnapMixCollate hands the step)
+        collate = SnapMixCollate(SnapMix(num_classes, cam_source="mixed"))
+        xm, ym, self.premixed_params = collate(list(zip(self.x.cpu(), self.y.cpu(), strict=True)))
+        self.premixed = (xm.to(device), ym.to(device))
         # given CAMs for `snapmix_op`, at the model's feature resolution
         grid = self.ext.forward_frozen(self.x, self.y).cams.shape[-2:]
         self.cams = torch.randn(batch, *grid, generator=gen).to(device)
@@ -98,6 +119,14 @@ class StepBench:
 
     def full(self) -> None:
         self._update(self.steps["full"](self.x, self.y).loss)
+
+    def full_fast(self) -> None:
+        self._update(self.steps["full_fast"](self.x, self.y).loss)
+
+    def full_fast_collated(self) -> None:
+        xm, ym = self.premixed
+        out = self.steps["full_fast"](xm, ym, mixed_params=self.premixed_params)
+        self._update(out.loss)
 
     def full_hand(self) -> None:
         x, y = self.x, self.y
@@ -130,6 +159,8 @@ class StepBench:
             "cpe": self.cpe_step,
             "snapmix": self.snapmix,
             "full": self.full,
+            "full_fast": self.full_fast,
+            "full_fast_collated": self.full_fast_collated,
             "full_hand": self.full_hand,
             "timm_cutmix": self.timm_cutmix,
             "frozen_fwd": self.frozen_fwd,

@@ -51,7 +51,7 @@ from camkit.io import (
 )
 from camkit.losses import ContrastivePatchLoss, contrastive_patch_loss
 from camkit.metrics import classification_metrics, evaluate, format_table
-from camkit.mix import SnapMix, SnapMixParams, snapmix
+from camkit.mix import SnapMix, SnapMixCollate, SnapMixParams, snapmix
 from camkit.train import TrainStep, TrainStepOutput, soft_cross_entropy
 from camkit.tta import CAMMaskingTTA, DeletionCurve, TTAResult, deletion_auc, deletion_curve
 from camkit.viz import (
@@ -79,6 +79,7 @@ __all__ = [
     "DigitsDataset",
     "SARSCoV2CT",
     "SnapMix",
+    "SnapMixCollate",
     "SnapMixParams",
     "SnapMixTask",
     "TTAResult",

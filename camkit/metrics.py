@@ -2,10 +2,10 @@
 
 The paper reports accuracy, precision, recall and F1 of the positive class (COVID = class 1) on the
 binary site-A/B tasks, and accuracy plus per-class sensitivity (recall) and PPV (precision) on
-COVIDx-CT. [`classification_metrics`][camkit.metrics.classification_metrics] builds them as one
+COVIDx-CT. [`classification_metrics`][camkit.classification_metrics] builds them as one
 torchmetrics ``MetricCollection``, so they accumulate over batches and synchronise across
-processes; [`evaluate`][camkit.metrics.evaluate] runs a model (optionally through the CAM-masking
-TTA) over a test set held in memory; [`format_table`][camkit.metrics.format_table] prints
+processes; [`evaluate`][camkit.evaluate] runs a model (optionally through the CAM-masking
+TTA) over a test set held in memory; [`format_table`][camkit.format_table] prints
 ``mean ± std`` over seeds. Every score is a fraction in ``[0, 1]``; one whose denominator is zero
 (no prediction or no target of a class) is ``0``, never NaN (torchmetrics' ``zero_division=0``).
 """

@@ -1,7 +1,7 @@
 """The camkit training step: frozen CAM pass, SnapMix, one training forward, soft-target CE, CPE.
 
-:class:`TrainStep` is the whole step as one ``nn.Module``, so the three places people train wrap it
-the way they wrap a model:
+[`TrainStep`][camkit.TrainStep] is the whole step as one ``nn.Module``, so the three places people
+train wrap it the way they wrap a model:
 
 - a plain loop: ``out = step(images, labels); out.loss.backward(); opt.step()``;
 - DDP: ``DDP(TrainStep(model, ...))`` — the step's forward runs inside DDP's, so every gradient
@@ -25,7 +25,8 @@ from torch import nn
 from camkit._checks import check_labels, check_positive, check_probability, check_tensor
 from camkit.cam._extractor import CAMExtractor, refuse_wrappers
 from camkit.losses import ContrastivePatchLoss
-from camkit.mix import SnapMix
+from camkit.mix import SnapMix, SnapMixParams
+from camkit.mix._snapmix import _draws
 
 __all__ = ["TrainStep", "TrainStepOutput", "soft_cross_entropy"]
 
@@ -33,7 +34,7 @@ SoftCriterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class TrainStepOutput(NamedTuple):
-    """What one call of :class:`TrainStep` returns.
+    """What one call of [`TrainStep`][camkit.TrainStep] returns.
 
     Attributes:
         loss: scalar, differentiable: ``classification_loss + cpe_weight * cpe_loss``.
@@ -73,8 +74,9 @@ class TrainStep(nn.Module):
     """One training step of the paper's recipe as a module: ``step(images, labels).loss``.
 
     For a batch ``(images, labels)`` it computes, with SnapMix, the CAMs of the un-mixed batch
-    for the labels in a frozen side pass (:meth:`CAMExtractor.forward_frozen`: autograd off,
-    BatchNorm statistics untouched), mixes the batch, then runs **one** training forward of the
+    for the labels in a frozen side pass
+    ([`CAMExtractor.forward_frozen`][camkit.CAMExtractor.forward_frozen]: autograd off, BatchNorm
+    statistics untouched), mixes the batch, then runs **one** training forward of the
     model; the loss is the criterion on the soft targets plus, with CPE, ``cpe_weight`` times the
     contrastive patch loss on that forward's features, the cells ranked by the CAM of each image's
     dominant target class. Without SnapMix the targets are the one-hot labels; with neither part
@@ -88,24 +90,24 @@ class TrainStep(nn.Module):
     Shape:
         - images: ``(B, C, H, W)`` float, the model's normalised input.
         - labels: ``(B,)`` int64 class indices in ``[0, K)``.
-        - output: :class:`TrainStepOutput` with ``loss`` ``()``, ``logits`` and ``targets``
-          ``(B, K)``.
+        - output: [`TrainStepOutput`][camkit.TrainStepOutput] with ``loss`` ``()``, ``logits``
+          and ``targets`` ``(B, K)``.
 
     Distributed and compiled training:
         Wrap the step, never the model: ``DDP(TrainStep(model, ...))`` keeps every rank in sync
         (the training forward runs inside DDP's forward), and
         ``torch.compile(TrainStep(model, ...))`` compiles the step. Graph breaks remain where the
         step leaves tensor code on purpose: the host-side SnapMix draws (Python random numbers so
-        the box is known without a device sync) and, for heads whose CAM is not exact, the
-        head-gradient ``torch.autograd.grad``.
+        the box is known without a device sync), the cached resize tables of the label weights
+        and, for heads whose CAM is not exact, the head-gradient ``torch.autograd.grad``.
 
     Args:
         model: a timm classifier (unwrapped: not DDP, not compiled). With neither SnapMix nor
             CPE any classifier returning ``(B, K)`` logits works.
-        snapmix: the :class:`SnapMix` transform, or ``None``.
-        cpe: the :class:`ContrastivePatchLoss`, or ``None``.
+        snapmix: the [`SnapMix`][camkit.SnapMix] transform, or ``None``.
+        cpe: the [`ContrastivePatchLoss`][camkit.ContrastivePatchLoss], or ``None``.
         criterion: ``criterion(logits, soft_targets) -> scalar`` (default
-            :func:`soft_cross_entropy`, timm's ``SoftTargetCrossEntropy``).
+            [`soft_cross_entropy`][camkit.soft_cross_entropy], timm's ``SoftTargetCrossEntropy``).
         cpe_weight: weight ``λ ≥ 0`` of the CPE term (paper: 1).
         label_smoothing: ``ε`` in ``[0, 1)``; targets become ``(1 − ε)·t + ε/K``.
 
@@ -113,7 +115,8 @@ class TrainStep(nn.Module):
         model: the model being trained (its parameters are the step's parameters, so
             ``step.parameters()``, ``step.model.state_dict()`` and an EMA of ``step.model`` are
             the model's).
-        extractor: the :class:`CAMExtractor` of ``model`` (``None`` with neither part).
+        extractor: the [`CAMExtractor`][camkit.CAMExtractor] of ``model`` (``None`` with neither
+            part).
         num_classes: ``K``.
 
     Raises:
@@ -191,11 +194,18 @@ class TrainStep(nn.Module):
             return targets
         return targets * (1.0 - self.label_smoothing) + self.label_smoothing / targets.shape[1]
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> TrainStepOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mixed_params: SnapMixParams | None = None,
+    ) -> TrainStepOutput:
         """Compute the step's loss for ``images`` (B, C, H, W) and ``labels`` (B,); see the class.
 
         The model's mode is not changed (put it in train mode yourself); only the training
-        forward updates BatchNorm statistics.
+        forward updates BatchNorm statistics. ``mixed_params``: the draws with which
+        [`SnapMixCollate`][camkit.SnapMixCollate] already mixed ``images`` (with
+        ``SnapMix(cam_source="mixed")`` only); the step then only weighs the labels.
         """
         check_tensor(images, "images", ndim=4, floating=True)
         batch = images.shape[0]
@@ -203,10 +213,20 @@ class TrainStep(nn.Module):
             check_labels(labels, "labels", self.num_classes, batch=batch)
         else:
             check_tensor(labels, "labels", shape=(batch,), floating=False)
+        if mixed_params is not None and (
+            self.snapmix is None or self.snapmix.cam_source != "mixed"
+        ):
+            raise ValueError(
+                "mixed_params: images mixed in the DataLoader need a step with "
+                "SnapMix(cam_source='mixed'), which weighs the labels in the training forward; "
+                f"this step has snapmix={self.snapmix!r}"
+            )
         # int64 for the one-hot and SnapMix scatters; non_blocking: a pageable host-to-device
         # copy would otherwise synchronise the stream
         labels = labels.to(images.device, torch.long, non_blocking=True)
 
+        if self.snapmix is not None and self.snapmix.cam_source == "mixed":
+            return self._mixed_cam_step(images, labels, mixed_params)
         if self.snapmix is not None:
             cams = self.extractor.forward_frozen(images, labels).cams
             inputs, targets = self.snapmix(images, labels, cams)
@@ -224,6 +244,40 @@ class TrainStep(nn.Module):
         if targets is None:  # one-hot by scatter: F.one_hot range-checks with a host sync on CUDA
             targets = logits.new_zeros(logits.shape, dtype=torch.float32)
             targets.scatter_(1, labels[:, None], 1.0)
+        return self._loss(inputs, logits, targets, cpe_loss)
+
+    def _mixed_cam_step(
+        self, images: torch.Tensor, labels: torch.Tensor, params: SnapMixParams | None
+    ) -> TrainStepOutput:
+        """SnapMix without the extra forward: label weights from the training forward's CAMs."""
+        if params is None:
+            inputs, params = self.snapmix.mix_images(images)
+        else:  # mixed in the DataLoader: only check the draws against the batch
+            inputs = images
+            params = _draws(self.snapmix.config, images, params, None)
+        extractor = self.extractor
+        extractor._check_inputs(inputs, labels)
+        feats = self.model.forward_features(inputs)
+        logits = self.model.forward_head(feats)
+        partner = labels[params.perm.to(labels.device, non_blocking=True)]
+        out_a = extractor._cams_from(feats, logits, inputs, labels)
+        cams_b = extractor._cams_from(feats, logits, inputs, partner).cams
+        pair = torch.stack([out_a.cams, cams_b], 1).detach().float()
+        targets = self.snapmix.targets(labels, pair, params, tuple(inputs.shape[-2:]))
+        cpe_loss = None
+        if self.cpe is not None:  # cells ranked by the CAM of each image's dominant class
+            first = targets.gather(1, labels[:, None]) >= targets.gather(1, partner[:, None])
+            cams = torch.where(first[:, :, None], out_a.cams, cams_b)
+            cpe_loss = self.cpe(out_a.features, cams)
+        return self._loss(inputs, logits, targets, cpe_loss)
+
+    def _loss(
+        self,
+        inputs: torch.Tensor,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        cpe_loss: torch.Tensor | None,
+    ) -> TrainStepOutput:
         targets = self._smooth(targets.to(torch.float32))
 
         classification_loss = self.criterion(logits, targets)

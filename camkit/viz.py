@@ -1,8 +1,8 @@
 """Seeing what camkit does: CAM overlays, SnapMix, TTA and deletion-curve figures.
 
-:func:`overlay_cams` is batched tensor code on the images' device (kornia colormaps; no OpenCV,
-no matplotlib). The figure builders return a :class:`matplotlib.figure.Figure` made without pyplot
-(no global state, no display), importing matplotlib only when called (``pip install matplotlib``).
+[`overlay_cams`][camkit.overlay_cams] is batched tensor code on the images' device (kornia
+colormaps; no OpenCV, no matplotlib). The figure builders return a matplotlib `Figure` made without
+pyplot (no global state, no display), importing matplotlib only when called.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _figure(where: str, width: float, height: float) -> Figure:
 
 @functools.lru_cache(maxsize=32)
 def _colormap(cmap: str, device: torch.device) -> object:
-    """A 256-colour :class:`kornia.color.ColorMap` on ``device``: kornia's, else matplotlib's."""
+    """A 256-colour `kornia.color.ColorMap` on ``device``: kornia's, else matplotlib's."""
     from kornia.color import ColorMap, ColorMapType
 
     if cmap.lower() in ColorMapType.list():
@@ -138,8 +138,8 @@ def overlay_cams(
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix, PNG without one), atomically.
 
-    The parent folder is created; the write is :mod:`camkit.io`'s (a temporary file in that folder,
-    ``fsync``, :func:`os.replace`), so ``path`` is never left half-written. Returns ``Path(path)``.
+    The parent folder is created; the write is `camkit.io`'s (a temporary file in that folder,
+    ``fsync``, `os.replace`), so ``path`` is never left half-written. Returns ``Path(path)``.
     """
     path = Path(path)
     fmt = path.suffix[1:].lower() or "png"
@@ -186,23 +186,23 @@ def cam_grid(
     alpha: float = 0.5,
     cmap: str = "jet",
 ) -> Figure:
-    """A grid of CAM overlays (:func:`overlay_cams`), one axes per image.
+    """A grid of CAM overlays ([`overlay_cams`][camkit.overlay_cams]), one axes per image.
 
     Titles show the label ``y``, the prediction ``pred`` and ``TTA flip`` where ``flipped`` (e.g.
     ``TTAResult.flipped``); green when the prediction equals the label, red otherwise.
 
     Args:
-        images: ``(B, C, H, W)``, see :func:`overlay_cams`.
+        images: ``(B, C, H, W)``, see [`overlay_cams`][camkit.overlay_cams].
         cams: ``(B, h, w)``.
         labels: ``B`` true classes, optional.
         preds: ``B`` predicted classes, optional.
         flipped: ``B`` flags, optional.
         class_names: names of the classes, indexed by class.
-        mean: as in :func:`overlay_cams`, and so are ``std``, ``alpha`` and ``cmap``.
+        mean: as in [`overlay_cams`][camkit.overlay_cams]; so are ``std``, ``alpha``, ``cmap``.
         ncols: number of columns, ≥ 1.
 
     Returns:
-        A :class:`~matplotlib.figure.Figure` with ``B`` axes.
+        A `Figure` with ``B`` axes.
     """
     overlays = overlay_cams(images, cams, mean=mean, std=std, alpha=alpha, cmap=cmap)
     b = overlays.shape[0]
@@ -247,11 +247,11 @@ def snapmix_figure(
         params: the [`SnapMixParams`][camkit.SnapMixParams] of the batch.
         index: which image ``a`` to show.
         class_names: names of the classes.
-        mean: as in :func:`overlay_cams`, and so are ``std``, ``alpha`` and ``cmap``.
+        mean: as in [`overlay_cams`][camkit.overlay_cams]; so are ``std``, ``alpha``, ``cmap``.
 
     Returns:
-        A :class:`~matplotlib.figure.Figure` with 5 axes: image a with box A, image b with box B,
-        the mixed image with box A, CAM a, CAM b; ``ρ_a`` and ``ρ_b`` in the mixed image's title.
+        A `Figure` with 5 axes: image a with box A, image b with box B, the mixed image with box A,
+        CAM a, CAM b; ``ρ_a`` and ``ρ_b`` in the mixed image's title.
     """
     b = check_tensor(images, "images", ndim=4, floating=True).shape[0]
     check_tensor(labels, "labels", shape=(b,), floating=False)
@@ -303,22 +303,22 @@ def tta_figure(
     """The CAM-masking TTA of image ``index``: masked copies and ``P(pred)`` against the step.
 
     The image's CAM is recomputed with ``tta``'s extractor (one forward) and the copies masked as
-    :meth:`~camkit.tta.CAMMaskingTTA.predict` masks them (:func:`~camkit.tta.cell_ranks`,
-    :func:`~camkit.tta.masked_copies`, ``tta.mask_value``). Only evaluated steps are drawn (the
-    early exit leaves others NaN); a title is green when its copy supports the prediction (P > θ).
+    [`CAMMaskingTTA.predict`][camkit.CAMMaskingTTA.predict] masks them (with ``tta.mask_value``).
+    Only evaluated steps are drawn (the early exit leaves others NaN); a title is green when its
+    copy supports the prediction (P > θ).
 
     Args:
         images: ``(B, C, H, W)`` the batch given to ``tta.predict``.
-        result: its :class:`~camkit.tta.TTAResult`.
-        tta: the :class:`~camkit.tta.CAMMaskingTTA` that produced ``result``.
+        result: its [`TTAResult`][camkit.TTAResult].
+        tta: the [`CAMMaskingTTA`][camkit.CAMMaskingTTA] that produced ``result``.
         index: which image to show.
         num_copies: how many masked copies to show, evenly spaced over the evaluated steps.
         class_names: names of the classes.
-        mean: as in :func:`overlay_cams`, and so is ``std``.
+        mean: as in [`overlay_cams`][camkit.overlay_cams], and so is ``std``.
 
     Returns:
-        A :class:`~matplotlib.figure.Figure` with ``1 + min(num_copies, evaluated steps)`` image
-        axes (the unmasked image first) and one plot axes.
+        A `Figure` with ``1 + min(num_copies, evaluated steps)`` image axes (the unmasked image
+        first) and one plot axes.
     """
     b, _, height, width = check_tensor(images, "images", ndim=4, floating=True).shape
     _check_int(index, "index", 0, b - 1)
@@ -372,13 +372,14 @@ def deletion_figure(
     """Deletion curves: ``P(pred)`` against the fraction of cells masked, AUC in the legend.
 
     Args:
-        curves: one :class:`~camkit.tta.DeletionCurve` (from :func:`camkit.tta.deletion_curve`)
-            or several (e.g. one per CAM method); each of their images is one line.
+        curves: one [`DeletionCurve`][camkit.DeletionCurve] (from
+            [`deletion_curve`][camkit.deletion_curve]) or several (e.g. one per CAM method); each
+            of their images is one line.
         labels: one legend label per line, optional.
         title: figure title.
 
     Returns:
-        A :class:`~matplotlib.figure.Figure` with one axes.
+        A `Figure` with one axes.
     """
     group = [curves] if isinstance(curves, DeletionCurve) else list(curves)
     lines = []

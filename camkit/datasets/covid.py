@@ -165,7 +165,7 @@ class SARSCoV2CT(_ImageFolderDataset):
     non-COVID/    negative images
     ```
 
-    Files whose suffix is in [`IMAGE_EXTENSIONS`][camkit.datasets.IMAGE_EXTENSIONS]
+    Files whose suffix is in [`IMAGE_EXTENSIONS`][camkit.IMAGE_EXTENSIONS]
     (case-insensitive, not hidden) are the images; other files in these folders are ignored.
 
     The dataset has no official split, so one is made here, per class, in label order (non-COVID

@@ -233,12 +233,12 @@ def mnist(
 
     Args:
         root_or_npz: a ``.npz`` file in the
-            [`load_digits_npz`][camkit.datasets.load_digits_npz] layout, or else a folder handed
+            [`load_digits_npz`][camkit.load_digits_npz] layout, or else a folder handed
             to ``torchvision.datasets.MNIST(root, train=train, download=download)``.
         train: the 60,000 training digits (``True``) or the 10,000 test digits.
         download: let torchvision download MNIST into the folder (ignored for ``.npz``).
-        transform: see [`DigitsDataset`][camkit.datasets.DigitsDataset].
-        channels: see [`DigitsDataset`][camkit.datasets.DigitsDataset]; ``3`` gives
+        transform: see [`DigitsDataset`][camkit.DigitsDataset].
+        channels: see [`DigitsDataset`][camkit.DigitsDataset]; ``3`` gives
             ``(3, 28, 28)``.
 
     Returns:
@@ -250,7 +250,7 @@ def mnist(
         RuntimeError: from torchvision, when the folder holds no MNIST and ``download`` is False.
 
     Examples:
-        From an archive in the [`load_digits_npz`][camkit.datasets.load_digits_npz] layout (here a
+        From an archive in the [`load_digits_npz`][camkit.load_digits_npz] layout (here a
         tiny one; the staged ``mnist.npz`` gives 60,000 and 10,000 digits):
 
         >>> import pathlib, tempfile
@@ -281,12 +281,12 @@ def usps(
 
     Args:
         root_or_npz: a ``.npz`` file in the
-            [`load_digits_npz`][camkit.datasets.load_digits_npz] layout, or else a folder handed
+            [`load_digits_npz`][camkit.load_digits_npz] layout, or else a folder handed
             to ``torchvision.datasets.USPS(root, train=train, download=download)``.
         train: the 7,291 training digits (``True``) or the 2,007 test digits.
         download: let torchvision download USPS into the folder (ignored for ``.npz``).
-        transform: see [`DigitsDataset`][camkit.datasets.DigitsDataset].
-        channels: see [`DigitsDataset`][camkit.datasets.DigitsDataset].
+        transform: see [`DigitsDataset`][camkit.DigitsDataset].
+        channels: see [`DigitsDataset`][camkit.DigitsDataset].
 
     Returns:
         The chosen split.
@@ -296,7 +296,7 @@ def usps(
         ValueError: the ``.npz`` is malformed or its images are not 16x16.
 
     Examples:
-        As for [`mnist`][camkit.datasets.mnist], from an archive or a torchvision folder (not run
+        As for [`mnist`][camkit.mnist], from an archive or a torchvision folder (not run
         here: it reads the staged data, 7,291 training digits of shape ``(1, 16, 16)``):
 
         ```python

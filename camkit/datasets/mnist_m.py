@@ -122,7 +122,7 @@ def build_mnist_m(
     (computed in ``int16``, so nothing wraps around).
 
     Sampling, with ``rng = numpy.random.default_rng(seed)`` and the photos (files in ``bsds_dir``
-    with a suffix in [`IMAGE_EXTENSIONS`][camkit.datasets.IMAGE_EXTENSIONS]) in sorted file-name
+    with a suffix in [`IMAGE_EXTENSIONS`][camkit.IMAGE_EXTENSIONS]) in sorted file-name
     order, each loaded as RGB:
 
     1. ``photo_index = rng.integers(0, n_photos, size=N)``;
@@ -275,11 +275,11 @@ def mnist_m(
     The two sets use different seeds derived from ``seed``:
     ``train_seed, test_seed = numpy.random.SeedSequence(seed).generate_state(2)``. They are cached
     in ``cache_dir`` as ``mnist_m_train_seed{seed}.npz`` and ``mnist_m_test_seed{seed}.npz`` (see
-    [`build_mnist_m`][camkit.datasets.build_mnist_m] for how caches are checked and written);
+    [`build_mnist_m`][camkit.build_mnist_m] for how caches are checked and written);
     ``cache_dir`` is created if needed. The labels are those of MNIST.
 
     Args:
-        mnist_npz: MNIST in the [`load_digits_npz`][camkit.datasets.load_digits_npz] layout
+        mnist_npz: MNIST in the [`load_digits_npz`][camkit.load_digits_npz] layout
             (grayscale).
         bsds_dir: folder of photographs, e.g. ``BSDS500/images/train``.
         cache_dir: folder for the two cache files.
@@ -287,8 +287,8 @@ def mnist_m(
 
     Returns:
         ``x_train``/``x_test`` (``uint8``, ``(N, H, W, 3)``) and ``y_train``/``y_test``, the same
-        layout as [`load_digits_npz`][camkit.datasets.load_digits_npz], ready for
-        [`DigitsDataset`][camkit.datasets.DigitsDataset].
+        layout as [`load_digits_npz`][camkit.load_digits_npz], ready for
+        [`DigitsDataset`][camkit.DigitsDataset].
 
     Raises:
         TypeError: ``seed`` is not an int.

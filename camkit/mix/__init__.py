@@ -18,8 +18,13 @@ the module's settings and generator, and [`SnapMix`][camkit.SnapMix] (or the fun
 Python loops or host synchronisation. Batch-mode draws are made on the host and record the shared
 box as host ints, so the paste is a slice write into one copy of the batch; the label weights are
 computed at the CAMs' resolution, never on maps upsampled to the image size.
+
+``SnapMix(cam_source="mixed")`` needs no extra forward: both weights are read over box A from
+the CAMs of the mixed image in the training forward ([`TrainStep`][camkit.TrainStep] does this),
+and the paste can then run in the DataLoader's workers ([`SnapMixCollate`][camkit.SnapMixCollate]).
 """
 
+from camkit.mix._collate import SnapMixCollate
 from camkit.mix._snapmix import SnapMix, SnapMixParams, snapmix
 
-__all__ = ["SnapMix", "SnapMixParams", "snapmix"]
+__all__ = ["SnapMix", "SnapMixCollate", "SnapMixParams", "snapmix"]

@@ -16,7 +16,7 @@ from camkit._checks import (
     check_probability,
     check_tensor,
 )
-from camkit.mix._ops import mix_weights, paste, soft_targets
+from camkit.mix._ops import CamSource, mix_weights, paste, soft_targets
 from camkit.mix._random import _sample_beta_device, _sample_beta_host, _sample_boxes
 
 BoxMode = Literal["batch", "sample"]
@@ -57,6 +57,7 @@ class _SnapMixConfig:
     box_mode: BoxMode = "batch"
     label_weights: LabelWeights = "cam"
     same_label_bonus: bool = False
+    cam_source: CamSource = "unmixed"
 
     def __post_init__(self) -> None:
         check_int(self.num_classes, "num_classes", minimum=1)
@@ -66,6 +67,7 @@ class _SnapMixConfig:
         check_choice(self.box_mode, "box_mode", ("batch", "sample"))
         check_choice(self.label_weights, "label_weights", ("cam", "area"))
         set_(self, "same_label_bonus", bool(self.same_label_bonus))
+        check_choice(self.cam_source, "cam_source", ("unmixed", "mixed"))
 
 
 @torch.compiler.disable  # host-side draws (numpy, Python ints): one opaque call under compile
@@ -115,6 +117,60 @@ def _draw_device(
     return device
 
 
+def _draws(
+    config: _SnapMixConfig,
+    images: torch.Tensor,
+    params: SnapMixParams | None,
+    generator: torch.Generator | None,
+) -> SnapMixParams:
+    """New draws for ``images``, or ``params`` checked against the batch."""
+    check_tensor(images, "images", ndim=4, floating=True)
+    b, _, h, w = images.shape
+    if params is None:
+        if generator is not None:
+            device = generator.device
+        else:  # batch draws on the host: the shared box is then known without a device sync
+            device = torch.device("cpu") if config.box_mode == "batch" else images.device
+        return _sample_snapmix_params(config, b, h, w, generator, device)
+    if not isinstance(params, SnapMixParams):
+        raise TypeError(f"params: expected a SnapMixParams, got {type(params).__name__}")
+    check_tensor(params.perm, "params.perm", shape=(b,), floating=False)
+    check_tensor(params.apply, "params.apply", shape=(b,), dtype=torch.bool)
+    check_tensor(params.box_a, "params.box_a", shape=(b, 4), floating=False)
+    check_tensor(params.box_b, "params.box_b", shape=(b, 4), floating=False)
+    return params
+
+
+def _targets(
+    config: _SnapMixConfig,
+    labels: torch.Tensor,
+    cams: torch.Tensor,
+    params: SnapMixParams,
+    size: tuple[int, int],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Soft targets from the draws and the CAMs of ``config.cam_source`` (checked here)."""
+    b = params.perm.shape[0]
+    mixed = config.cam_source == "mixed"
+    shape = (b, 2, None, None) if mixed else (b, None, None)
+    check_tensor(cams, "cams", shape=shape, floating=True)
+    # after the draws (under torch.compile a check before them would be a graph of its own):
+    # checked at once on the CPU, queued with torch._assert_async (no host sync) on the device
+    check_labels(labels, "labels", config.num_classes, batch=b)
+    labels = labels.long()  # uint8/int32 labels are valid; the scatters need int64
+    maps = torch.zeros_like(cams, dtype=torch.float32) if config.label_weights == "area" else cams
+    rho_a, rho_b = mix_weights(maps, params, size, source=config.cam_source)
+    return soft_targets(
+        labels.to(cams.device),
+        params,
+        rho_a,
+        rho_b,
+        config.num_classes,
+        same_label_bonus=config.same_label_bonus,
+        dtype=torch.promote_types(dtype, torch.float32),
+    )
+
+
 def _mix(
     config: _SnapMixConfig,
     images: torch.Tensor,
@@ -124,41 +180,22 @@ def _mix(
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Check the inputs, draw ``params`` when not given, and apply them (``config`` is valid)."""
+    if config.cam_source == "mixed":
+        raise ValueError(
+            "cam_source: SnapMix(cam_source='mixed') weighs the labels with the CAMs of the mixed "
+            "images, which only the training forward has: use camkit.TrainStep, or call "
+            "mix_images() and then targets() with the CAMs of the mixed batch"
+        )
     check_tensor(images, "images", ndim=4, floating=True)
-    b, _, h, w = images.shape
     check_tensor(cams, "cams", ndim=3, floating=True)
-    if cams.shape[0] != b:
-        raise ValueError(f"cams: expected {b} maps (one per image), got shape {tuple(cams.shape)}")
-    if params is None:
-        if generator is not None:
-            device = generator.device
-        else:  # batch draws on the host: the shared box is then known without a device sync
-            device = torch.device("cpu") if config.box_mode == "batch" else images.device
-        params = _sample_snapmix_params(config, b, h, w, generator, device)
-    else:
-        if not isinstance(params, SnapMixParams):
-            raise TypeError(f"params: expected a SnapMixParams, got {type(params).__name__}")
-        check_tensor(params.perm, "params.perm", shape=(b,), floating=False)
-        check_tensor(params.apply, "params.apply", shape=(b,), dtype=torch.bool)
-        check_tensor(params.box_a, "params.box_a", shape=(b, 4), floating=False)
-        check_tensor(params.box_b, "params.box_b", shape=(b, 4), floating=False)
-    # after the draws (under torch.compile a check before them would be a graph of its own):
-    # checked at once on the CPU, queued with torch._assert_async (no host sync) on the device
-    check_labels(labels, "labels", config.num_classes, batch=b)
-    labels = labels.long()  # uint8/int32 labels are valid; the scatters need int64
-    mixed = paste(images, params)
-    maps = torch.zeros_like(cams, dtype=torch.float32) if config.label_weights == "area" else cams
-    rho_a, rho_b = mix_weights(maps.to(images.device), params, (h, w))
-    soft = soft_targets(
-        labels.to(images.device),
-        params,
-        rho_a,
-        rho_b,
-        config.num_classes,
-        same_label_bonus=config.same_label_bonus,
-        dtype=torch.promote_types(images.dtype, torch.float32),
-    )
-    return mixed, soft
+    if cams.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"cams: expected {images.shape[0]} maps (one per image), got shape {tuple(cams.shape)}"
+        )
+    params = _draws(config, images, params, generator)
+    size = (images.shape[-2], images.shape[-1])
+    soft = _targets(config, labels, cams.to(images.device), params, size, images.dtype)
+    return paste(images, params), soft
 
 
 def snapmix(
@@ -234,6 +271,12 @@ class SnapMix(nn.Module):
         box_mode: ``"batch"`` or ``"sample"``.
         label_weights: ``"cam"`` (SnapMix) or ``"area"``.
         same_label_bonus: the released code's weighting of same-label pairs (off by default).
+        cam_source: ``"unmixed"`` (SnapMix: the CAMs of the un-mixed images, one extra
+            no-grad forward) or ``"mixed"`` (no extra forward: both weights read over box A from
+            the CAMs of the *mixed* image, which the training forward computes anyway, as
+            TransMix does with attention maps). A ``"mixed"`` SnapMix is used by
+            [`TrainStep`][camkit.TrainStep] (or by [`mix_images`][camkit.SnapMix.mix_images]
+            then [`targets`][camkit.SnapMix.targets]); its `forward` refuses.
 
     Shape:
         - images: ``(B, C, H, W)`` float (not modified).
@@ -269,6 +312,7 @@ class SnapMix(nn.Module):
     box_mode = _setting("box_mode")
     label_weights = _setting("label_weights")
     same_label_bonus = _setting("same_label_bonus")
+    cam_source = _setting("cam_source")
 
     def __init__(
         self,
@@ -280,10 +324,11 @@ class SnapMix(nn.Module):
         box_mode: BoxMode = "batch",
         label_weights: LabelWeights = "cam",
         same_label_bonus: bool = False,
+        cam_source: CamSource = "unmixed",
     ) -> None:
         super().__init__()
         self.config = _SnapMixConfig(
-            num_classes, alpha, prob, box_mode, label_weights, same_label_bonus
+            num_classes, alpha, prob, box_mode, label_weights, same_label_bonus, cam_source
         )
         self.generator = generator
 
@@ -326,10 +371,28 @@ class SnapMix(nn.Module):
         """
         return _mix(self.config, images, labels, cams, params, self.generator)
 
+    def mix_images(
+        self, images: torch.Tensor, params: SnapMixParams | None = None
+    ) -> tuple[torch.Tensor, SnapMixParams]:
+        """Paste the boxes only (no CAMs needed): ``(mixed, params)``, new draws or ``params``."""
+        params = _draws(self.config, images, params, self.generator)
+        return paste(images, params), params
+
+    def targets(
+        self, labels: torch.Tensor, cams: torch.Tensor, params: SnapMixParams, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Soft targets ``(B, K)`` of the draws ``params`` for images of ``size`` ``(H, W)``.
+
+        ``cams``: ``(B, h, w)`` CAMs of the un-mixed images for ``cam_source="unmixed"``;
+        ``(B, 2, h, w)`` CAMs of the mixed images for their two labels (``y`` and
+        ``y[params.perm]``) for ``"mixed"``.
+        """
+        return _targets(self.config, labels, cams, params, size, cams.dtype)
+
     def extra_repr(self) -> str:
         c = self.config
         return (
             f"num_classes={c.num_classes}, alpha={c.alpha}, prob={c.prob}, "
             f"box_mode={c.box_mode!r}, label_weights={c.label_weights!r}, "
-            f"same_label_bonus={c.same_label_bonus}"
+            f"same_label_bonus={c.same_label_bonus}, cam_source={c.cam_source!r}"
         )
