@@ -299,6 +299,54 @@ def paired_ci(diffs: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+MIN_SEEDS = 3  # a method is a candidate for the recommendation with this many paired seeds
+
+
+def recommend(by: dict[str, dict[int, dict]]) -> dict:
+    """The recipe chosen on the validation split only: method, then TTA rule.
+
+    Candidates are the camkit methods (not the baseline) with at least ``MIN_SEEDS`` seeds; the
+    one with the highest mean validation accuracy wins. Its TTA rule is the one with the highest
+    mean validation accuracy change, or ``"none"`` when no rule gains on validation.
+    """
+    val = {
+        m: statistics.fmean(100 * r["val"]["accuracy"] for r in seeds.values())
+        for m, seeds in by.items()
+        if m != "baseline" and len(seeds) >= MIN_SEEDS
+    }
+    if not val:
+        return {"method": None, "reason": f"no camkit method has {MIN_SEEDS} seeds yet"}
+    method = max(val, key=val.get)
+    gains = {
+        rule: statistics.fmean(
+            100 * r["val"][f"tta_{rule}"]["accuracy_change"] for r in by[method].values()
+        )
+        for rule in RULES
+    }
+    rule = max(gains, key=gains.get)
+    snap, form = METHODS[method]
+    return {
+        "method": method,
+        "snapmix": {False: None, True: "exact", "fast": "mixed-CAM"}[snap],
+        "cpe_form": CPE_FORMS.get(form),
+        "tta_rule": rule if gains[rule] > 0 else "none",
+        "val_acc": val[method],
+        "val_acc_by_method": val,
+        "val_tta_gain_by_rule": gains,
+        "chosen_on": "validation only: mean accuracy over seeds on held-out MNIST digits",
+    }
+
+
+def verdict(diff: float, lo: float, hi: float) -> str:
+    if lo != lo:
+        return "n/a (one seed)"
+    if lo > 0:
+        return "beats the baseline"
+    if hi < 0:
+        return "loses to the baseline"
+    return "no difference resolved"
+
+
 def report(args: argparse.Namespace) -> str:
     rows = merge_results(args.out / "evidence.json", [], key=("dataset", "method", "seed"))
     rows = [r for r in rows if r["dataset"] == "digits"]
@@ -319,7 +367,13 @@ def report(args: argparse.Namespace) -> str:
     base = by.get("baseline", {})
 
     def metric(r, part, rule=None):
-        return 100 * (r[part][f"tta_{rule}"]["accuracy"] if rule else r[part]["accuracy"])
+        """Accuracy in %; with a TTA rule, over the whole set: the rule's net gain on the first
+        ``tta_images`` images (where it ran) added to the plain accuracy."""
+        plain = r[part]["accuracy"]
+        if rule is None:
+            return 100 * plain
+        tta = r[part][f"tta_{rule}"]
+        return 100 * (plain + tta["accuracy_change"] * tta["n"] / r[part]["n"])
 
     lines = ["# Evidence: MNIST → USPS / MNIST-M from scratch (CPU)", ""]
     lines += [f"Settings: `{shared}`", ""]
@@ -367,11 +421,46 @@ def report(args: argparse.Namespace) -> str:
             lines.append(f"| {m} | {rule} | " + " | ".join(cells) + " |")
     best = max(summary, key=summary.get)
     lines += ["", f"Best mean validation accuracy: `{best}` ({summary[best]:.2f})."]
+    choice = recommend(by)
+    lines += ["", "## Recommended recipe (chosen on validation only)", ""]
+    if choice["method"] is None:
+        lines.append(f"Not chosen yet: {choice['reason']}.")
+    else:
+        m = choice["method"]
+        lines.append(
+            f"`{m}` (SnapMix: {choice['snapmix']}, CPE: {choice['cpe_form']}, TTA rule: "
+            f"{choice['tta_rule']}), the highest mean validation accuracy "
+            f"({choice['val_acc']:.2f}) of the camkit methods with {MIN_SEEDS}+ seeds; the "
+            "baseline's is "
+            f"{summary.get('baseline', float('nan')):.2f}."
+        )
+        lines += [
+            "",
+            "| dataset | baseline | recommended (with its TTA rule) | Δ [95 % CI], paired seeds "
+            "| verdict |",
+        ]
+        lines.append("|---|---|---|---|---|")
+        paired = sorted(set(by[m]) & set(base))
+        rule = None if choice["tta_rule"] == "none" else choice["tta_rule"]
+        for part, name in (("val", "validation"), ("usps", "USPS"), ("mnistm", "MNIST-M")):
+            b = [metric(base[s], part) for s in paired]
+            r = [metric(by[m][s], part, rule) for s in paired]  # with its TTA rule
+            d, lo, hi = paired_ci([x - y for x, y in zip(r, b, strict=True)])
+            cells = [
+                f"{statistics.fmean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0:.2f}"
+                for v in (b, r)
+            ]
+            lines.append(
+                f"| {name} | {cells[0]} | {cells[1]} | {d:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
+                f"{verdict(d, lo, hi)} |"
+            )
     text = "\n".join(lines) + "\n"
     atomic_write_text(text, args.out / "evidence.md")
+    extra = {"recommended": choice["method"], "recommended_detail": choice}
+    merge_results(args.out / "evidence.json", [], key=("dataset", "method", "seed"), extra=extra)
     if args.publish:  # the committed copy; a later session resumes from it with --out
         published = RESULTS / "evidence_cpu.json"
-        merge_results(published, rows, key=("dataset", "method", "seed"))
+        merge_results(published, rows, key=("dataset", "method", "seed"), extra=extra)
         atomic_write_text(text, RESULTS / "evidence_cpu.md")
         print(f"published {published} and evidence_cpu.md")
     print(text)

@@ -7,6 +7,8 @@ Usage (from the repository root; ``make figures`` runs it)::
 
 - ``results_ablation.png``: accuracy per method and dataset from ``reproduce_cpu.json``, the bar
   at the mean over seeds, the whisker ± one standard deviation, each seed a dot;
+- ``results_evidence.png``: the digits evidence (``evidence_cpu.json``): each method's paired
+  difference to the baseline on validation, USPS and MNIST-M, mean and 95 % CI over seeds;
 - ``perf_ratios.png``: the cost ratios of ``perf_cpu.json`` (and ``perf_cuda.json`` when present)
   against their targets;
 - with ``--gallery``, the figures the examples wrote for their trained models (``--figures``),
@@ -116,6 +118,52 @@ def perf_figure(runs: dict[str, dict]):
     return fig
 
 
+def evidence_figure(rows: list[dict], recommended: str | None):
+    """Paired differences to the baseline per method (mean and 95 % CI; dots = seeds)."""
+    from matplotlib.figure import Figure
+
+    from benchmarks.evidence import METHODS, paired_ci
+
+    by: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        by.setdefault(r["method"], {})[r["seed"]] = r
+    base = by.get("baseline", {})
+    methods = [m for m in METHODS if m in by and m != "baseline"]
+    parts = (("val", "validation (MNIST)"), ("usps", "USPS test"), ("mnistm", "MNIST-M test"))
+    fig = Figure(figsize=(11, 0.42 * len(methods) + 1.6), layout="constrained")
+    axes = fig.subplots(1, len(parts), sharey=True)
+    for ax, (part, title) in zip(axes, parts, strict=True):
+        for y, m in enumerate(methods):
+            seeds = sorted(set(by[m]) & set(base))
+            diffs = [100 * (by[m][s][part]["accuracy"] - base[s][part]["accuracy"]) for s in seeds]
+            if not diffs:
+                continue
+            mean, lo, hi = paired_ci(diffs)
+            color = "tab:green" if m == recommended else "tab:blue"
+            if lo == lo:
+                ax.plot([lo, hi], [y, y], color=color, linewidth=2, alpha=0.6)
+            ax.plot(diffs, [y] * len(diffs), "k.", markersize=4)
+            ax.plot([mean], [y], "o", color=color)
+        ax.axvline(0.0, color="tab:gray", linestyle="--", linewidth=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("accuracy − baseline (points)")
+        ax.set_xlim(*_clipped(ax.get_xlim(), 15.0))
+    axes[0].set_yticks(range(len(methods)), methods, fontsize=8)
+    axes[0].invert_yaxis()
+    seeds = sorted({r["seed"] for r in rows})
+    fig.suptitle(
+        f"Digits evidence: paired difference to the baseline, mean and 95 % CI over seeds "
+        f"{seeds} (dots = seeds; green = recommended)",
+        fontsize=10,
+    )
+    return fig
+
+
+def _clipped(limits: tuple[float, float], span: float) -> tuple[float, float]:
+    """At most ``span`` points on either side of 0 (one wild CI would flatten the others)."""
+    return max(limits[0], -span), min(limits[1], span)
+
+
 GALLERY = {  # docs/figures name: the example's figure (runs of `make figures`)
     "gallery_covid_cams.png": "covid/figures/B_snapmix_cpe_seed0_cams.png",
     "gallery_covid_snapmix.png": "covid/figures/B_snapmix_cpe_seed0_snapmix.png",
@@ -175,6 +223,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
             data = nest(data["rows"])
         fig = ablation_figure(data)
         written.append(save_figure(fig, args.out / "results_ablation.png", dpi=90))
+    evidence = args.results / "evidence_cpu.json"
+    if evidence.is_file():
+        data = json.loads(evidence.read_text())
+        fig = evidence_figure(data["rows"], data.get("recommended"))
+        written.append(save_figure(fig, args.out / "results_evidence.png", dpi=90))
     runs = {}
     for device in ("cpu", "cuda"):
         path = args.results / f"perf_{device}.json"

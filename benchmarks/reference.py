@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -415,16 +415,9 @@ def reference_tta(
     )
 
 
-def released_tta(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    k: int = 31,
-    theta: float = 0.2,
-    patch_size: int = 8,
-    mask_value: float = 0.0,
-) -> torch.Tensor:
-    """The ``(N,)`` int64 labels of `reference_tta` (the released protocol, timed by perf.py)."""
-    return reference_tta(
-        model, images, k=k, theta=theta, patch_size=patch_size, mask_value=mask_value
-    ).labels
+def released_tta(model: nn.Module, images: torch.Tensor, **settings: Any) -> torch.Tensor:
+    """The ``(N,)`` int64 labels of `reference_tta` (the released protocol, timed by perf.py).
+
+    ``settings`` are `reference_tta`'s keywords, with its defaults (the paper's).
+    """
+    return reference_tta(model, images, **settings).labels

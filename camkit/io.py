@@ -192,6 +192,7 @@ def merge_results(
     rows: Iterable[Mapping[str, Any]],
     *,
     key: Sequence[str] | Callable[[Mapping[str, Any]], Any] = ("method", "seed"),
+    extra: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Merge result ``rows`` into the JSON file ``path``; return all of its rows afterwards.
 
@@ -199,13 +200,15 @@ def merge_results(
     ``<path>.lock`` the file is read, every old row whose key equals a new row's key is replaced
     by it (in place), the other new rows are appended, and the file is written back atomically
     ([`atomic_write_text`][camkit.atomic_write_text]). Concurrent calls, from threads or processes,
-    lose no row.
+    lose no row. The file's other top-level keys are kept; ``extra`` sets some (e.g. a
+    ``"recommended"`` entry derived from the rows).
 
     Args:
         path: the JSON results file (created when missing).
         rows: the new rows, JSON-serialisable mappings.
         key: the names of the fields that identify a row (e.g. ``("method", "seed",
             "settings")``; nested values compare by their JSON form), or a function of the row.
+        extra: top-level keys to set besides ``"rows"`` (JSON-serialisable).
 
     Raises:
         ValueError: ``path`` exists but is not a results file of this form.
@@ -228,6 +231,7 @@ def merge_results(
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             old: list[dict[str, Any]] = []
+            others: dict[str, Any] = {}
             if path.is_file() and path.stat().st_size > 0:
                 data = json.loads(path.read_text())
                 if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
@@ -236,6 +240,7 @@ def merge_results(
                         f"got a {type(data).__name__} of another form; move it aside"
                     )
                 old = data["rows"]
+                others = {k: v for k, v in data.items() if k != "rows"}
             index = {_key_of(row, key): i for i, row in enumerate(old)}
             for row in new:
                 k = _key_of(row, key)
@@ -245,7 +250,9 @@ def merge_results(
                     index[k] = len(old)
                     old.append(row)
             # allow_nan=False: a NaN or inf is refused here rather than written as invalid JSON
-            text = json.dumps({"rows": old}, indent=1, allow_nan=False)
+            others.update(extra or {})
+            others.pop("rows", None)
+            text = json.dumps({**others, "rows": old}, indent=1, allow_nan=False)
             atomic_write_text(text + "\n", path)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

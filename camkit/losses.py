@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camkit._checks import check_choice, check_int, check_positive, check_tensor
+from camkit._config import config_setting
 
 __all__ = ["ContrastivePatchLoss", "contrastive_patch_loss"]
 
@@ -180,10 +181,6 @@ def contrastive_patch_loss(
     return _contrastive_patch_loss(features, cams, config)
 
 
-def _setting(name: str) -> property:
-    return property(lambda self: getattr(self.config, name), doc=f"`config.{name}` (read-only).")
-
-
 class ContrastivePatchLoss(nn.Module):
     """Contrastive patch embedding loss (paper Eq. 1) as a module holding its configuration.
 
@@ -226,10 +223,10 @@ class ContrastivePatchLoss(nn.Module):
         torch.Size([])
     """
 
-    num_patches = _setting("num_patches")
-    normalize = _setting("normalize")
-    temperature = _setting("temperature")
-    reduction = _setting("reduction")
+    num_patches = config_setting("num_patches")
+    normalize = config_setting("normalize")
+    temperature = config_setting("temperature")
+    reduction = config_setting("reduction")
 
     def __init__(
         self,

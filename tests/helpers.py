@@ -1,13 +1,22 @@
 """Small models for tests: timm-contract classifiers whose behaviour is easy to reason about.
 
-Also `data_root`, where the staged data is (the lookup of the examples and benchmarks).
+Also `data_root`, where the staged data is (the lookup of the examples and benchmarks), and what
+the tests of the example scripts share: `import_example`, `data_marker`, the `one_thread` fixture
+and `run_script`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,3 +82,47 @@ def data_root() -> Path | None:
         return Path(os.environ["CAMKIT_DATA"]).expanduser()
     found = (p / "shared" / "data" for p in Path(__file__).resolve().parents)
     return next((p for p in found if p.is_dir()), None)
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def import_example(name: str) -> ModuleType:
+    """The script ``examples/<name>.py`` as a module (``examples/`` goes first on ``sys.path``)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module(name)
+
+
+def data_marker(present: bool, reason: str) -> Callable:
+    """A decorator: mark a test as using the staged data (``-m data``), skip it unless ``present``.
+
+    ``reason`` is the skip message (what data the test needs and where it looks).
+    """
+    skip = pytest.mark.skipif(not present, reason=reason)
+
+    def needs_data(test):
+        return pytest.mark.data(skip(test))
+
+    return needs_data
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run as fast on one thread, and do not stall when other jobs share the CPU.
+
+    A test module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")`` after
+    importing it.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_script(main: Callable[[list[str]], list[dict]], argv: list[str]) -> tuple[dict, str]:
+    """An example script's ``main(argv)`` as nested results (`nest`), and everything it printed."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        rows = main(argv)
+    return nest(rows), buffer.getvalue()

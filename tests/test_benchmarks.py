@@ -127,8 +127,29 @@ def test_result_plots_show_the_committed_numbers(tmp_path):
     means = [statistics.fmean(row["acc"]) for row in results[dataset].values()]
     assert heights == pytest.approx(means)
     written = plots.main(["--out", str(tmp_path)])
-    assert {p.name for p in written} == {"results_ablation.png", "perf_ratios.png"}
+    names = {"results_ablation.png", "results_evidence.png", "perf_ratios.png"}
+    assert {p.name for p in written} == names
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_evidence_plot_marks_each_methods_mean_paired_difference():
+    import statistics
+
+    from benchmarks import plots
+
+    data = json.loads((plots.RESULTS / "evidence_cpu.json").read_text())
+    fig = plots.evidence_figure(data["rows"], data.get("recommended"))
+    usps = fig.axes[1]
+    means = [line.get_xdata()[0] for line in usps.lines if line.get_marker() == "o"]
+    by = {}
+    for r in data["rows"]:
+        by.setdefault(r["method"], {})[r["seed"]] = r["usps"]["accuracy"]
+    expected = [
+        statistics.fmean(100 * (by[m][s] - by["baseline"][s]) for s in by[m] if s in by["baseline"])
+        for m in dict.fromkeys(r["method"] for r in data["rows"])
+        if m != "baseline"
+    ]
+    assert sorted(means) == pytest.approx(sorted(expected))
 
 
 def test_a_partial_perf_run_keeps_the_other_benchmarks(tmp_path):

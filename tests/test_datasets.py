@@ -210,22 +210,28 @@ def test_covidct_listed_name_missing_on_disk(tmp_path):
     assert "'c1.png'" in str(err.value)
 
 
-def test_covidct_empty_split(tmp_path):
+@pytest.mark.parametrize(
+    ("split", "list_name", "text", "match", "needles"),
+    [
+        ("val", "NonCOVID/valCT_NonCOVID.txt", "\n  \n", "empty", ["{list_file}"]),
+        (
+            "train",
+            "COVID/trainCT_COVID.txt",
+            "c0.png\nc1.png\nc0.png\n",
+            "listed twice",
+            ["{list_file}:3:", "line 1"],
+        ),
+    ],
+    ids=["empty_split", "duplicate_name"],
+)
+def test_covidct_bad_split_list(tmp_path, split, list_name, text, match, needles):
     root = _make_covid_ct(tmp_path / "COVID-CT")
-    empty = root / "Data-split" / "NonCOVID" / "valCT_NonCOVID.txt"
-    empty.write_text("\n  \n")
-    with pytest.raises(ValueError, match="empty") as err:
-        COVIDCT(root, split="val")
-    assert str(empty) in str(err.value)
-
-
-def test_covidct_duplicate_name(tmp_path):
-    root = _make_covid_ct(tmp_path / "COVID-CT")
-    list_file = root / "Data-split" / "COVID" / "trainCT_COVID.txt"
-    list_file.write_text("c0.png\nc1.png\nc0.png\n")
-    with pytest.raises(ValueError, match="listed twice") as err:
-        COVIDCT(root, split="train")
-    assert f"{list_file}:3:" in str(err.value) and "line 1" in str(err.value)
+    list_file = root / "Data-split" / list_name
+    list_file.write_text(text)
+    with pytest.raises(ValueError, match=match) as err:
+        COVIDCT(root, split=split)
+    for needle in needles:
+        assert needle.format(list_file=list_file) in str(err.value)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])

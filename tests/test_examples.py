@@ -12,7 +12,6 @@ import io
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,25 +20,26 @@ import timm
 import torch
 from PIL import Image
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))
+from tests.helpers import (
+    EXAMPLES,
+    data_marker,
+    data_root,
+    import_example,
+    nest,
+    one_thread,  # noqa: F401 (the fixture of pytestmark)
+    run_script,
+)
 
-import covid_ct  # noqa: E402
-
-from tests.helpers import data_root, nest  # noqa: E402
+covid_ct = import_example("covid_ct")
 
 DATA = data_root()
 HAS_SITE_B = DATA is not None and (DATA / "COVID-CT").is_dir()
-_skip_without_data = pytest.mark.skipif(
-    not HAS_SITE_B,
-    reason="needs the staged COVID-CT data (shared/data/COVID-CT above the repository, "
+needs_data = data_marker(
+    HAS_SITE_B,
+    "needs the staged COVID-CT data (shared/data/COVID-CT above the repository, "
     "or CAMKIT_DATA); not found",
 )
-
-
-def needs_data(test):
-    """Mark a test as using the staged data (``-m data``) and skip it when that is absent."""
-    return pytest.mark.data(_skip_without_data(test))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMOKE = [
@@ -57,21 +57,9 @@ SMOKE = [
 METRIC_KEYS = ("acc", "precision", "recall", "f1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run as fast on one thread, and do not stall when other jobs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_main(argv: list[str]) -> tuple[dict, str]:
     """``covid_ct.main(argv)`` as nested results, and everything it printed."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        rows = covid_ct.main(argv)
-    return nest(rows), buffer.getvalue()
+    return run_script(covid_ct.main, argv)
 
 
 def on_disk(out: Path) -> list[dict]:

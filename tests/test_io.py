@@ -52,6 +52,17 @@ def test_merge_replaces_only_the_row_with_the_same_key(tmp_path):
         io.merge_results(path, [{"method": "a", "seed": 0}])
 
 
+def test_merge_keeps_and_sets_top_level_keys(tmp_path):
+    path = tmp_path / "results.json"
+    io.merge_results(path, [{"method": "a", "seed": 0}], extra={"recommended": "a"})
+    io.merge_results(path, [{"method": "b", "seed": 0}])  # no extra: the key survives
+    data = json.loads(path.read_text())
+    assert data["recommended"] == "a" and [r["method"] for r in data["rows"]] == ["a", "b"]
+    io.merge_results(path, [], extra={"recommended": "b", "rows": "ignored"})
+    data = json.loads(path.read_text())
+    assert data["recommended"] == "b" and len(data["rows"]) == 2
+
+
 def test_atomic_save_leaves_no_temporary_file_and_keeps_the_old_file_on_failure(tmp_path):
     path = tmp_path / "ckpt.pt"
     io.atomic_save({"x": torch.ones(2)}, path)

@@ -7,11 +7,8 @@ loss picks) and are skipped when the data folder is absent.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,29 +16,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))
+from camkit.datasets import load_digits_npz
+from camkit.metrics import classification_metrics
+from tests.helpers import (
+    data_marker,
+    data_root,
+    import_example,
+    nest,
+    one_thread,  # noqa: F401 (the fixture of pytestmark)
+    run_script,
+)
 
-import mnist_usps  # noqa: E402
-
-from camkit.datasets import load_digits_npz  # noqa: E402
-from camkit.metrics import classification_metrics  # noqa: E402
-from tests.helpers import data_root, nest  # noqa: E402
+mnist_usps = import_example("mnist_usps")
 
 DATA = data_root()
 HAS_DIGITS = DATA is not None and all(
     (DATA / name).exists() for name in ("mnist.npz", "usps.npz", "BSDS500/images/train")
 )
-_skip_without_data = pytest.mark.skipif(
-    not HAS_DIGITS,
-    reason="needs the staged digits data (mnist.npz, usps.npz, BSDS500/images/train in "
+needs_data = data_marker(
+    HAS_DIGITS,
+    "needs the staged digits data (mnist.npz, usps.npz, BSDS500/images/train in "
     "shared/data above the repository, or CAMKIT_DATA); not found",
 )
-
-
-def needs_data(test):
-    """Mark a test as using the staged data (``-m data``) and skip it when that is absent."""
-    return pytest.mark.data(_skip_without_data(test))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMOKE = [
@@ -57,15 +54,6 @@ METRIC_KEYS = ("acc", "precision", "recall", "f1")
 N_TEST = 30  # 3 digits per class
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run as fast on one thread, and do not stall when other jobs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def mnistm_cache(tmp_path_factory):
     """One MNIST-M cache folder for the whole module (built once, about a second)."""
@@ -74,10 +62,7 @@ def mnistm_cache(tmp_path_factory):
 
 def run_main(argv: list[str]) -> tuple[dict, str]:
     """``mnist_usps.main(argv)`` as nested results, and everything it printed."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        rows = mnist_usps.main(argv)
-    return nest(rows), buffer.getvalue()
+    return run_script(mnist_usps.main, argv)
 
 
 def load_ckpt(path: Path) -> dict:

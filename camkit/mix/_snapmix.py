@@ -16,6 +16,7 @@ from camkit._checks import (
     check_probability,
     check_tensor,
 )
+from camkit._config import config_setting
 from camkit.mix._ops import CamSource, mix_weights, paste, soft_targets
 from camkit.mix._random import _sample_beta_device, _sample_beta_host, _sample_boxes
 
@@ -232,10 +233,6 @@ def snapmix(
     return _mix(config, images, labels, cams, params, generator)
 
 
-def _setting(name: str) -> property:
-    return property(lambda self: getattr(self.config, name), doc=f"`config.{name}` (read-only).")
-
-
 class SnapMix(nn.Module):
     """SnapMix (Huang et al., AAAI 2021) as a batch transform for the training step.
 
@@ -306,13 +303,13 @@ class SnapMix(nn.Module):
         True
     """
 
-    num_classes = _setting("num_classes")
-    alpha = _setting("alpha")
-    prob = _setting("prob")
-    box_mode = _setting("box_mode")
-    label_weights = _setting("label_weights")
-    same_label_bonus = _setting("same_label_bonus")
-    cam_source = _setting("cam_source")
+    num_classes = config_setting("num_classes")
+    alpha = config_setting("alpha")
+    prob = config_setting("prob")
+    box_mode = config_setting("box_mode")
+    label_weights = config_setting("label_weights")
+    same_label_bonus = config_setting("same_label_bonus")
+    cam_source = config_setting("cam_source")
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from camkit._checks import check_choice, check_int, check_probability, check_tensor, flagged_rows
+from camkit._config import config_setting
 from camkit.cam import CAMExtractor, frozen_state
 from camkit.tta._masking import cell_ranks, fill_value, masked_copies
 
@@ -98,10 +99,6 @@ def _check_finite_probs(bad: torch.Tensor, where: str) -> None:
     )
 
 
-def _setting(name: str) -> property:
-    return property(lambda self: getattr(self.config, name), doc=f"`config.{name}` (read-only).")
-
-
 class CAMMaskingTTA(nn.Module):
     """CAM-directed test-time augmentation with voting, wrapping a classifier.
 
@@ -161,14 +158,14 @@ class CAMMaskingTTA(nn.Module):
         (torch.Size([3]), torch.Size([3, 5]))
     """
 
-    k = _setting("k")
-    theta = _setting("theta")
-    patch_size = _setting("patch_size")
-    early_exit = _setting("early_exit")
-    count_original = _setting("count_original")
-    mask_value = _setting("mask_value")
-    chunk_size = _setting("chunk_size")
-    rule = _setting("rule")
+    k = config_setting("k")
+    theta = config_setting("theta")
+    patch_size = config_setting("patch_size")
+    early_exit = config_setting("early_exit")
+    count_original = config_setting("count_original")
+    mask_value = config_setting("mask_value")
+    chunk_size = config_setting("chunk_size")
+    rule = config_setting("rule")
 
     def __init__(
         self,
