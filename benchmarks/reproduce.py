@@ -7,7 +7,9 @@ ResNet-50 and are meant for the *ordering* of the ablations at a scale a 2-core 
 - site-B (COVID-CT): resnet18 at 112², ``--epochs`` epochs, seeds 0 1 2; baseline, +CPE, SnapMix,
   SnapMix+CPE, and the full method (the SnapMix+CPE model evaluated with the CAM-masking TTA);
   then the same CPE trainings with the L2-normalised, temperature-0.1 form of the loss
-  (``*_norm`` rows), to compare with the paper's raw dot products;
+  (``*_norm`` rows), to compare with the paper's raw dot products, that form weighted 0.1
+  (``cpe_norm_w01``), and SnapMix weighing the labels with the mixed images' CAMs, without its
+  extra forward (``snapmix_fast``);
 - digits (``--datasets digits``): ``examples/mnist_usps.py``, a resnet18 at 64² (the least input
   that gives the 2×2 feature map the contrastive patch loss needs) trained on a per-class subset
   of MNIST, each model tested on USPS and on MNIST-M (``mnist-usps`` and ``mnist-mnistm``), the
@@ -54,7 +56,8 @@ import mnist_usps  # noqa: E402
 
 KEYS = ("acc", "precision", "recall", "f1", "train_seconds", "epochs", "best_epoch")
 ROW_KEY = ("dataset", "method", "seed", "settings")
-METHOD_SETTINGS = ("cpe_normalize", "cpe_temperature")  # what a method's name (`*_norm`) sets
+# what a run's name sets (`*_norm`, `*_w01`, `snapmix_fast`): may differ between its rows
+METHOD_SETTINGS = ("cpe_normalize", "cpe_temperature", "cpe_weight", "snapmix_cams")
 
 # Paper, Table 2 (site-B, ImageNet-pretrained ResNet-50, 200 epochs): accuracy, F1
 PAPER = {
@@ -69,8 +72,9 @@ PAPER = {
     "mnist-mnistm": {"baseline": (98.70, None), "snapmix": (98.65, None), "full": (98.92, None)},
 }
 
-# (result key, example methods, example row giving that key, extra example arguments); the same
-# runs for every dataset
+# (result key, example methods, example row giving that key, extra example arguments, passed
+# through to the example as they are); the same runs for every dataset. Runs with extra arguments
+# are variants: they come after the paper's forms and have no paper numbers.
 RUNS = [
     ("baseline", ["baseline"], "baseline", []),
     ("cpe", ["cpe"], "cpe", []),
@@ -83,6 +87,13 @@ RUNS = [
         "snapmix_cpe",
         ["--cpe-normalize", "--cpe-temperature", "0.1"],
     ),
+    (
+        "cpe_norm_w01",
+        ["cpe"],
+        "cpe",
+        ["--cpe-normalize", "--cpe-temperature", "0.1", "--cpe-weight", "0.1"],
+    ),
+    ("snapmix_fast", ["snapmix"], "snapmix", ["--snapmix-cams", "mixed"]),
 ]
 DATASETS = ("site-B", "digits")
 RECIPES = {run[0]: run[1:] for run in RUNS}
@@ -166,7 +177,9 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         "mean ± std over the seeds listed per row; the epoch is chosen on the validation split,",
         "never on test. Each table lists the settings all of its rows share.",
         "`*_norm` rows use the CPE loss with L2-normalised cells and temperature 0.1 instead of",
-        "the paper's raw dot products. `full` = the `snapmix_cpe` model evaluated with the",
+        "the paper's raw dot products; `*_w01` rows also weigh it 0.1 (λ) instead of 1.",
+        "`snapmix_fast` = SnapMix with the label weights read from the CAMs of the mixed images",
+        "(no extra forward). `full` = the `snapmix_cpe` model evaluated with the",
         "CAM-masking TTA (k = 31, θ = 0.2). `best val epochs`: the epoch the validation split",
         "selected in each run, in the order of the seeds; well before the last epoch, it says the",
         "validation accuracy had stopped improving (the convergence check).",
@@ -191,9 +204,7 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for method, entry in methods.items():
-            paper = PAPER.get(dataset, {}).get(method.removesuffix("_norm"), (None, None))
-            if method.endswith("_norm"):
-                paper = (None, None)
+            paper = PAPER.get(dataset, {}).get(method, (None, None))  # variants: none
             cells = [fmt(entry.get(k, [])) for k in ("acc", "precision", "recall", "f1")]
             seconds = entry.get("train_seconds", [])
             epochs = sorted(set(entry.get("epochs", [])))
@@ -286,14 +297,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     unknown = sorted(set(args.runs) - set(RECIPES))
     if unknown:
         parser.error(f"--runs: unknown run(s) {unknown}; choose from {sorted(RECIPES)}")
-    # per dataset, the paper's form for every seed first, then the normalised-CPE variants
+    # per dataset, the paper's forms for every seed first, then the variants (extra arguments)
     schedule = [
         (dataset, key, seed)
         for dataset in args.datasets
-        for norm in (False, True)
+        for variant in (False, True)
         for seed in args.seeds
         for key in args.runs
-        if key.endswith("_norm") == norm
+        if bool(RECIPES[key][2]) == variant
     ]
     rows = load(json_path)
     for dataset, key, seed in schedule:

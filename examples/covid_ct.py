@@ -15,6 +15,10 @@ The script reads top to bottom: options, data, model, then :func:`train` — a
 :class:`camkit.TrainStep` and one loop — and :func:`main`, which evaluates each run plainly
 (``<method>``) and, with ``--tta`` (always for ``full``), with the CAM-masking TTA
 (``<method>+tta``). ``full`` reuses the ``snapmix_cpe`` model when both are asked for.
+Variants of a method's recipe (defaults: the paper's): ``--cpe-normalize``, ``--cpe-temperature``,
+``--cpe-weight`` (λ) and ``--snapmix-cams mixed`` (label weights from the mixed images' CAMs, no
+extra forward) train differently, so a resumed run must keep them; ``--tta-rule`` and
+``--tta-theta`` only change the evaluation (a finished run can be re-evaluated with them).
 
 Recipe (the released code's): SGD, Nesterov momentum 0.9, weight decay 1e-4, learning rate 1e-2
 (with ``--pretrained`` 1e-3 for the pretrained layers), ×0.1 after 40 %, 75 % and 90 % of the
@@ -82,20 +86,24 @@ RECIPES = {  # method -> (SnapMix batches, contrastive patch loss)
 CLASS_NAMES = {"X": ("Normal", "Pneumonia", "COVID-19")}  # other sites: NonCOVID, COVID
 SITE_NAMES = {"A": "SARS-CoV-2 CT (site A)", "B": "COVID-CT (site B)", "X": "COVIDx-CT"}
 METRICS = {"accuracy": "acc", "precision": "precision", "recall": "recall", "f1": "f1"}
-CPE_PATCHES, TTA_K, TTA_THETA = 2, 31, 0.2
+CPE_PATCHES, TTA_K, TTA_THETA, TTA_RELATIVE_THETA = 2, 31, 0.2, 0.5
+TTA_RULES = ("threshold", "argmax", "relative")  # CAMMaskingTTA's vote rules (threshold: paper)
 ROW_KEY = ("dataset", "method", "seed", "settings")  # a result row replaces the row of equal key
 MILESTONES = (0.4, 0.75, 0.9)  # lr ×0.1 after these fractions of the epochs (80/150/180 of 200)
 SETTINGS = (  # what a run checkpoint must agree on to be resumed (epochs may grow)
     *("model", "pretrained", "img_size", "batch_size", "lr", "cpe_normalize", "cpe_temperature"),
-    *("train_subset", "test_subset"),
+    *("cpe_weight", "snapmix_cams", "train_subset", "test_subset"),
 )
+IMPLIED = {"cpe_weight": 1.0, "snapmix_cams": "unmixed"}  # what checkpoints without them used
 DEFAULTS = {"model": "resnet18", "img_size": 224, "epochs": 200, "seeds": [0, 1, 2]}
-DEFAULTS.update(cpe_normalize=False, cpe_temperature=1.0)  # the paper's Eq. 1
+DEFAULTS.update(cpe_normalize=False, cpe_temperature=1.0, cpe_weight=1.0)  # the paper's Eq. 1
+DEFAULTS.update(snapmix_cams="unmixed", tta_rule="threshold")  # exact SnapMix; the paper's vote
 # the demo trains from scratch: the paper-form CPE (raw dot products, 20-380 at the start)
 # dominates the cross-entropy there and collapsed runs in our reproduction; the normalised form
 # stayed level with the baseline (docs/results.md)
 DEMO = {"model": "resnet18", "img_size": 112, "epochs": 16, "seeds": [0], "out": "runs/demo"}
-DEMO.update(cpe_normalize=True, cpe_temperature=0.1)
+DEMO.update(cpe_normalize=True, cpe_temperature=0.1, cpe_weight=1.0)
+DEMO.update(snapmix_cams="unmixed", tta_rule="threshold")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,6 +135,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="L2-normalise the CPE cells (paper: raw; --demo: normalised)",
     )
     add("--cpe-temperature", type=float, help="CPE temperature τ (paper: 1; --demo: 0.1)")
+    add("--cpe-weight", type=float, metavar="λ", help="weight λ ≥ 0 of the CPE term (paper: 1)")
+    add(
+        "--snapmix-cams",
+        choices=("unmixed", "mixed"),
+        help="SnapMix label weights from the CAMs of the unmixed images (default: exact SnapMix, "
+        "one extra forward) or of the mixed ones (no extra forward)",
+    )
+    add("--tta-rule", choices=TTA_RULES, help="TTA vote rule (default threshold, the paper's)")
+    add(
+        "--tta-theta",
+        type=float,
+        metavar="θ",
+        help=f"TTA vote threshold (default {TTA_THETA}; {TTA_RELATIVE_THETA} with --tta-rule "
+        "relative, a fraction of the unmasked confidence; unused by argmax)",
+    )
     add("--epochs", type=int, help="training epochs (default 200; 0: evaluate only)")
     add("--batch-size", type=int, default=64, help="default 64")
     add("--lr", type=float, default=1e-2, help="new layers' lr; pretrained ones get 0.1×")
@@ -164,6 +187,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--batch-size: BatchNorm training needs at least 2 images per batch")
     if args.epochs < 0:
         p.error(f"--epochs: expected 0 or more, got {args.epochs}")
+    if not args.cpe_weight >= 0:
+        p.error(f"--cpe-weight: expected 0 or more, got {args.cpe_weight}")
+    if args.tta_theta is None:
+        args.tta_theta = TTA_RELATIVE_THETA if args.tta_rule == "relative" else TTA_THETA
+    if not 0 <= args.tta_theta <= 1:
+        p.error(f"--tta-theta: expected a value in [0, 1], got {args.tta_theta}")
     for name in ("train_subset", "test_subset"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected at least 1 image per class")
@@ -435,12 +464,15 @@ def train(args, method, seed, train_set, val_set, backbone, device, log) -> dict
     gen = torch.Generator()  # SnapMix draws and batch order, reseeded every epoch
     step = TrainStep(
         model,
-        snapmix=SnapMix(num_classes=args.num_classes, generator=gen) if use_snapmix else None,
+        snapmix=SnapMix(args.num_classes, generator=gen, cam_source=args.snapmix_cams)
+        if use_snapmix
+        else None,
         cpe=ContrastivePatchLoss(
             num_patches=CPE_PATCHES, normalize=args.cpe_normalize, temperature=args.cpe_temperature
         )
         if use_cpe
         else None,
+        cpe_weight=args.cpe_weight,
     )
     optimizer = make_optimizer(model, args.lr, pretrained=args.pretrained)
     augment = torch.nn.Sequential(
@@ -452,9 +484,8 @@ def train(args, method, seed, train_set, val_set, backbone, device, log) -> dict
     run = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "best_state": None, "train_seconds": 0.0}
     if path.is_file() and args.resume:
         ckpt = load_checkpoint(path, required=("config", "model", "optimizer", *run))
-        differs = {
-            k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v
-        }
+        written = {**IMPLIED, **ckpt["config"]}
+        differs = {k: (written.get(k), v) for k, v in config.items() if written.get(k) != v}
         if differs:
             raise ValueError(
                 f"--resume: {path} was written with other settings (checkpoint, "
@@ -577,6 +608,7 @@ def write_figures(args, tta, test, train_set, stem: str, every_kind: bool) -> li
             tta.patch_size,
             early_exit=False,
             mask_value=tta.mask_value,
+            rule=tta.rule,
         )
         with torch.no_grad():
             curve = deletion_curve(full.predict(x), math.ceil(args.img_size / tta.patch_size) ** 2)
@@ -623,7 +655,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if any(len(n) == 2 for n in names.values()):
         log(
             f"CAM-masking TTA: {patch}×{patch}-pixel cells ({math.isqrt(cells)}×"
-            f"{math.isqrt(cells)} grid), k = {k} masks, θ = {TTA_THETA}"
+            f"{math.isqrt(cells)} grid), k = {k} masks, θ = {args.tta_theta}, "
+            f"rule {args.tta_rule}"
         )
     backbone = pretrained_weights(args)
 
@@ -642,7 +675,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     settings.update(
         train_site=args.site,
         checkpoint=str(args.checkpoint or "") or None,
-        tta=f"k={k} theta={TTA_THETA} cell={patch}px",
+        tta=f"k={k} theta={args.tta_theta} cell={patch}px",
+        tta_rule=args.tta_rule,
+        tta_theta=args.tta_theta,
         device=device.type,
         torch=torch.__version__,
         timm=timm.__version__,
@@ -666,7 +701,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 if any(RECIPES[m] == recipe for m in args.method[args.method.index(method) + 1 :]):
                     trained[(recipe, seed)] = (method, run)  # e.g. snapmix_cpe, then full
             model = create_model(args, device, state=run["best_state"]).eval()
-            tta = CAMMaskingTTA(model, k=k, theta=TTA_THETA, patch_size=patch)
+            tta = CAMMaskingTTA(
+                model, k=k, theta=args.tta_theta, patch_size=patch, rule=args.tta_rule
+            )
             rows = []
             for site in sites:
                 for name in names[method]:

@@ -26,7 +26,10 @@ padding and a random crop), no flips. ResNet-18 has stride 32, so the default ``
 input (2-pixel cells, a 32×32 grid, at 64²) and masked cells take the MNIST training mean.
 
 Recipe: SGD, Nesterov momentum 0.9, weight decay 1e-4, lr 0.05, batch 128, from scratch, ×0.1
-after 40 %, 75 % and 90 % of 20 epochs.
+after 40 %, 75 % and 90 % of 20 epochs. Variants, as in ``covid_ct.py`` (defaults: the paper's):
+``--cpe-normalize``, ``--cpe-temperature``, ``--cpe-weight`` (λ), ``--snapmix-cams mixed`` (no
+extra forward) train differently, so a resumed run must keep them; ``--tta-rule`` and
+``--tta-theta`` only change the evaluation (a finished run can be re-evaluated with them).
 
 Examples::
 
@@ -82,13 +85,15 @@ NUM_CLASSES, MNIST_SIDE = 10, 28
 TARGETS = {"usps": "mnist-usps", "mnistm": "mnist-mnistm"}  # --target -> results dataset
 TARGET_NAMES = {"usps": "USPS", "mnistm": "MNIST-M"}
 METRICS = {"accuracy": "acc", "precision": "precision", "recall": "recall", "f1": "f1"}
-CPE_PATCHES, TTA_K, TTA_THETA = 2, 31, 0.2
+CPE_PATCHES, TTA_K, TTA_THETA, TTA_RELATIVE_THETA = 2, 31, 0.2, 0.5
+TTA_RULES = ("threshold", "argmax", "relative")  # CAMMaskingTTA's vote rules (threshold: paper)
 ROW_KEY = ("dataset", "method", "seed", "settings")  # a result row replaces the row of equal key
 MILESTONES = (0.4, 0.75, 0.9)  # lr ×0.1 after these fractions of the epochs
 SETTINGS = (  # what a run checkpoint must agree on to be resumed (epochs may grow)
     *("model", "pretrained", "img_size", "batch_size", "lr", "cpe_normalize", "cpe_temperature"),
-    *("train_subset", "test_subset", "translate", "val_size"),
+    *("cpe_weight", "snapmix_cams", "train_subset", "test_subset", "translate", "val_size"),
 )
+IMPLIED = {"cpe_weight": 1.0, "snapmix_cams": "unmixed"}  # what checkpoints without them used
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,6 +119,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--tta", action="store_true", help="also evaluate with CAM-masking TTA (always for full)")
     add("--cpe-normalize", action="store_true", help="L2-normalise the CPE cells (paper: raw)")
     add("--cpe-temperature", type=float, default=1.0, help="CPE temperature τ (paper: 1)")
+    add("--cpe-weight", type=float, default=1.0, metavar="λ", help="CPE term weight (paper: 1)")
+    add(
+        "--snapmix-cams",
+        choices=("unmixed", "mixed"),
+        default="unmixed",
+        help="SnapMix label weights from the CAMs of the unmixed images (default: exact SnapMix, "
+        "one extra forward) or of the mixed ones (no extra forward)",
+    )
+    add(
+        "--tta-rule",
+        choices=TTA_RULES,
+        default="threshold",
+        help="TTA vote rule (paper: threshold)",
+    )
+    add(
+        "--tta-theta",
+        type=float,
+        metavar="θ",
+        help=f"TTA vote threshold (default {TTA_THETA}; {TTA_RELATIVE_THETA} with --tta-rule "
+        "relative, a fraction of the unmasked confidence; unused by argmax)",
+    )
     add("--epochs", type=int, default=20, help="training epochs (default 20; 0: evaluate only)")
     add("--batch-size", type=int, default=128, help="default 128")
     add("--lr", type=float, default=0.05, help="new layers' lr; pretrained ones get 0.1×")
@@ -137,6 +163,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--batch-size: BatchNorm training needs at least 2 images per batch")
     if args.epochs < 0 or args.val_size < 0 or not args.translate >= 0:
         p.error("--epochs, --val-size, --translate: expected 0 or more")
+    if not args.cpe_weight >= 0:
+        p.error(f"--cpe-weight: expected 0 or more, got {args.cpe_weight}")
+    if args.tta_theta is None:
+        args.tta_theta = TTA_RELATIVE_THETA if args.tta_rule == "relative" else TTA_THETA
+    if not 0 <= args.tta_theta <= 1:
+        p.error(f"--tta-theta: expected a value in [0, 1], got {args.tta_theta}")
     for name in ("train_subset", "test_subset"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected at least 1 digit per class")
@@ -366,12 +398,15 @@ def train(args, method, seed, train_set, val_set, device, log) -> dict[str, Any]
     gen = torch.Generator()  # SnapMix draws and batch order, reseeded every epoch
     step = TrainStep(
         model,
-        snapmix=SnapMix(num_classes=NUM_CLASSES, generator=gen) if use_snapmix else None,
+        snapmix=SnapMix(NUM_CLASSES, generator=gen, cam_source=args.snapmix_cams)
+        if use_snapmix
+        else None,
         cpe=ContrastivePatchLoss(
             num_patches=CPE_PATCHES, normalize=args.cpe_normalize, temperature=args.cpe_temperature
         )
         if use_cpe
         else None,
+        cpe_weight=args.cpe_weight,
     )
     optimizer = make_optimizer(model, args.lr, pretrained=args.pretrained)
     size, pad = args.img_size, translate_pad(args.img_size, args.translate)
@@ -381,9 +416,8 @@ def train(args, method, seed, train_set, val_set, device, log) -> dict[str, Any]
     run = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "best_state": None, "train_seconds": 0.0}
     if path.is_file() and args.resume:
         ckpt = load_checkpoint(path, required=("config", "model", "optimizer", *run))
-        differs = {
-            k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v
-        }
+        written = {**IMPLIED, **ckpt["config"]}
+        differs = {k: (written.get(k), v) for k, v in config.items() if written.get(k) != v}
         if differs:
             raise ValueError(
                 f"--resume: {path} was written with other settings (checkpoint, now): "
@@ -494,7 +528,13 @@ def write_figures(args, tta, test, train_set, stem: str) -> list[Path]:
         "tta": tta_figure(x, result, tta, index=int(flipped[0]) if len(flipped) else 0, **style),
     }
     full = CAMMaskingTTA(
-        tta.extractor, tta.k, tta.theta, tta.patch_size, early_exit=False, mask_value=tta.mask_value
+        tta.extractor,
+        tta.k,
+        tta.theta,
+        tta.patch_size,
+        early_exit=False,
+        mask_value=tta.mask_value,
+        rule=tta.rule,
     )
     with torch.no_grad():
         curve = deletion_curve(full.predict(x), math.ceil(args.img_size / tta.patch_size) ** 2)
@@ -553,14 +593,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if any(len(n) == 2 for n in names.values()):
         log(
             f"CAM-masking TTA: {patch}×{patch}-pixel cells ({math.isqrt(cells)}×"
-            f"{math.isqrt(cells)} grid), k = {k} masks, θ = {TTA_THETA}, masked cells filled "
+            f"{math.isqrt(cells)} grid), k = {k} masks, θ = {args.tta_theta}, rule "
+            f"{args.tta_rule}, masked cells filled "
             f"with the MNIST training mean ({', '.join(f'{v:.2f}' for v in fill)} normalised)"
         )
 
     settings = {key: getattr(args, key) for key in (*SETTINGS, "epochs")}
     settings.update(
         checkpoint=str(args.checkpoint) if args.checkpoint else None,
-        tta=f"k={k} theta={TTA_THETA} cell={patch}px",
+        tta=f"k={k} theta={args.tta_theta} cell={patch}px",
+        tta_rule=args.tta_rule,
+        tta_theta=args.tta_theta,
         device=device.type,
         torch=torch.__version__,
         timm=timm.__version__,
@@ -582,7 +625,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 if any(RECIPES[m] == recipe for m in args.method[args.method.index(method) + 1 :]):
                     trained[(recipe, seed)] = (method, run)  # e.g. snapmix_cpe, then full
             model = create_model(args, device, state=run["best_state"]).eval()
-            tta = CAMMaskingTTA(model, k=k, theta=TTA_THETA, patch_size=patch, mask_value=fill)
+            tta = CAMMaskingTTA(
+                model,
+                k=k,
+                theta=args.tta_theta,
+                patch_size=patch,
+                mask_value=fill,
+                rule=args.tta_rule,
+            )
             rows = []
             for target in targets:
                 for name in names[method]:

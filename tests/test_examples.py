@@ -162,6 +162,38 @@ def test_demo_preset_and_explicit_options(tmp_path):
     assert covid_ct.parse_args(["--method", "cpe", "--seeds", "99"]).out == Path("runs/covid_ct")
 
 
+def test_recipe_options_default_to_the_paper_and_are_validated(tmp_path, capsys, monkeypatch):
+    recipe = ("cpe_weight", "snapmix_cams", "tta_rule", "tta_theta")
+    paper = (1.0, "unmixed", "threshold", 0.2)  # TrainStep's, exact SnapMix's, CAMMaskingTTA's
+    for argv in ([], ["--demo"]):
+        args = covid_ct.parse_args([*argv, "--out", str(tmp_path)])
+        assert tuple(getattr(args, key) for key in recipe) == paper, argv
+    argv = ["--cpe-weight", "0.1", "--snapmix-cams", "mixed", "--tta-rule", "relative"]
+    args = covid_ct.parse_args([*argv, "--out", str(tmp_path)])
+    assert tuple(getattr(args, key) for key in recipe) == (0.1, "mixed", "relative", 0.5)
+    assert covid_ct.parse_args(["--tta-rule", "relative", "--tta-theta", "0.8"]).tta_theta == 0.8
+    assert covid_ct.parse_args(["--tta-rule", "argmax"]).tta_theta == 0.2
+    # the demo preset carries the recipe keys; an explicit option still wins
+    monkeypatch.setitem(covid_ct.DEMO, "cpe_weight", 0.1)
+    monkeypatch.setitem(covid_ct.DEMO, "snapmix_cams", "mixed")
+    monkeypatch.setitem(covid_ct.DEMO, "tta_rule", "relative")
+    demo = covid_ct.parse_args(["--demo", "--out", str(tmp_path)])
+    assert tuple(getattr(demo, key) for key in recipe) == (0.1, "mixed", "relative", 0.5)
+    assert (
+        covid_ct.parse_args(["--demo", "--cpe-weight", "0", "--out", str(tmp_path)]).cpe_weight == 0
+    )
+    for bad, message in [
+        (["--cpe-weight", "-0.5"], "--cpe-weight: expected 0 or more, got -0.5"),
+        (["--cpe-weight", "nan"], "--cpe-weight: expected 0 or more, got nan"),
+        (["--tta-theta", "1.5"], "--tta-theta: expected a value in [0, 1], got 1.5"),
+        (["--snapmix-cams", "both"], "--snapmix-cams: invalid choice: 'both'"),
+        (["--tta-rule", "majority"], "--tta-rule: invalid choice: 'majority'"),
+    ]:
+        with pytest.raises(SystemExit):
+            covid_ct.parse_args(bad)
+        assert message in capsys.readouterr().err, bad
+
+
 def test_cpe_needs_four_feature_cells(tmp_path):
     # ResNet-18 at 32 px has a 1×1 feature map: the CPE methods must refuse before loading data.
     with pytest.raises(ValueError, match=r"1×1 feature map.*--img-size"):
@@ -277,6 +309,74 @@ def test_resume_refuses_other_settings(smoke, tmp_path):
         run_main([*SMOKE, "--epochs", "2", "--lr", "0.1", "--resume", "--out", str(out)])
     with pytest.raises(ValueError, match="ask for at least 1 epochs"):
         run_main([*SMOKE, "--epochs", "0", "--resume", "--out", str(out)])
+
+
+def spy(monkeypatch, module, *names: str) -> dict[str, list]:
+    """Replace ``module``'s classes ``names`` by factories that keep every object they build."""
+    built: dict[str, list] = {name: [] for name in names}
+    for name in names:
+        cls = getattr(module, name)
+
+        def make(*args, _cls=cls, _name=name, **kwargs):
+            built[_name].append(_cls(*args, **kwargs))
+            return built[_name][-1]
+
+        monkeypatch.setattr(module, name, make)
+    return built
+
+
+@needs_data
+def test_recipe_options_reach_the_train_step_and_the_tta_and_are_recorded(
+    smoke, tmp_path, monkeypatch
+):
+    built = spy(monkeypatch, covid_ct, "TrainStep", "CAMMaskingTTA")
+    recipe = ["--cpe-weight", "0.1", "--snapmix-cams", "mixed", "--tta-rule", "relative"]
+    out = tmp_path / "recipe"
+    run_main([*SMOKE, "--epochs", "1", *recipe, "--out", str(out)])
+    (step,), (tta,) = built["TrainStep"], built["CAMMaskingTTA"]
+    assert step.cpe_weight == 0.1 and step.snapmix.cam_source == "mixed" and step.cpe is not None
+    assert (tta.rule, tta.theta) == ("relative", 0.5)
+    for row in on_disk(out):
+        settings = row["settings"]
+        assert (settings["cpe_weight"], settings["snapmix_cams"]) == (0.1, "mixed"), row["method"]
+        assert (settings["tta_rule"], settings["tta_theta"]) == ("relative", 0.5)
+        assert settings["tta"] == "k=31 theta=0.5 cell=2px"
+    config = load_ckpt(out / "B_full_seed0.pt")["config"]
+    assert (config["cpe_weight"], config["snapmix_cams"]) == (0.1, "mixed")
+    # the smoke run recorded the defaults
+    assert {k: on_disk(smoke[0])[0]["settings"][k] for k in ("cpe_weight", "tta_rule")} == {
+        "cpe_weight": 1.0,
+        "tta_rule": "threshold",
+    }
+
+    # a training setting of another value is refused on --resume, before any training
+    for other in (["--cpe-weight", "1"], ["--snapmix-cams", "unmixed"]):
+        argv = [*SMOKE, "--epochs", "2", *recipe, *other, "--resume", "--out", str(out)]
+        with pytest.raises(ValueError, match=r"other settings.*'(cpe_weight|snapmix_cams)'"):
+            run_main(argv)
+    assert load_ckpt(out / "B_full_seed0.pt")["epoch"] == 1
+
+    # the TTA rule does not change the training: a finished run is evaluated again with
+    # another rule, into rows of their own; a checkpoint written before the recipe options
+    # existed resumes as the defaults it trained with
+    legacy = tmp_path / "legacy"
+    shutil.copytree(smoke[0], legacy)
+    ckpt = load_ckpt(legacy / "B_full_seed0.pt")
+    for key in ("cpe_weight", "snapmix_cams"):
+        del ckpt["config"][key]
+    torch.save(ckpt, legacy / "B_full_seed0.pt")
+    argv = [*SMOKE, "--epochs", "1", "--tta-rule", "argmax", "--resume", "--out", str(legacy)]
+    results, text = run_main(argv)
+    assert "resuming B_full_seed0.pt from epoch 1/1" in text and "epoch 1/1 loss" not in text
+    assert built["CAMMaskingTTA"][-1].rule == "argmax"
+    rows = on_disk(legacy)
+    assert [(r["method"], r["settings"]["tta_rule"]) for r in rows] == [
+        ("full", "threshold"),
+        ("full+tta", "threshold"),
+        ("full", "argmax"),
+        ("full+tta", "argmax"),
+    ]
+    assert results["B"]["full"]["acc"] == [rows[0]["acc"]]  # same weights, same plain accuracy
 
 
 @needs_data

@@ -273,6 +273,58 @@ def test_resume_continues_and_matches_an_uninterrupted_run(smoke, mnistm_cache, 
         run_main([*argv, "--epochs", "1", "--resume", "--out", str(resumed)])
 
 
+def test_recipe_options_default_to_the_paper_and_are_validated(tmp_path, capsys):
+    recipe = ("cpe_weight", "snapmix_cams", "tta_rule", "tta_theta")
+    args = mnist_usps.parse_args(["--out", str(tmp_path)])
+    assert tuple(getattr(args, key) for key in recipe) == (1.0, "unmixed", "threshold", 0.2)
+    argv = ["--cpe-weight", "0", "--snapmix-cams", "mixed", "--tta-rule", "relative"]
+    args = mnist_usps.parse_args([*argv, "--out", str(tmp_path)])
+    assert tuple(getattr(args, key) for key in recipe) == (0.0, "mixed", "relative", 0.5)
+    assert mnist_usps.parse_args(["--tta-theta", "0.3"]).tta_theta == 0.3
+    for bad, message in [
+        (["--cpe-weight", "-1"], "--cpe-weight: expected 0 or more, got -1.0"),
+        (["--tta-rule", "relative", "--tta-theta", "-0.1"], "expected a value in [0, 1], got -0.1"),
+        (["--snapmix-cams", "both"], "--snapmix-cams: invalid choice: 'both'"),
+    ]:
+        with pytest.raises(SystemExit):
+            mnist_usps.parse_args(bad)
+        assert message in capsys.readouterr().err, bad
+
+
+@needs_data
+def test_recipe_options_reach_the_train_step_and_the_tta_and_are_recorded(
+    mnistm_cache, tmp_path, monkeypatch
+):
+    built: dict[str, list] = {"TrainStep": [], "CAMMaskingTTA": []}
+    for name in built:  # keep every object the example builds of these two classes
+        cls = getattr(mnist_usps, name)
+
+        def make(*args, _cls=cls, _name=name, **kwargs):
+            built[_name].append(_cls(*args, **kwargs))
+            return built[_name][-1]
+
+        monkeypatch.setattr(mnist_usps, name, make)
+    recipe = ["--cpe-weight", "0.1", "--snapmix-cams", "mixed", "--tta-rule", "argmax"]
+    argv = [*SMOKE, "--method", "full", "--target", "usps", "--mnistm-cache", str(mnistm_cache)]
+    run_main([*argv, "--epochs", "1", *recipe, "--out", str(tmp_path)])
+    (step,), (tta,) = built["TrainStep"], built["CAMMaskingTTA"]
+    assert step.cpe_weight == 0.1 and step.snapmix.cam_source == "mixed" and step.cpe is not None
+    assert (tta.rule, tta.theta) == ("argmax", 0.2)
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["full", "full+tta"]
+    for row in rows:
+        settings = row["settings"]
+        assert (settings["cpe_weight"], settings["snapmix_cams"]) == (0.1, "mixed")
+        assert (settings["tta_rule"], settings["tta_theta"]) == ("argmax", 0.2)
+    config = load_ckpt(tmp_path / "mnist_full_seed0.pt")["config"]
+    assert (config["cpe_weight"], config["snapmix_cams"]) == (0.1, "mixed")
+    # a resumed run refuses another CPE weight or SnapMix CAM source, before any training
+    for other in (["--cpe-weight", "1"], ["--snapmix-cams", "unmixed"]):
+        with pytest.raises(ValueError, match=r"other settings.*'(cpe_weight|snapmix_cams)'"):
+            run_main([*argv, "--epochs", "2", *recipe, *other, "--resume", "--out", str(tmp_path)])
+    assert load_ckpt(tmp_path / "mnist_full_seed0.pt")["epoch"] == 1
+
+
 @needs_data
 def test_another_run_into_the_same_folder_keeps_the_rows_and_writes_figures(
     smoke, mnistm_cache, tmp_path, capsys

@@ -122,3 +122,66 @@ def test_a_table_refuses_rows_of_different_settings_and_merges_at_every_write(tm
     path.write_text(json.dumps({"site-B": {"baseline": {"acc": [1.0]}}}))
     with pytest.raises(ValueError, match=r"reproduce_cpu\.json: expected \{'rows'"):
         reproduce.main(["--report-only", "--results", str(tmp_path)])
+
+
+def test_runs_pass_their_example_arguments_through_variants_last(tmp_path, monkeypatch):
+    calls: list[tuple[str, list[str]]] = []
+    for module in (reproduce.covid_ct, reproduce.mnist_usps):
+        name = module.__name__
+        monkeypatch.setattr(
+            module, "main", lambda argv, name=name: calls.append((name, argv)) or []
+        )
+    runs = ["snapmix_fast", "cpe_norm_w01", "baseline"]
+    argv = ["--datasets", "site-B", "digits", "--runs", *runs, "--seeds", "0"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        reproduce.main([*argv, "--out", str(tmp_path)])
+    # per dataset the paper's forms first, then the variants in the order asked for
+    assert [(name, argv[argv.index("--out") + 1].rsplit("/", 1)[1]) for name, argv in calls] == [
+        ("covid_ct", "site_b_baseline"),
+        ("covid_ct", "site_b_snapmix_fast"),
+        ("covid_ct", "site_b_cpe_norm_w01"),
+        ("mnist_usps", "digits_baseline"),
+        ("mnist_usps", "digits_snapmix_fast"),
+        ("mnist_usps", "digits_cpe_norm_w01"),
+    ]
+    recipe = ("method", "cpe_normalize", "cpe_temperature", "cpe_weight", "snapmix_cams")
+    expected = {
+        "baseline": (["baseline"], False, 1.0, 1.0, "unmixed"),
+        "snapmix_fast": (["snapmix"], False, 1.0, 1.0, "mixed"),
+        "cpe_norm_w01": (["cpe"], True, 0.1, 0.1, "unmixed"),
+    }
+    for name, argv in calls:  # every call parses, with the run's recipe
+        example = reproduce.covid_ct if name == "covid_ct" else reproduce.mnist_usps
+        args = example.parse_args(argv)
+        key = args.out.name.split("_", 1 if name == "mnist_usps" else 2)[-1]
+        assert tuple(getattr(args, k) for k in recipe) == expected[key], (name, key)
+        assert (args.tta_rule, args.tta_theta) == ("threshold", 0.2)
+
+
+def test_a_table_accepts_rows_whose_method_sets_the_cpe_weight_or_the_snapmix_cams():
+    def row(method, seed, **settings):
+        base = {"model": "resnet18", "cpe_normalize": False, "cpe_temperature": 1.0}
+        base.update(cpe_weight=1.0, snapmix_cams="unmixed", tta_rule="threshold")
+        return {
+            "dataset": "site-B",
+            "method": method,
+            "seed": seed,
+            "settings": {**base, **settings},
+        }
+
+    rows = [
+        row("baseline", 0),
+        row("cpe_norm_w01", 0, cpe_normalize=True, cpe_temperature=0.1, cpe_weight=0.1),
+        row("snapmix_fast", 0, snapmix_cams="mixed"),
+        row("snapmix_fast", 1, snapmix_cams="mixed"),
+    ]
+    assert reproduce.shared_settings("site-B", rows) == {
+        "model": "resnet18",
+        "tta_rule": "threshold",
+    }
+    # within one method they must agree; and the TTA rule is not a method's setting
+    for bad in (row("snapmix_fast", 2), row("cpe_norm_w01", 1, cpe_weight=0.5)):
+        with pytest.raises(ValueError, match=r"site-B \(method .*\): rows of different settings"):
+            reproduce.shared_settings("site-B", [*rows, bad])
+    with pytest.raises(ValueError, match=r"site-B: rows of different settings .*'tta_rule'"):
+        reproduce.shared_settings("site-B", [*rows, row("baseline", 1, tta_rule="relative")])
