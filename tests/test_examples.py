@@ -146,12 +146,12 @@ def test_image_cache_decodes_each_image_once(tmp_path):
 def test_demo_preset_and_explicit_options(tmp_path):
     args = covid_ct.parse_args(["--demo"])
     assert (args.model, args.img_size, args.epochs) == ("resnet18", 112, covid_ct.DEMO["epochs"])
-    assert args.method == ["snapmix_cpe"] and args.tta and args.seeds == [0]
+    assert args.method == ["cpe"] and args.tta and args.seeds == [0]
     assert args.out == Path("runs/demo") and args.overwrite  # a scratch run: rerunnable
     assert covid_ct.parse_args(["--demo", "--epochs", "1"]).epochs == 1
     assert not covid_ct.parse_args(["--demo", "--resume"]).overwrite
     # the demo trains with the normalised CPE; the paper's form stays the scripts' default
-    assert (args.cpe_normalize, args.cpe_temperature) == (True, 0.1)
+    assert (args.cpe_normalize, args.cpe_temperature, args.cpe_weight) == (True, 0.1, 0.1)
     paper = covid_ct.parse_args(["--demo", "--no-cpe-normalize", "--cpe-temperature", "1"])
     assert (paper.cpe_normalize, paper.cpe_temperature) == (False, 1.0)
     defaults = covid_ct.parse_args(["--out", str(tmp_path)])
@@ -162,12 +162,33 @@ def test_demo_preset_and_explicit_options(tmp_path):
     assert covid_ct.parse_args(["--method", "cpe", "--seeds", "99"]).out == Path("runs/covid_ct")
 
 
+def test_demo_runs_the_recommended_recipe_of_the_evidence():
+    """The demo preset is the recipe benchmarks/evidence.py chose on validation data."""
+    from benchmarks.evidence import CPE_FORMS, METHODS
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "evidence_cpu.json"
+    data = json.loads(path.read_text())
+    method = data["recommended"]
+    snap, form = METHODS[method]
+    chosen = data["recommended_detail"]
+    demo = covid_ct.parse_args(["--demo"])
+    use_snapmix, use_cpe = covid_ct.RECIPES[demo.method[0]]
+    assert use_snapmix == bool(snap) and use_cpe == (form is not None), (method, demo.method)
+    if form is not None:
+        cpe = CPE_FORMS[form]
+        got = (demo.cpe_normalize, demo.cpe_temperature, demo.cpe_weight)
+        assert got == (cpe["normalize"], cpe["temperature"], cpe["weight"])
+    cams = {True: "unmixed", "fast": "mixed"}.get(snap, "unmixed")
+    assert demo.snapmix_cams == cams
+    if chosen["tta_rule"] != "none":  # the demo always reports the TTA rows too
+        assert demo.tta and demo.tta_rule == chosen["tta_rule"]
+
+
 def test_recipe_options_default_to_the_paper_and_are_validated(tmp_path, capsys, monkeypatch):
     recipe = ("cpe_weight", "snapmix_cams", "tta_rule", "tta_theta")
     paper = (1.0, "unmixed", "threshold", 0.2)  # TrainStep's, exact SnapMix's, CAMMaskingTTA's
-    for argv in ([], ["--demo"]):
-        args = covid_ct.parse_args([*argv, "--out", str(tmp_path)])
-        assert tuple(getattr(args, key) for key in recipe) == paper, argv
+    args = covid_ct.parse_args(["--out", str(tmp_path)])
+    assert tuple(getattr(args, key) for key in recipe) == paper
     argv = ["--cpe-weight", "0.1", "--snapmix-cams", "mixed", "--tta-rule", "relative"]
     args = covid_ct.parse_args([*argv, "--out", str(tmp_path)])
     assert tuple(getattr(args, key) for key in recipe) == (0.1, "mixed", "relative", 0.5)
@@ -583,7 +604,7 @@ def test_demo_writes_a_cam_figure_and_figures_writes_every_kind(tmp_path):
     fast += ["--device", "cpu", "--workers", "2", "--epochs", "1", "--quiet"]
     _, text = run_main(["--demo", *fast, "--out", str(tmp_path / "demo")])
     figures = sorted((tmp_path / "demo" / "figures").iterdir())
-    assert [p.name for p in figures] == ["B_snapmix_cpe_seed0_cams.png"]
+    assert [p.name for p in figures] == ["B_cpe_seed0_cams.png"]
     assert f"figure: {figures[0]}" in text and figures[0].read_bytes()[:4] == b"\x89PNG"
     argv = [*fast, "--method", "baseline", "--seeds", "0", "--figures"]
     run_main([*argv, "--out", str(tmp_path / "all")])
