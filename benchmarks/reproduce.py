@@ -50,6 +50,7 @@ from camkit.io import atomic_write_text, merge_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT))  # benchmarks.evidence, when run as a script
 
 import covid_ct  # noqa: E402
 import mnist_usps  # noqa: E402
@@ -157,6 +158,29 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
+def recommended() -> dict:
+    """``{"recommended": key}`` from the digits evidence's choice (validation only), if made."""
+    path = ROOT / "benchmarks" / "results" / "evidence_cpu.json"
+    if not path.is_file():
+        return {}
+    chosen = json.loads(path.read_text()).get("recommended_detail") or {}
+    if not chosen.get("method"):
+        return {}
+    source = "benchmarks/results/evidence_cpu.json (digits validation)"
+    return {"recommended": chosen["method"], "recommended_detail": {**chosen, "source": source}}
+
+
+def paired_cell(entry: dict, base: dict[int, float]) -> str:
+    """Mean paired accuracy difference to the baseline over the shared seeds, with its CI."""
+    from benchmarks.evidence import paired_ci
+
+    diffs = [a - base[s] for s, a in zip(entry["seeds"], entry["acc"], strict=True) if s in base]
+    if not diffs:
+        return "-"
+    mean, lo, hi = paired_ci(diffs)
+    return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" if lo == lo else f"{mean:+.2f} [one seed]"
+
+
 def write_markdown(rows: list[dict], path: Path) -> None:
     settings = {d: shared_settings(d, [r for r in rows if r["dataset"] == d]) for d in nest(rows)}
     results = nest(rows)
@@ -192,6 +216,14 @@ def write_markdown(rows: list[dict], path: Path) -> None:
         "  classes.",
         "",
     ]
+    chosen = recommended()
+    if chosen:
+        lines += [
+            f"Recommended recipe: `{chosen['recommended']}`, chosen on validation data only by "
+            "`benchmarks/evidence.py` (digits; see `evidence_cpu.md`). `Δ acc`: the mean "
+            "difference to the baseline over the seeds both have, with its 95 % t-interval.",
+            "",
+        ]
     for dataset, methods in results.items():
         shared = ", ".join(f"{k} {v}" for k, v in settings[dataset].items())
         lines += [
@@ -199,13 +231,21 @@ def write_markdown(rows: list[dict], path: Path) -> None:
             "",
             f"Settings: {shared}.",
             "",
-            "| method | seeds | epochs | best val epochs | accuracy | precision | recall | F1 "
-            "| train s/run | paper acc | paper F1 |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| method | seeds | epochs | best val epochs | accuracy | Δ acc vs baseline [95 % CI] "
+            "| precision | recall | F1 | train s/run | paper acc | paper F1 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
+        base = dict(
+            zip(
+                methods.get("baseline", {}).get("seeds", []),
+                methods.get("baseline", {}).get("acc", []),
+                strict=True,
+            )
+        )
         for method, entry in methods.items():
             paper = PAPER.get(dataset, {}).get(method, (None, None))  # variants: none
             cells = [fmt(entry.get(k, [])) for k in ("acc", "precision", "recall", "f1")]
+            cells.insert(1, paired_cell(entry, base) if method != "baseline" else "—")
             seconds = entry.get("train_seconds", [])
             epochs = sorted(set(entry.get("epochs", [])))
             lines.append(
@@ -323,7 +363,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for row in example
             if row["method"] in names
         ]
-        rows = merge_results(json_path, new, key=ROW_KEY)  # read, merge, write under the lock
+        # read, merge, write under the lock; the recipe the evidence chose rides along
+        rows = merge_results(json_path, new, key=ROW_KEY, extra=recommended())
         write_markdown(rows, md_path)
         print(f"done: {dataset} {key} seed {seed} ({seconds:.0f} s including evaluation)")
     return rows
