@@ -180,8 +180,8 @@ def test_demo_runs_the_recommended_recipe_of_the_evidence():
         assert got == (cpe["normalize"], cpe["temperature"], cpe["weight"])
     cams = {True: "unmixed", "fast": "mixed"}.get(snap, "unmixed")
     assert demo.snapmix_cams == cams
-    if chosen["tta_rule"] != "none":  # the demo always reports the TTA rows too
-        assert demo.tta and demo.tta_rule == chosen["tta_rule"]
+    assert demo.num_classes == 2 and demo.tta  # site B is binary: the recipe's K = 2 rule
+    assert demo.tta_rule == chosen["tta_rule_binary"] == "threshold"
 
 
 def test_recipe_options_default_to_the_paper_and_are_validated(tmp_path, capsys, monkeypatch):
