@@ -331,7 +331,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = ROOT / "benchmarks" / "results" if args.publish else args.results or args.out
     json_path, md_path = results / "reproduce_cpu.json", results / "reproduce_cpu.md"
     if args.report_only:
-        rows = load(json_path)
+        load(json_path)  # refuses the older nested form
+        rows = merge_results(json_path, [], key=ROW_KEY, extra=recommended())
         write_markdown(rows, md_path)
         return rows
     unknown = sorted(set(args.runs) - set(RECIPES))
