@@ -7,8 +7,8 @@ Usage (from the repository root; ``make figures`` runs it)::
 
 - ``results_ablation.png``: accuracy per method and dataset from ``reproduce_cpu.json``, the bar
   at the mean over seeds, the whisker ± one standard deviation, each seed a dot;
-- ``results_evidence.png``: the digits evidence (``evidence_cpu.json``): each method's paired
-  difference to the baseline on validation, USPS and MNIST-M, mean and 95 % CI over seeds;
+- ``results_paired.png``: from the same rows, each method's paired difference to the baseline on
+  the validation splits (what the recipe is chosen on) and on each test set, mean and 95 % CI;
 - ``perf_ratios.png``: the cost ratios of ``perf_cpu.json`` (and ``perf_cuda.json`` when present)
   against their targets;
 - with ``--gallery``, the figures the examples wrote for their trained models (``--figures``),
@@ -51,8 +51,9 @@ def _accuracies(entry: dict) -> list[float]:
     return [float(v) for v in values]
 
 
-def ablation_figure(results: dict):
-    """One panel per dataset: mean ± std accuracy per method, each seed a dot."""
+def ablation_figure(results: dict, recommended: str | None = None):
+    """One panel per dataset: mean ± std accuracy per method, each seed a dot; the baseline grey,
+    the recommended recipe green."""
     from matplotlib.figure import Figure
 
     datasets = [name for name, rows in results.items() if isinstance(rows, dict) and rows]
@@ -64,7 +65,9 @@ def ablation_figure(results: dict):
         means = [statistics.fmean(a) if a else float("nan") for a in accs]
         stds = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in accs]
         xs = range(len(methods))
-        colors = ["tab:gray" if m == "baseline" else "tab:blue" for m in methods]
+        colors = [
+            {"baseline": "tab:gray", recommended: "tab:green"}.get(m, "tab:blue") for m in methods
+        ]
         ax.bar(xs, means, yerr=stds, color=colors, alpha=0.75, capsize=3)
         for x, values in zip(xs, accs, strict=True):
             ax.plot([x] * len(values), values, "k.", markersize=4)
@@ -76,7 +79,10 @@ def ablation_figure(results: dict):
         ax.set_ylabel("test accuracy (%)")
         low = min((v for a in accs for v in a), default=0.0)
         ax.set_ylim(max(0.0, low - 10), min(100.0, max(means) + max(stds) + 8))
-    fig.suptitle("Ablations from scratch on the CPU: mean ± std over seeds, dots = seeds")
+    fig.suptitle(
+        "Ablations from scratch on the CPU: mean ± std over seeds, dots = seeds"
+        + ("; green = the recommended recipe" if recommended else "")
+    )
     return fig
 
 
@@ -118,24 +124,30 @@ def perf_figure(runs: dict[str, dict]):
     return fig
 
 
-def evidence_figure(rows: list[dict], recommended: str | None):
-    """Paired differences to the baseline per method (mean and 95 % CI; dots = seeds)."""
+def paired_figure(rows: list[dict], recommended: str | None):
+    """Each method's paired difference to the baseline (mean and 95 % CI; dots = seeds), on the
+    validation split the recipe is chosen on and on each test set, from ``reproduce_cpu.json``."""
     from matplotlib.figure import Figure
 
-    from benchmarks.evidence import METHODS, paired_ci
+    from benchmarks.evidence import paired_ci
 
-    by: dict[str, dict[int, dict]] = {}
+    acc: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
     for r in rows:
-        by.setdefault(r["method"], {})[r["seed"]] = r
-    base = by.get("baseline", {})
-    methods = [m for m in METHODS if m in by and m != "baseline"]
-    parts = (("val", "validation (MNIST)"), ("usps", "USPS test"), ("mnistm", "MNIST-M test"))
-    fig = Figure(figsize=(11, 0.42 * len(methods) + 1.6), layout="constrained")
-    axes = fig.subplots(1, len(parts), sharey=True)
-    for ax, (part, title) in zip(axes, parts, strict=True):
+        if r["method"].startswith("full"):  # the snapmix_cpe model again, with the TTA
+            continue
+        val_of = "digits" if r["dataset"].startswith("mnist") else r["dataset"]
+        for panel, key in (((val_of, "validation"), "val_acc"), ((r["dataset"], "test"), "acc")):
+            if key in r:
+                acc.setdefault(panel, {}).setdefault(r["method"], {})[r["seed"]] = r[key]
+    panels = [p for p in acc if "baseline" in acc[p]]
+    methods = list(dict.fromkeys(m for p in panels for m in acc[p] if m != "baseline"))
+    fig = Figure(figsize=(2.6 * len(panels) + 1.5, 0.4 * len(methods) + 1.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        base = acc[panel]["baseline"]
         for y, m in enumerate(methods):
-            seeds = sorted(set(by[m]) & set(base))
-            diffs = [100 * (by[m][s][part]["accuracy"] - base[s][part]["accuracy"]) for s in seeds]
+            seeds = sorted(set(acc[panel].get(m, {})) & set(base))
+            diffs = [acc[panel][m][s] - base[s] for s in seeds]
             if not diffs:
                 continue
             mean, lo, hi = paired_ci(diffs)
@@ -145,16 +157,15 @@ def evidence_figure(rows: list[dict], recommended: str | None):
             ax.plot(diffs, [y] * len(diffs), "k.", markersize=4)
             ax.plot([mean], [y], "o", color=color)
         ax.axvline(0.0, color="tab:gray", linestyle="--", linewidth=1)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("accuracy − baseline (points)")
+        ax.set_title(f"{panel[0]} {panel[1]}", fontsize=9)
+        ax.set_xlabel("acc − baseline (points)", fontsize=8)
         ax.set_xlim(*_clipped(ax.get_xlim(), 15.0))
     axes[0].set_yticks(range(len(methods)), methods, fontsize=8)
     axes[0].invert_yaxis()
-    seeds = sorted({r["seed"] for r in rows})
     fig.suptitle(
-        f"Digits evidence: paired difference to the baseline, mean and 95 % CI over seeds "
-        f"{seeds} (dots = seeds; green = recommended)",
-        fontsize=10,
+        "Paired difference to the baseline, mean and 95 % CI over seeds (dots = seeds; green = "
+        "the recommended recipe, chosen on the validation panels only)",
+        fontsize=9,
     )
     return fig
 
@@ -215,19 +226,18 @@ def main(argv: list[str] | None = None) -> list[Path]:
         for name, src in GALLERY.items():
             written.append(shrink_png(args.gallery / src, args.out / name))
     reproduce = args.results / "reproduce_cpu.json"
+    recommended = None
     if reproduce.is_file():
         data = json.loads(reproduce.read_text())
-        if "rows" in data:  # reproduce.py's merged rows: {dataset: {method: {"acc": [...]}}}
+        if "rows" in data:  # reproduce.py's merged rows
             from benchmarks.reproduce import nest
 
+            recommended = data.get("recommended")
+            fig = paired_figure(data["rows"], recommended)
+            written.append(save_figure(fig, args.out / "results_paired.png", dpi=90))
             data = nest(data["rows"])
-        fig = ablation_figure(data)
+        fig = ablation_figure(data, recommended)
         written.append(save_figure(fig, args.out / "results_ablation.png", dpi=90))
-    evidence = args.results / "evidence_cpu.json"
-    if evidence.is_file():
-        data = json.loads(evidence.read_text())
-        fig = evidence_figure(data["rows"], data.get("recommended"))
-        written.append(save_figure(fig, args.out / "results_evidence.png", dpi=90))
     runs = {}
     for device in ("cpu", "cuda"):
         path = args.results / f"perf_{device}.json"

@@ -1,8 +1,8 @@
 """Small models for tests: timm-contract classifiers whose behaviour is easy to reason about.
 
-Also `data_root`, where the staged data is (the lookup of the examples and benchmarks), and what
-the tests of the example scripts share: `import_example`, `data_marker`, the `one_thread` fixture
-and `run_script`.
+Also `data_root` (``benchmarks.data``'s: where the staged data is, as the examples look for it),
+and what the tests of the example scripts share: `import_example`, `data_marker`, the
+`one_thread` fixture and `run_script`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks.data import data_root
+
+__all__ = ["data_root"]  # re-exported for the tests
 
 
 class TinyNet(nn.Module):
@@ -70,18 +73,6 @@ def nest(rows: list[dict]) -> dict:
             if key not in ("dataset", "method", "settings"):
                 entry.setdefault(key, []).append(value)
     return out
-
-
-def data_root() -> Path | None:
-    """``CAMKIT_DATA`` if set, else the nearest ``shared/data`` above the repository, else ``None``.
-
-    The lookup of ``examples/*.py`` and ``benchmarks/data.py``: from ``/work/main`` it finds
-    ``/work/main/shared/data`` or the sibling ``/work/shared/data``.
-    """
-    if os.environ.get("CAMKIT_DATA"):
-        return Path(os.environ["CAMKIT_DATA"]).expanduser()
-    found = (p / "shared" / "data" for p in Path(__file__).resolve().parents)
-    return next((p for p in found if p.is_dir()), None)
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -131,26 +131,29 @@ def test_result_plots_show_the_committed_numbers(tmp_path):
     means = [statistics.fmean(row["acc"]) for row in results[dataset].values()]
     assert heights == pytest.approx(means)
     written = plots.main(["--out", str(tmp_path)])
-    names = {"results_ablation.png", "results_evidence.png", "perf_ratios.png"}
+    names = {"results_ablation.png", "results_paired.png", "perf_ratios.png"}
     assert {p.name for p in written} == names
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
 
 
-def test_evidence_plot_marks_each_methods_mean_paired_difference():
+def test_paired_plot_marks_each_methods_mean_paired_difference():
     import statistics
 
     from benchmarks import plots
 
-    data = json.loads((plots.RESULTS / "evidence_cpu.json").read_text())
-    fig = plots.evidence_figure(data["rows"], data.get("recommended"))
-    usps = fig.axes[1]
+    data = json.loads((plots.RESULTS / "reproduce_cpu.json").read_text())
+    fig = plots.paired_figure(data["rows"], data.get("recommended"))
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "mnist-usps test" in titles and "site-B validation" in titles
+    usps = fig.axes[titles.index("mnist-usps test")]
     means = [line.get_xdata()[0] for line in usps.lines if line.get_marker() == "o"]
-    by = {}
+    by: dict = {}
     for r in data["rows"]:
-        by.setdefault(r["method"], {})[r["seed"]] = r["usps"]["accuracy"]
+        if r["dataset"] == "mnist-usps":
+            by.setdefault(r["method"], {})[r["seed"]] = r["acc"]
     expected = [
-        statistics.fmean(100 * (by[m][s] - by["baseline"][s]) for s in by[m] if s in by["baseline"])
-        for m in dict.fromkeys(r["method"] for r in data["rows"])
+        statistics.fmean(by[m][s] - by["baseline"][s] for s in by[m] if s in by["baseline"])
+        for m in by
         if m != "baseline"
     ]
     assert sorted(means) == pytest.approx(sorted(expected))

@@ -151,7 +151,7 @@ def test_demo_preset_and_explicit_options(tmp_path):
     assert covid_ct.parse_args(["--demo", "--epochs", "1"]).epochs == 1
     assert not covid_ct.parse_args(["--demo", "--resume"]).overwrite
     # the demo trains with the normalised CPE; the paper's form stays the scripts' default
-    assert (args.cpe_normalize, args.cpe_temperature, args.cpe_weight) == (True, 0.1, 0.1)
+    assert (args.cpe_normalize, args.cpe_temperature, args.cpe_weight) == (True, 0.1, 1.0)
     paper = covid_ct.parse_args(["--demo", "--no-cpe-normalize", "--cpe-temperature", "1"])
     assert (paper.cpe_normalize, paper.cpe_temperature) == (False, 1.0)
     defaults = covid_ct.parse_args(["--out", str(tmp_path)])
@@ -162,26 +162,21 @@ def test_demo_preset_and_explicit_options(tmp_path):
     assert covid_ct.parse_args(["--method", "cpe", "--seeds", "99"]).out == Path("runs/covid_ct")
 
 
-def test_demo_runs_the_recommended_recipe_of_the_evidence():
-    """The demo preset is the recipe benchmarks/evidence.py chose on validation data."""
-    from benchmarks.evidence import CPE_FORMS, METHODS
+def test_demo_runs_the_recommended_recipe():
+    """The demo preset is the recipe benchmarks/reproduce.py chose on validation data (site-B
+    and the digits), with the same training options as that recipe's site-B runs."""
+    from benchmarks.reproduce import RECIPES, RESULTS
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "evidence_cpu.json"
-    data = json.loads(path.read_text())
-    method = data["recommended"]
-    snap, form = METHODS[method]
-    chosen = data["recommended_detail"]
+    data = json.loads((RESULTS / "reproduce_cpu.json").read_text())
+    chosen = data["recommended"]
+    _, source, extra = RECIPES[chosen]
+    recipe = covid_ct.parse_args(["--method", source, "--resume", *extra])
     demo = covid_ct.parse_args(["--demo"])
-    use_snapmix, use_cpe = covid_ct.RECIPES[demo.method[0]]
-    assert use_snapmix == bool(snap) and use_cpe == (form is not None), (method, demo.method)
-    if form is not None:
-        cpe = CPE_FORMS[form]
-        got = (demo.cpe_normalize, demo.cpe_temperature, demo.cpe_weight)
-        assert got == (cpe["normalize"], cpe["temperature"], cpe["weight"])
-    cams = {True: "unmixed", "fast": "mixed"}.get(snap, "unmixed")
-    assert demo.snapmix_cams == cams
+    assert covid_ct.RECIPES[demo.method[0]] == covid_ct.RECIPES[source], (chosen, demo.method)
+    options = ("cpe_normalize", "cpe_temperature", "cpe_weight", "snapmix_cams")
+    assert {k: getattr(demo, k) for k in options} == {k: getattr(recipe, k) for k in options}
     assert demo.num_classes == 2 and demo.tta  # site B is binary: the recipe's K = 2 rule
-    assert demo.tta_rule == chosen["tta_rule_binary"] == "threshold"
+    assert demo.tta_rule == data["recommended_detail"]["tta_rule_binary"] == "threshold"
 
 
 def test_recipe_options_default_to_the_paper_and_are_validated(tmp_path, capsys, monkeypatch):
