@@ -55,7 +55,7 @@ import timm
 import camkit
 from benchmarks.data import data_root
 from camkit import CAMMaskingTTA, ContrastivePatchLoss, SnapMix, TrainStep, deletion_auc
-from camkit.datasets import mnist, mnist_m, usps
+from camkit.datasets import frame_like_mnist, mnist, mnist_m, usps
 from camkit.io import atomic_write_text, merge_results
 
 DATA = data_root() or Path("shared/data")  # CAMKIT_DATA, or the nearest shared/data above
@@ -127,10 +127,7 @@ def load_digits(data: Path, cache: Path) -> dict[str, tuple[torch.Tensor, torch.
         "val": (images[order[n_train : n_train + n_val]], train.labels[order[n_train:][:n_val]]),
     }
     test = usps(data / "usps.npz", train=False)
-    digits = F.interpolate(
-        test.images.float().div(255)[:, None], size=(20, 20), mode="bilinear", antialias=True
-    )
-    split["usps"] = (F.pad(digits, (4, 4, 4, 4)), test.labels)
+    split["usps"] = (frame_like_mnist(test.images.float().div(255)[:, None]), test.labels)
     mm = mnist_m(data / "mnist.npz", data / "BSDS500" / "images" / "train", cache)
     split["mnistm"] = (
         torch.from_numpy(mm["x_test"]).permute(0, 3, 1, 2).float().div(255),

@@ -15,15 +15,16 @@ one-vs-rest score, 0 where undefined; scikit-learn's ``average="macro"``, ``zero
 
 Data (``--data``, default the staged ``shared/data`` folder): ``mnist.npz`` — the last
 ``--val-size`` (5,000) training digits are the validation split that picks the reported epoch;
-``usps.npz`` — the 2,007 test digits (16×16); MNIST-M — the test half of
-:func:`camkit.datasets.mnist_m` (seed 0, built from MNIST's test digits and BSDS500, cached in
-``--mnistm-cache``). ``--train-subset N`` keeps the first N digits of every class for training,
-``--test-subset N`` of the validation split and of each test set. Digits stay on the device at
-their native size as uint8 and are resized bilinearly to ``--img-size``, grey replicated to RGB,
-ImageNet-normalised; augmentation: a random shift of up to ``--translate`` pixels at 28 px (zero
-padding and a random crop), no flips. ResNet-18 has stride 32, so the default ``--img-size`` is 64
-(a 2×2 feature map, the least the contrastive patch loss can use). The TTA cells scale with the
-input (2-pixel cells, a 32×32 grid, at 64²) and masked cells take the MNIST training mean.
+``usps.npz`` — the 2,007 test digits (16×16), each framed as MNIST frames its digits (20×20 in
+28×28, :func:`camkit.frame_like_mnist`; ``--no-usps-frame``: resized as they are); MNIST-M — the
+test half of :func:`camkit.datasets.mnist_m` (seed 0, built from MNIST's test digits and BSDS500,
+cached in ``--mnistm-cache``). ``--train-subset N`` keeps the first N digits of every class for
+training, ``--test-subset N`` of the validation split and of each test set. Digits stay on the
+device at their native size as uint8 and are resized bilinearly to ``--img-size``, grey replicated
+to RGB, ImageNet-normalised; augmentation: a random shift of up to ``--translate`` pixels at 28 px
+(zero padding and a random crop), no flips. ResNet-18 has stride 32, so the default ``--img-size``
+is 64 (a 2×2 feature map, the least the contrastive patch loss can use). The TTA cells scale with
+the input (2-pixel cells, a 32×32 grid, at 64²) and masked cells take the MNIST training mean.
 
 Recipe: SGD, Nesterov momentum 0.9, weight decay 1e-4, lr 0.05, batch 128, from scratch, ×0.1
 after 40 %, 75 % and 90 % of 20 epochs. Variants, as in ``covid_ct.py`` (defaults: the paper's):
@@ -63,7 +64,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from tqdm.auto import tqdm
 
 from camkit import CAMExtractor, CAMMaskingTTA, ContrastivePatchLoss, SnapMix, TrainStep
-from camkit.datasets import build_mnist_m, load_digits_npz, usps
+from camkit.datasets import build_mnist_m, frame_like_mnist, load_digits_npz, usps
 from camkit.io import (
     atomic_save,
     atomic_write_bytes,
@@ -107,6 +108,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--data", type=Path, help="folder with mnist.npz, usps.npz, BSDS500 (default: data root)")
     add("--target", choices=("usps", "mnistm", "both"), default="both", help="default both")
     add("--mnistm-cache", type=Path, help="folder of the MNIST-M cache (default <out>/mnistm)")
+    add(
+        "--usps-frame",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="frame each USPS digit as MNIST does, 20×20 in 28×28 (default; --no-usps-frame: "
+        "the 16×16 digit resized as it is)",
+    )
     add("--img-size", type=int, default=64, help="input side in pixels (default 64)")
     add("--val-size", type=int, default=5000, help="last N MNIST digits held out (0: none)")
     add("--translate", type=float, default=2.0, help="largest shift in px at 28 px (default 2)")
@@ -251,7 +259,8 @@ def load_data(args: argparse.Namespace, targets: list[str], device: torch.device
     for target in targets:
         if target == "usps":
             data = usps(root / "usps.npz", train=False)
-            images, labels = data.images, data.targets
+            images = frame_like_mnist(data.images) if args.usps_frame else data.images
+            labels = data.targets
         else:  # the test half of camkit.datasets.mnist_m(seed=0): same seed, same cache file
             _, seed = (int(s) for s in np.random.SeedSequence(0).generate_state(2))
             cache = args.mnistm_cache / "mnist_m_test_seed0.npz"
@@ -601,6 +610,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     settings = {key: getattr(args, key) for key in (*SETTINGS, "epochs")}
     settings.update(
         checkpoint=str(args.checkpoint) if args.checkpoint else None,
+        usps_frame=args.usps_frame,
         tta=f"k={k} theta={args.tta_theta} cell={patch}px",
         tta_rule=args.tta_rule,
         tta_theta=args.tta_theta,

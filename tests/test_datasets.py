@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import camkit.datasets as cds
@@ -85,7 +86,7 @@ def _make_covid_ct(root: Path) -> Path:
 def test_public_names_and_no_data_folder_lookup():
     assert sorted(cds.__all__) == [
         "COVIDCT", "COVIDxCT", "DigitsDataset", "IMAGE_EXTENSIONS", "SARSCoV2CT",
-        "build_mnist_m", "load_digits_npz", "mnist", "mnist_m", "usps",
+        "build_mnist_m", "frame_like_mnist", "load_digits_npz", "mnist", "mnist_m", "usps",
     ]  # fmt: skip
     assert all(hasattr(cds, name) for name in cds.__all__)
     assert not hasattr(cds, "default_data_root")  # the library knows no repository folder
@@ -901,3 +902,23 @@ def test_docstring_examples_run_without_the_data(module, monkeypatch, tmp_path):
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted >= 5
     assert result.failed == 0
+
+
+def test_frame_like_mnist_puts_a_digit_in_mnists_20_in_28_box():
+    from camkit import frame_like_mnist
+
+    digits = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    framed = frame_like_mnist(digits)
+    expected = F.interpolate(digits, size=(20, 20), mode="bilinear", antialias=True)
+    assert framed.shape == (3, 1, 28, 28) and torch.equal(framed[..., 4:24, 4:24], expected)
+    assert float(framed.sum()) == pytest.approx(float(expected.sum()))  # the border is empty
+    # (N, H, W) uint8, as the datasets hold digits: the same frame, rounded back to uint8
+    as_uint8 = (digits[:, 0] * 255).round().to(torch.uint8)
+    framed8 = frame_like_mnist(as_uint8)
+    assert framed8.dtype == torch.uint8 and framed8.shape == (3, 28, 28)
+    reference = frame_like_mnist(as_uint8.float()[:, None])[:, 0].round()
+    assert torch.equal(framed8, reference.to(torch.uint8))
+    with pytest.raises(ValueError, match="images"):
+        frame_like_mnist(torch.zeros(16, 16))
+    with pytest.raises(TypeError, match="images"):
+        frame_like_mnist(torch.zeros(2, 16, 16, dtype=torch.int64))

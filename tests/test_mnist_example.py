@@ -121,9 +121,15 @@ def test_validation_hold_out_is_the_last_5000_digits_and_disjoint(mnistm_cache, 
     full_train, full_val = mnist_usps.source_indices(labels, 5000, None, None)
     assert full_train == list(range(55000)) and full_val == list(range(55000, 60000))
 
-    # USPS: 16×16 grey digits, resized bilinearly to the input side and replicated to RGB
+    # USPS: 16×16 grey digits framed as MNIST's (20×20 in 28×28: an empty 4-pixel border), then
+    # resized bilinearly to the input side and replicated to RGB
     images = tests["usps"][0]
-    assert tuple(images.shape) == (N_TEST, 1, 16, 16) and images.dtype == torch.uint8
+    assert tuple(images.shape) == (N_TEST, 1, 28, 28) and images.dtype == torch.uint8
+    assert int(images[..., :4, :].max()) == int(images[..., :, 24:].max()) == 0
+    assert int(images[..., 4:24, 4:24].amax(dim=(-2, -1)).min()) > 100  # every digit drawn
+    args.usps_frame = False
+    _, _, plain = mnist_usps.load_data(args, ["usps"], torch.device("cpu"), lambda _: None)
+    assert tuple(plain["usps"][0].shape) == (N_TEST, 1, 16, 16)
     x = mnist_usps.to_unit(images, 64)
     assert tuple(x.shape) == (N_TEST, 3, 64, 64) and 0.0 <= float(x.min()) <= float(x.max()) <= 1
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 0], x[:, 2])

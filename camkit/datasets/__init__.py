@@ -7,7 +7,7 @@ Image datasets follow the torchvision convention: ``dataset[i]`` returns ``(imag
 - `SARSCoV2CT`: the SARS-CoV-2 CT-scan dataset ("site A") with a seeded, stratified split.
 - `COVIDxCT`: COVIDx-CT, read from its ``<file> <class> <box>`` list files.
 - `load_digits_npz`, `DigitsDataset`, `mnist`, `usps`: digit datasets as float tensors in
-  ``[0, 1]``.
+  ``[0, 1]``; `frame_like_mnist` puts USPS digits in MNIST's 20-in-28 frame.
 - `build_mnist_m`, `mnist_m`: MNIST-M built from MNIST and BSDS500 photographs.
 
 Every loader takes the paths it reads as arguments: camkit does not look for a data folder.
@@ -20,7 +20,7 @@ silently. An image that cannot be decoded raises ``OSError`` naming the file whe
 
 from camkit.datasets._io import IMAGE_EXTENSIONS
 from camkit.datasets.covid import COVIDCT, COVIDxCT, SARSCoV2CT
-from camkit.datasets.digits import DigitsDataset, load_digits_npz, mnist, usps
+from camkit.datasets.digits import DigitsDataset, frame_like_mnist, load_digits_npz, mnist, usps
 from camkit.datasets.mnist_m import build_mnist_m, mnist_m
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "DigitsDataset",
     "SARSCoV2CT",
     "build_mnist_m",
+    "frame_like_mnist",
     "load_digits_npz",
     "mnist",
     "mnist_m",
