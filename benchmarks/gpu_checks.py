@@ -114,7 +114,7 @@ def main() -> None:
     # 2. no host sync in a full training step
     model.train()
     mix = SnapMix(num_classes=2, generator=torch.Generator().manual_seed(0))  # host draws
-    cpe = ContrastivePatchLoss()
+    cpe = ContrastivePatchLoss(normalize=False, temperature=1.0)  # the paper's Eq. 1
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     steps = make_steps(model, mix, cpe, opt)
     xb = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=dev, generator=gen)

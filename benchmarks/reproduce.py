@@ -108,6 +108,9 @@ RUNS = [
         ["--cpe-normalize", "--cpe-temperature", "0.1", "--cpe-weight", "0.1"],
     ),
 ]
+# every run starts from the paper's CPE (Eq. 1), the example's default being the recommended form;
+# a run's extra arguments come after and override it
+PAPER_CPE = ["--no-cpe-normalize", "--cpe-temperature", "1"]
 DATASETS = ("site-B", "digits")
 DIGITS_TARGETS = {"mnist-usps": "usps", "mnist-mnistm": "mnistm"}  # dataset → evidence's part
 EVIDENCE_NAMES = {"cpe_paper": "cpe"}  # the evidence's method keys that differ from ours
@@ -463,7 +466,7 @@ def site_b_argv(key: str, seed: int, args: argparse.Namespace, methods: list[str
         "--site", "B", "--model", args.model, "--img-size", str(args.img_size),
         "--epochs", str(args.epochs), "--out", str(args.out / f"site_b_{key}"),
         "--seeds", str(seed), "--method", *methods, "--resume", "--quiet", "--device", "cpu",
-        *extra,
+        *PAPER_CPE, *extra,
     ]  # fmt: skip
     if args.data:
         argv += ["--data", str(args.data)]

@@ -35,8 +35,8 @@ class _CPEConfig:
     """The loss's settings, validated once: held by the Module, built per call by the function."""
 
     num_patches: int = 2
-    normalize: bool = False
-    temperature: float = 1.0
+    normalize: bool = True
+    temperature: float = 0.1
     reduction: Reduction = "mean"
 
     def __post_init__(self) -> None:
@@ -133,8 +133,8 @@ def contrastive_patch_loss(
     cams: torch.Tensor,
     num_patches: int = 2,
     *,
-    normalize: bool = False,
-    temperature: float = 1.0,
+    normalize: bool = True,
+    temperature: float = 0.1,
     reduction: Reduction = "mean",
 ) -> torch.Tensor:
     """Contrastive patch embedding loss (paper Eq. 1), functional form.
@@ -154,8 +154,9 @@ def contrastive_patch_loss(
             training; for a SnapMix image, the CAM of its dominant label from the same forward).
             Only their order matters: no gradient flows into them.
         num_patches: ``n ≥ 2`` cells per group (paper: 2; no gain beyond it), ``2n ≤ h·w``.
-        normalize: L2-normalise the cell vectors (cosine similarities).
-        temperature: ``τ > 0`` dividing the similarities.
+        normalize: L2-normalise the cell vectors (cosine similarities; the default). ``False``
+            with ``temperature=1.0`` is the paper's Eq. 1.
+        temperature: ``τ > 0`` dividing the similarities (default 0.1; the paper's: 1).
         reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"`` for ``(B,)``.
 
     Returns:
@@ -184,11 +185,14 @@ def contrastive_patch_loss(
 class ContrastivePatchLoss(nn.Module):
     """Contrastive patch embedding loss (paper Eq. 1) as a module holding its configuration.
 
-    The defaults are the paper's exactly: two most and two least CAM-relevant cells, all four
-    cross pairs in both denominators, raw dot products, no temperature. ``normalize=True`` with a
-    ``temperature`` (e.g. 0.1) is the usual cosine/InfoNCE form, which does not saturate on large
-    raw dot products. The official code's version (grid-sampling at pixel coordinates, weight 0.1)
-    is a bug and is not reproduced. The settings are validated once, here, and kept in a frozen
+    The defaults are camkit's recommended form: the paper's two most and two least CAM-relevant
+    cells and all four cross pairs in both denominators, with the cell vectors L2-normalised and a
+    temperature of 0.1 (cosine/InfoNCE similarities). It was chosen on validation data (site B
+    and MNIST, 3 seeds; the docs' results page): the paper's raw dot products start at 20–380
+    against a cross-entropy near 1 and, trained from scratch, cost 2.8 points on site B and 9 on
+    MNIST → USPS. The paper's Eq. 1 exactly: ``normalize=False, temperature=1.0``. The official
+    code's version (grid-sampling at pixel coordinates, weight 0.1) is a bug and is not
+    reproduced. The settings are validated once, here, and kept in a frozen
     `config` (read back as ``num_patches``, ``normalize``, ``temperature``, ``reduction``).
 
     Convention:
@@ -197,8 +201,8 @@ class ContrastivePatchLoss(nn.Module):
 
     Args:
         num_patches: ``n ≥ 2`` cells per group.
-        normalize: L2-normalise the cell vectors.
-        temperature: ``τ > 0``.
+        normalize: L2-normalise the cell vectors (default; ``False``: the paper's raw cells).
+        temperature: ``τ > 0`` (default 0.1; the paper's: 1).
         reduction: ``"mean"``, ``"sum"`` or ``"none"``; an empty batch gives a zero loss that
             keeps the graph (an empty ``(0,)`` tensor for ``"none"``), never NaN.
 
@@ -232,8 +236,8 @@ class ContrastivePatchLoss(nn.Module):
         self,
         num_patches: int = 2,
         *,
-        normalize: bool = False,
-        temperature: float = 1.0,
+        normalize: bool = True,
+        temperature: float = 0.1,
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()

@@ -195,9 +195,9 @@ class SnapMixTask(TrainingTask):
             alpha: SnapMix Beta parameter α (paper: 1).
             prob: probability of mixing a batch (paper: 1).
             cpe: ``True`` for [`camkit.ContrastivePatchLoss`][camkit.ContrastivePatchLoss] with the
-                paper's defaults (raw dot products), a ``ContrastivePatchLoss`` to use (e.g. the
-                normalised form ``ContrastivePatchLoss(normalize=True, temperature=0.1)``, which
-                trained stably from scratch where the raw form did not), or ``False`` for no CPE.
+                paper's Eq. 1 (raw dot products: the paper's recipe), a ``ContrastivePatchLoss``
+                to use (e.g. ``ContrastivePatchLoss()``, whose default L2-normalised form with
+                τ = 0.1 trained stably from scratch where the raw form did not), or ``False``.
             cpe_weight: weight ``λ`` of the CPE term (paper: 1).
             label_smoothing: ``ε`` in ``[0, 1)`` (``train.py --smoothing``).
             device: as for the constructor.
@@ -225,7 +225,7 @@ class SnapMixTask(TrainingTask):
                 f"model), got {type(model).__name__} with num_classes={num_classes!r}"
             )
         if isinstance(cpe, bool):
-            cpe = ContrastivePatchLoss() if cpe else None
+            cpe = ContrastivePatchLoss(normalize=False, temperature=1.0) if cpe else None  # Eq. 1
         elif not isinstance(cpe, ContrastivePatchLoss):
             raise TypeError(
                 f"cpe: expected a bool or a camkit.ContrastivePatchLoss, got {type(cpe).__name__}"

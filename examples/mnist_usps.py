@@ -27,10 +27,12 @@ is 64 (a 2×2 feature map, the least the contrastive patch loss can use). The TT
 the input (2-pixel cells, a 32×32 grid, at 64²) and masked cells take the MNIST training mean.
 
 Recipe: SGD, Nesterov momentum 0.9, weight decay 1e-4, lr 0.05, batch 128, from scratch, ×0.1
-after 40 %, 75 % and 90 % of 20 epochs. Variants, as in ``covid_ct.py`` (defaults: the paper's):
-``--cpe-normalize``, ``--cpe-temperature``, ``--cpe-weight`` (λ), ``--snapmix-cams mixed`` (no
-extra forward) train differently, so a resumed run must keep them; ``--tta-rule`` and
-``--tta-theta`` only change the evaluation (a finished run can be re-evaluated with them).
+after 40 %, 75 % and 90 % of 20 epochs. Variants, as in ``covid_ct.py``: ``--cpe-normalize``,
+``--cpe-temperature``, ``--cpe-weight`` (λ), ``--snapmix-cams mixed`` (no extra forward) train
+differently, so a resumed run must keep them. The CPE's default is the recommended form
+(L2-normalised, τ = 0.1, λ = 1); the paper's Eq. 1 is ``--no-cpe-normalize --cpe-temperature 1``.
+``--tta-rule`` and ``--tta-theta`` only change the evaluation (a finished run can be re-evaluated
+with them).
 
 Examples::
 
@@ -125,8 +127,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--checkpoint", type=Path, help="state_dict or camkit run checkpoint to start from")
     add("--method", nargs="+", choices=METHODS, default=list(METHODS), help="default: all five")
     add("--tta", action="store_true", help="also evaluate with CAM-masking TTA (always for full)")
-    add("--cpe-normalize", action="store_true", help="L2-normalise the CPE cells (paper: raw)")
-    add("--cpe-temperature", type=float, default=1.0, help="CPE temperature τ (paper: 1)")
+    add(
+        "--cpe-normalize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="L2-normalise the CPE cells (default; --no-cpe-normalize: the paper's raw cells)",
+    )
+    add(
+        "--cpe-temperature",
+        type=float,
+        default=0.1,
+        help="CPE temperature τ (default 0.1; paper: 1)",
+    )
     add("--cpe-weight", type=float, default=1.0, metavar="λ", help="CPE term weight (paper: 1)")
     add(
         "--snapmix-cams",

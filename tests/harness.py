@@ -208,7 +208,10 @@ def check_cpe(case: Case) -> None:
     """ContrastivePatchLoss == contrastive_patch_loss == the float64 loop, values and gradients."""
     out = CAMExtractor(case.model).forward_frozen(case.images, case.labels)
     cams = out.cams
-    for settings in ({}, {"normalize": True, "temperature": 0.5}):
+    for settings in (
+        {"normalize": False, "temperature": 1.0},
+        {"normalize": True, "temperature": 0.5},
+    ):
         feats_m = out.features.detach().clone().requires_grad_(True)
         feats_f = out.features.detach().clone().requires_grad_(True)
         feats_r = _cpu64(out.features).requires_grad_(True)

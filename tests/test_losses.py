@@ -9,6 +9,8 @@ from benchmarks.reference import reference_cpe
 from camkit import ContrastivePatchLoss, contrastive_patch_loss
 from camkit.losses import _select_patches
 
+EQ1 = {"normalize": False, "temperature": 1.0}  # the paper's form (the default is normalised)
+
 
 def test_equals_eq1_written_out():
     """Eq. 1 with u1, u2 (top) and v1, v2 (bottom) typed in literally."""
@@ -21,7 +23,21 @@ def test_equals_eq1_written_out():
     eq1 = -torch.log(e(u1 @ u2) / (e(u1 @ u2) + cross)) - torch.log(
         e(v1 @ v2) / (e(v1 @ v2) + cross)
     )
-    torch.testing.assert_close(contrastive_patch_loss(features, cams), eq1)
+    torch.testing.assert_close(contrastive_patch_loss(features, cams, **EQ1), eq1)
+
+
+def test_the_default_is_the_recommended_normalised_form():
+    """L2-normalised cells, τ = 0.1 (chosen on validation data); Eq. 1 is two arguments away."""
+    gen = torch.Generator().manual_seed(3)
+    features, cams = torch.randn(2, 8, 3, 3, generator=gen) * 5, torch.randn(2, 3, 3, generator=gen)
+    default = ContrastivePatchLoss()
+    assert (default.normalize, default.temperature) == (True, 0.1)
+    normalised = reference_cpe(features, cams, normalize=True, temperature=0.1).mean()
+    torch.testing.assert_close(default(features, cams).double(), normalised)
+    torch.testing.assert_close(contrastive_patch_loss(features, cams).double(), normalised)
+    eq1 = reference_cpe(features, cams).mean()  # the reference's default: Eq. 1
+    assert not torch.allclose(normalised, eq1)
+    torch.testing.assert_close(ContrastivePatchLoss(**EQ1)(features, cams).double(), eq1)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +62,7 @@ def test_large_post_relu_features_stay_finite():
     gen = torch.Generator().manual_seed(0)
     features = (torch.randn(3, 2048, 7, 7, generator=gen) * 3).relu().requires_grad_(True)
     cams = torch.randn(3, 7, 7, generator=gen)
-    loss = contrastive_patch_loss(features, cams, reduction="none")
+    loss = contrastive_patch_loss(features, cams, reduction="none", **EQ1)
     assert torch.isfinite(loss).all()
     torch.testing.assert_close(
         loss.double(), reference_cpe(features.detach(), cams), rtol=1e-4, atol=1e-3
@@ -132,7 +148,7 @@ def test_cams_at_another_resolution_match_the_area_averaging_reference(size):
     gen = torch.Generator().manual_seed(7)
     features = torch.randn(3, 16, 4, 5, generator=gen)
     cams = torch.randn(3, *size, generator=gen)
-    loss = contrastive_patch_loss(features, cams, 2, reduction="none")
+    loss = contrastive_patch_loss(features, cams, 2, reduction="none", **EQ1)
     torch.testing.assert_close(loss.double(), reference_cpe(features, cams), rtol=1e-5, atol=1e-5)
 
 
@@ -141,7 +157,7 @@ def test_autocast_keeps_dot_products_in_float32():
     features = (torch.randn(2, 512, 4, 4, generator=gen) * 2).relu()
     cams = torch.randn(2, 4, 4, generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = contrastive_patch_loss(features.bfloat16(), cams)
+        loss = contrastive_patch_loss(features.bfloat16(), cams, **EQ1)
     assert loss.dtype == torch.float32
     ref = reference_cpe(features.bfloat16().double(), cams).mean()
     torch.testing.assert_close(loss.double(), ref, rtol=1e-4, atol=1e-3)

@@ -182,7 +182,8 @@ def test_smoke_results_json(smoke):
     assert all(r["settings"] == settings for r in rows)
     for key, value in {"model": "resnet18", "img_size": 64, "epochs": 1, "train_subset": 5,
                        "test_subset": 3, "batch_size": 16, "lr": 0.05, "translate": 2.0,
-                       "val_size": 5000, "cpe_normalize": False, "torch": torch.__version__,
+                       "val_size": 5000, "cpe_normalize": True, "cpe_temperature": 0.1,
+                       "usps_frame": True, "torch": torch.__version__,
                        }.items():  # fmt: skip
         assert settings[key] == value, key
     assert list(results) == ["mnist-usps", "mnist-mnistm"]
@@ -283,6 +284,9 @@ def test_recipe_options_default_to_the_paper_and_are_validated(tmp_path, capsys)
     recipe = ("cpe_weight", "snapmix_cams", "tta_rule", "tta_theta")
     args = mnist_usps.parse_args(["--out", str(tmp_path)])
     assert tuple(getattr(args, key) for key in recipe) == (1.0, "unmixed", "threshold", 0.2)
+    assert (args.cpe_normalize, args.cpe_temperature) == (True, 0.1)  # the recommended CPE
+    paper = mnist_usps.parse_args(["--no-cpe-normalize", "--cpe-temperature", "1"])
+    assert (paper.cpe_normalize, paper.cpe_temperature) == (False, 1.0)  # Eq. 1
     argv = ["--cpe-weight", "0", "--snapmix-cams", "mixed", "--tta-rule", "relative"]
     args = mnist_usps.parse_args([*argv, "--out", str(tmp_path)])
     assert tuple(getattr(args, key) for key in recipe) == (0.0, "mixed", "relative", 0.5)
