@@ -113,7 +113,6 @@ RUNS = [
 PAPER_CPE = ["--no-cpe-normalize", "--cpe-temperature", "1"]
 DATASETS = ("site-B", "digits")
 DIGITS_TARGETS = {"mnist-usps": "usps", "mnist-mnistm": "mnistm"}  # dataset → evidence's part
-EVIDENCE_NAMES = {"cpe_paper": "cpe"}  # the evidence's method keys that differ from ours
 RECIPES = {run[0]: run[1:] for run in RUNS}
 
 
@@ -182,7 +181,7 @@ def digits_rows(path: Path) -> list[dict]:
     accuracy, the held-out MNIST validation accuracy both targets share, and each vote rule's
     ``tta_rules`` (``"val"``, ``"test"``: on the first ``tta_images`` images of each set).
     """
-    from benchmarks.evidence import RULES
+    from benchmarks.evidence import REPRODUCE_NAMES, RULES
 
     rows = []
     for r in load(path):
@@ -190,7 +189,7 @@ def digits_rows(path: Path) -> list[dict]:
             rows.append(
                 {
                     "dataset": dataset,
-                    "method": EVIDENCE_NAMES.get(r["method"], r["method"]),
+                    "method": REPRODUCE_NAMES.get(r["method"], r["method"]),
                     "seed": r["seed"],
                     "settings": {**r["settings"], "benchmark": "benchmarks/evidence.py"},
                     "acc": 100 * r[part]["accuracy"],
@@ -310,14 +309,18 @@ def recommended_section(rows: list[dict], chosen: dict) -> list[str]:
             continue
         rule = detail["tta_rule_binary"] if dataset == "site-B" else detail["tta_rule"]
         rec = [by[(method, s)] for s in seeds]
-        if not all(rule in (None, "none") or rule in r.get("tta_rules", {}) for r in rec):
-            rule = None  # the vote was not measured on this dataset's models
+        if rule in (None, "none"):
+            label, rule = "(no vote)", None
+        elif all(rule in r.get("tta_rules", {}) for r in rec):
+            label = f"(vote {rule})"
+        else:  # the vote was not measured on this dataset's models: plain accuracy, said so
+            label, rule = f"(plain: vote {rule} not measured)", None
         b = [by[("baseline", s)]["acc"] for s in seeds]
         r = [tta_accuracy(row, rule) for row in rec]
         d, lo, hi = paired_ci([x - y for x, y in zip(r, b, strict=True)])
         lines.append(
             f"| {dataset} | {len(seeds)} | {_mean_sd(b)} | {_mean_sd(r)} "
-            f"{'(no vote)' if rule in (None, 'none') else f'(vote {rule})'} | "
+            f"{label} | "
             f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}] | {verdict(d, lo, hi)} |"
         )
     return [*lines, ""]
