@@ -45,8 +45,8 @@ def make_steps(model, mix, cpe, opt, compile_step=False):
 
     modules = {
         "cpe": TrainStep(model, cpe=cpe),
-        "snapmix": TrainStep(model, snapmix=mix),
-        "full": TrainStep(model, snapmix=mix, cpe=cpe),
+        "snapmix": TrainStep(model, mix=mix),
+        "full": TrainStep(model, mix=mix, cpe=cpe),
     }
     if compile_step:
         modules = {name: torch.compile(step) for name, step in modules.items()}
@@ -161,7 +161,7 @@ def main() -> None:
             net_opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
             eager = make_steps(net, mix, cpe, net_opt)
             compiled = make_steps(net, mix, cpe, net_opt, compile_step=True)
-            explanation = torch._dynamo.explain(TrainStep(net, snapmix=mix, cpe=cpe))(xc, yc)
+            explanation = torch._dynamo.explain(TrainStep(net, mix=mix, cpe=cpe))(xc, yc)
             for _ in range(3):
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     compiled["full"](xc, yc)

@@ -7,9 +7,9 @@ examples use) with the CPE in the paper's form (Eq. 1, ``normalize=False, temper
 
 - ``plain``: ``loss = ce(model(x), y)``
 - ``cpe``: ``TrainStep(model, cpe=ContrastivePatchLoss())(x, y).loss``
-- ``snapmix``: ``TrainStep(model, snapmix=SnapMix(2))(x, y).loss``
-- ``full``: ``TrainStep(model, snapmix=SnapMix(2), cpe=ContrastivePatchLoss())(x, y).loss``
-- ``full_fast``: ``TrainStep(model, snapmix=SnapMix(2, cam_source="mixed"), cpe=...)``: SnapMix
+- ``snapmix``: ``TrainStep(model, mix=SnapMix(2))(x, y).loss``
+- ``full``: ``TrainStep(model, mix=SnapMix(2), cpe=ContrastivePatchLoss())(x, y).loss``
+- ``full_fast``: ``TrainStep(model, mix=SnapMix(2, cam_source="mixed"), cpe=...)``: SnapMix
   without the extra forward (label weights from the training forward's CAMs of the mixed batch)
 - ``full_fast_collated``: the same step given a batch mixed beforehand (as by
   ``camkit.SnapMixCollate`` in a DataLoader worker): ``step(xm, y, mixed_params=params)``; the
@@ -77,10 +77,10 @@ class StepBench:
         self.soft_ce = SoftTargetCrossEntropy()
         self.steps = {
             "cpe": TrainStep(self.model, cpe=self.cpe),
-            "snapmix": TrainStep(self.model, snapmix=self.mix),
-            "full": TrainStep(self.model, snapmix=self.mix, cpe=self.cpe),
+            "snapmix": TrainStep(self.model, mix=self.mix),
+            "full": TrainStep(self.model, mix=self.mix, cpe=self.cpe),
             "full_fast": TrainStep(
-                self.model, snapmix=SnapMix(num_classes, cam_source="mixed"), cpe=self.cpe
+                self.model, mix=SnapMix(num_classes, cam_source="mixed"), cpe=self.cpe
             ),
         }
         self.timm_mix = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, num_classes=num_classes)

@@ -42,17 +42,23 @@ from camkit.datasets import (
     mnist_m,
     usps,
 )
-from camkit.io import (
-    atomic_save,
-    atomic_write_bytes,
-    atomic_write_text,
-    clean_stale_temps,
-    load_checkpoint,
-    merge_results,
-)
 from camkit.losses import ContrastivePatchLoss, contrastive_patch_loss
-from camkit.metrics import classification_metrics, evaluate, format_table
-from camkit.mix import SnapMix, SnapMixCollate, SnapMixParams, snapmix
+from camkit.metrics import classification_metrics, evaluate
+from camkit.mix import (
+    AttentiveCutMix,
+    CellMixParams,
+    CutMix,
+    CutMixParams,
+    Mix,
+    MixCollate,
+    Mixup,
+    MixupParams,
+    SnapMix,
+    SnapMixCollate,
+    SnapMixParams,
+    snapmix,
+)
+from camkit.pretrained import efficientnet_pytorch_to_timm
 from camkit.train import TrainStep, TrainStepOutput, soft_cross_entropy
 from camkit.tta import CAMMaskingTTA, DeletionCurve, TTAResult, deletion_auc, deletion_curve
 from camkit.viz import (
@@ -65,19 +71,27 @@ from camkit.viz import (
 )
 
 if TYPE_CHECKING:  # imported on first use: `import camkit` does not import timm.task
-    from camkit.timm_task import SnapMixTask
+    from camkit.timm_task import SnapMixTask, TrainStepTask
 
 __all__ = [
     "CAM_METHODS",
     "COVIDCT",
     "IMAGE_EXTENSIONS",
+    "AttentiveCutMix",
     "CAMExtractor",
     "CAMMaskingTTA",
     "CAMOutput",
     "COVIDxCT",
+    "CellMixParams",
     "ContrastivePatchLoss",
+    "CutMix",
+    "CutMixParams",
     "DeletionCurve",
     "DigitsDataset",
+    "Mix",
+    "MixCollate",
+    "Mixup",
+    "MixupParams",
     "SARSCoV2CT",
     "SnapMix",
     "SnapMixCollate",
@@ -86,25 +100,20 @@ __all__ = [
     "TTAResult",
     "TrainStep",
     "TrainStepOutput",
-    "atomic_save",
-    "atomic_write_bytes",
-    "atomic_write_text",
+    "TrainStepTask",
     "build_mnist_m",
     "cam_grid",
     "cell_sums",
     "classification_metrics",
-    "clean_stale_temps",
     "contrastive_patch_loss",
     "deletion_auc",
     "deletion_curve",
     "deletion_figure",
+    "efficientnet_pytorch_to_timm",
     "evaluate",
-    "format_table",
     "frame_like_mnist",
     "frozen_state",
-    "load_checkpoint",
     "load_digits_npz",
-    "merge_results",
     "mnist",
     "mnist_m",
     "normalize_cams",
@@ -121,10 +130,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    if name == "SnapMixTask":
-        from camkit.timm_task import SnapMixTask
+    if name in ("SnapMixTask", "TrainStepTask"):
+        from camkit import timm_task
 
-        return SnapMixTask
+        return getattr(timm_task, name)
     raise AttributeError(f"module 'camkit' has no attribute {name!r}")
 
 

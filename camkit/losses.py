@@ -46,6 +46,16 @@ class _CPEConfig:
         check_choice(self.reduction, "reduction", _REDUCTIONS)
 
 
+def _check_patch_inputs(features: object, cams: object) -> None:
+    check_tensor(features, "features", ndim=4, floating=True)
+    check_tensor(cams, "cams", ndim=3, floating=True)
+    if cams.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"cams: expected {features.shape[0]} maps to match features "
+            f"{tuple(features.shape)}, got shape {tuple(cams.shape)}"
+        )
+
+
 def _select_patches(
     features: torch.Tensor, cams: torch.Tensor, num_patches: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,21 +73,15 @@ def _select_patches(
     Args:
         features: ``(B, C, h, w)`` feature map.
         cams: ``(B, h', w')`` maps ranking the cells (only their order matters; no gradient).
-        num_patches: ``n`` ≥ 1 cells per group (validated by the caller); ``2n ≤ h·w``.
+        num_patches: ``n`` ≥ 1 cells per group (validated by the caller, as the tensors' types
+            and shapes); ``2n ≤ h·w``.
 
     Returns:
         ``(top (B, n, C), bottom (B, n, C))``, top in decreasing and bottom in increasing CAM order,
         differentiable with respect to ``features``.
     """
-    check_tensor(features, "features", ndim=4, floating=True)
-    b, c, h, w = features.shape
-    check_tensor(cams, "cams", ndim=3, floating=True)
-    if cams.shape[0] != b:
-        raise ValueError(
-            f"cams: expected {b} maps to match features {tuple(features.shape)}, "
-            f"got shape {tuple(cams.shape)}"
-        )
-    if 2 * num_patches > h * w:
+    c, h, w = features.shape[1:]
+    if 2 * num_patches > h * w:  # shapes only: checked on every call
         raise ValueError(
             f"num_patches: 2 × {num_patches} cells do not fit in the {h}×{w} feature map"
         )
@@ -105,9 +109,11 @@ def _group_term(within: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
 
 
 def _contrastive_patch_loss(
-    features: torch.Tensor, cams: torch.Tensor, config: _CPEConfig
+    features: torch.Tensor, cams: torch.Tensor, config: _CPEConfig, validate_args: bool = True
 ) -> torch.Tensor:
     """The loss under a validated ``config``: checks the tensors, never the settings again."""
+    if validate_args:
+        _check_patch_inputs(features, cams)
     top, bottom = _select_patches(features, cams, config.num_patches)
     compute_dtype = torch.promote_types(features.dtype, torch.float32)
     # autocast would run the dot products in bf16/fp16: raw 2048-d products of order 10^3 need fp32
@@ -136,6 +142,7 @@ def contrastive_patch_loss(
     normalize: bool = True,
     temperature: float = 0.1,
     reduction: Reduction = "mean",
+    validate_args: bool = True,
 ) -> torch.Tensor:
     """Contrastive patch embedding loss (paper Eq. 1), functional form.
 
@@ -158,6 +165,8 @@ def contrastive_patch_loss(
             with ``temperature=1.0`` is the paper's Eq. 1.
         temperature: ``τ > 0`` dividing the similarities (default 0.1; the paper's: 1).
         reduction: ``"mean"`` over the batch, ``"sum"``, or ``"none"`` for ``(B,)``.
+        validate_args: check the tensors' types and shapes (torchmetrics' convention; a caller
+            that checked them passes False).
 
     Returns:
         the loss (scalar, or ``(B,)`` for ``reduction="none"``). An empty batch (``B = 0``, e.g.
@@ -179,7 +188,7 @@ def contrastive_patch_loss(
         True
     """
     config = _CPEConfig(num_patches, normalize, temperature, reduction)
-    return _contrastive_patch_loss(features, cams, config)
+    return _contrastive_patch_loss(features, cams, config, validate_args)
 
 
 class ContrastivePatchLoss(nn.Module):
@@ -243,17 +252,32 @@ class ContrastivePatchLoss(nn.Module):
         super().__init__()
         self.config = _CPEConfig(num_patches, normalize, temperature, reduction)
 
-    def forward(self, features: torch.Tensor, cams: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def paper(cls, num_patches: int = 2, *, reduction: Reduction = "mean") -> ContrastivePatchLoss:
+        """The paper's Eq. 1 exactly: raw dot products, no temperature.
+
+        ``ContrastivePatchLoss.paper()`` is ``ContrastivePatchLoss(normalize=False,
+        temperature=1.0)``, the one-argument switch to the paper's form wherever a CPE is passed
+        (``TrainStep(model, cpe=ContrastivePatchLoss.paper())``, the timm task, the benchmarks'
+        ``cpe_paper`` method).
+        """
+        return cls(num_patches, normalize=False, temperature=1.0, reduction=reduction)
+
+    def forward(
+        self, features: torch.Tensor, cams: torch.Tensor, *, validate_args: bool = True
+    ) -> torch.Tensor:
         """Rank the cells of ``features`` by ``cams`` and return the loss of the two groups.
 
         Args:
             features: ``(B, C, h, w)`` feature map; the gradient flows into its selected cells.
             cams: ``(B, h', w')`` maps ranking the cells (detached).
+            validate_args: check the tensors' types and shapes (the training step checks its
+                inputs once and passes False).
 
         Returns:
             the loss, reduced as ``reduction`` says.
         """
-        return _contrastive_patch_loss(features, cams, self.config)
+        return _contrastive_patch_loss(features, cams, self.config, validate_args)
 
     def extra_repr(self) -> str:
         c = self.config

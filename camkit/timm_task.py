@@ -4,10 +4,11 @@ timm's ``train.py`` builds its training step from a ``timm.task.TrainingTask`` (
 ``ClassificationTask``) and then drives everything through the task: the optimiser is built on
 ``task.get_trainable_module()``, ``task.compile()`` and ``task.prepare_distributed()`` wrap what
 trains, validation runs ``task.get_eval_model()``, and the checkpoint saver stores
-``task.get_checkpoint_state()``. [`SnapMixTask`][camkit.SnapMixTask] plugs
-[`camkit.TrainStep`][camkit.TrainStep] into that contract, so ``train.py`` trains with SnapMix and
-the contrastive patch loss by swapping the task (the three-line change is in the documentation page
-"timm train.py").
+``task.get_checkpoint_state()``. [`TrainStepTask`][camkit.TrainStepTask] plugs
+[`camkit.TrainStep`][camkit.TrainStep] into that contract, so ``train.py`` trains with any camkit
+mix (SnapMix, CutMix, Mixup, ...) and the contrastive patch loss by swapping the task (the
+three-line change is in the documentation page "timm train.py"). ``SnapMixTask`` is its deprecated
+name.
 
 This module is optional: ``import camkit`` does not import it (nor ``timm.task``), and it needs
 timm 1.0.27 or newer, the first release whose ``TrainingTask`` has ``compile``,
@@ -17,6 +18,7 @@ timm 1.0.27 or newer, the first release whose ``TrainingTask`` has ``compile``,
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 
 from camkit.losses import ContrastivePatchLoss
-from camkit.mix import SnapMix
+from camkit.mix import Mix, SnapMix
 from camkit.train import SoftCriterion, TrainStep
 
 _NEEDED = ("get_eval_model", "setup_ema", "update_ema", "get_checkpoint_state")
@@ -40,7 +42,7 @@ except ImportError as err:
         f"{', '.join(_NEEDED)}), found timm {timm.__version__}: pip install 'timm>=1.0.27'"
     ) from err
 
-__all__ = ["SnapMixTask"]
+__all__ = ["SnapMixTask", "TrainStepTask"]
 
 _logger = logging.getLogger(__name__)
 _PREFIX = "model."
@@ -80,13 +82,13 @@ class _TimmTrainStep(TrainStep):
         return layer
 
 
-class SnapMixTask(TrainingTask):
-    """A timm training task that trains with camkit's step: SnapMix, CE, CPE.
+class TrainStepTask(TrainingTask):
+    """A timm training task that trains with camkit's step: a mix, CE, CPE.
 
-    ``task(input, target)`` runs [`camkit.TrainStep`][camkit.TrainStep] (frozen CAM pass, SnapMix,
-    one training forward, soft-target cross-entropy, contrastive patch loss) and returns timm's
-    result dict. The task holds the step as its ``trainable_module``, so everything that trains
-    wraps the step, never the model alone:
+    ``task(input, target)`` runs [`camkit.TrainStep`][camkit.TrainStep] (the mix with its CAM
+    pass, one training forward, soft-target cross-entropy, contrastive patch loss) and returns
+    timm's result dict. The task holds the step as its ``trainable_module``, so everything that
+    trains wraps the step, never the model alone:
 
     - ``prepare_distributed()`` wraps the step in ``DistributedDataParallel`` (camkit's DDP
       recipe: the training forward runs inside DDP's, every rank stays in sync);
@@ -99,14 +101,17 @@ class SnapMixTask(TrainingTask):
     ``validate``, checkpoint saver, resume and ``timm.create_model(checkpoint_path=...)`` work
     unchanged.
 
-    Targets must be int class labels ``(B,)``: SnapMix mixes the batch itself. timm's
+    Targets must be int class labels ``(B,)``: the task's mix mixes the batch itself. timm's
     Mixup/CutMix (``train.py --mixup/--cutmix/--cutmix-minmax``) hands the task soft ``(B, K)``
-    targets instead, which are refused with a ``ValueError``.
+    targets instead, which are refused with a ``ValueError``: pass ``mix=camkit.CutMix(K)`` or
+    ``camkit.Mixup(K)`` (equal to timm's on the same draws) instead.
 
     Args:
         model: a timm classifier, unwrapped (not DDP, not compiled): the task wraps the step.
-        snapmix: the [`camkit.SnapMix`][camkit.SnapMix] transform, or ``None``.
-        cpe: the [`camkit.ContrastivePatchLoss`][camkit.ContrastivePatchLoss], or ``None``.
+        mix: a [`camkit.Mix`][camkit.Mix] (SnapMix, CutMix, Mixup, ...), or ``None``.
+        cpe: the [`camkit.ContrastivePatchLoss`][camkit.ContrastivePatchLoss], or ``None``
+            (``ContrastivePatchLoss.paper()``: the paper's Eq. 1).
+        cam_method: the CAM method of the step (see [`TrainStep`][camkit.TrainStep]).
         criterion: ``criterion(logits, soft_targets) -> scalar`` (default: soft-target
             cross-entropy, timm's ``SoftTargetCrossEntropy``). timm's hard-label criteria
             (``LabelSmoothingCrossEntropy``) do not accept the soft targets; use
@@ -125,15 +130,15 @@ class SnapMixTask(TrainingTask):
     Raises:
         TypeError: ``model`` is already DDP/DataParallel/compiled, or an argument has the wrong
             type.
-        ValueError: ``snapmix.num_classes`` differs from the model's, or an argument is out of
+        ValueError: ``mix.num_classes`` differs from the model's, or an argument is out of
             range.
 
     Examples:
         >>> import timm, torch
         >>> from camkit import ContrastivePatchLoss, SnapMix
-        >>> from camkit.timm_task import SnapMixTask
+        >>> from camkit.timm_task import TrainStepTask
         >>> model = timm.create_model("resnet18", pretrained=False, num_classes=2)
-        >>> task = SnapMixTask(model, snapmix=SnapMix(2), cpe=ContrastivePatchLoss(), verbose=False)
+        >>> task = TrainStepTask(model, mix=SnapMix(2), cpe=ContrastivePatchLoss(), verbose=False)
         >>> result = task(torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 1, 0]))
         >>> result["loss"].backward()
         >>> sorted(result)
@@ -145,9 +150,10 @@ class SnapMixTask(TrainingTask):
     def __init__(
         self,
         model: nn.Module,
-        snapmix: SnapMix | None = None,
+        mix: Mix | None = None,
         cpe: ContrastivePatchLoss | None = None,
         *,
+        cam_method: str = "cam",
         criterion: SoftCriterion | None = None,
         cpe_weight: float = 1.0,
         label_smoothing: float = 0.0,
@@ -158,8 +164,9 @@ class SnapMixTask(TrainingTask):
         super().__init__(device=device, dtype=dtype, verbose=verbose)
         step = _TimmTrainStep(
             model,
-            snapmix=snapmix,
+            mix=mix,
             cpe=cpe,
+            cam_method=cam_method,
             criterion=criterion,
             cpe_weight=cpe_weight,
             label_smoothing=label_smoothing,
@@ -168,9 +175,7 @@ class SnapMixTask(TrainingTask):
         # kept outside the module tree: ``trainable_module`` already holds it (maybe wrapped)
         object.__setattr__(self, "_step", step)
         if self.verbose:
-            _logger.info(
-                f"{type(self).__name__}: snapmix={snapmix!r}, cpe={cpe!r}, {step.extra_repr()}"
-            )
+            _logger.info(f"{type(self).__name__}: mix={mix!r}, cpe={cpe!r}, {step.extra_repr()}")
 
     @classmethod
     def from_model(
@@ -185,8 +190,8 @@ class SnapMixTask(TrainingTask):
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
         verbose: bool = True,
-    ) -> SnapMixTask:
-        """The paper's recipe for ``model``: ``SnapMix(model.num_classes, alpha, prob)`` and CPE.
+    ) -> TrainStepTask:
+        """SnapMix and CPE for ``model``: ``SnapMix(model.num_classes, alpha, prob)``, the CPE.
 
         The one-line replacement for ``ClassificationTask(model=model, ...)`` in ``train.py``.
 
@@ -194,10 +199,10 @@ class SnapMixTask(TrainingTask):
             model: a timm classifier with an int ``num_classes`` (every timm model has one).
             alpha: SnapMix Beta parameter α (paper: 1).
             prob: probability of mixing a batch (paper: 1).
-            cpe: ``True`` for [`camkit.ContrastivePatchLoss`][camkit.ContrastivePatchLoss] with the
-                paper's Eq. 1 (raw dot products: the paper's recipe), a ``ContrastivePatchLoss``
-                to use (e.g. ``ContrastivePatchLoss()``, whose default L2-normalised form with
-                τ = 0.1 trained stably from scratch where the raw form did not), or ``False``.
+            cpe: ``True`` for ``ContrastivePatchLoss()`` (camkit's one default, the L2-normalised
+                form with τ = 0.1 chosen on validation data), a ``ContrastivePatchLoss`` to use
+                (``ContrastivePatchLoss.paper()``: the paper's Eq. 1, which with SnapMix is the
+                paper's recipe), or ``False``.
             cpe_weight: weight ``λ`` of the CPE term (paper: 1).
             label_smoothing: ``ε`` in ``[0, 1)`` (``train.py --smoothing``).
             device: as for the constructor.
@@ -213,9 +218,9 @@ class SnapMixTask(TrainingTask):
 
         Examples:
             >>> import timm
-            >>> from camkit.timm_task import SnapMixTask
+            >>> from camkit.timm_task import TrainStepTask
             >>> model = timm.create_model("resnet18", pretrained=False, num_classes=3)
-            >>> SnapMixTask.from_model(model, verbose=False).step.num_classes
+            >>> TrainStepTask.from_model(model, verbose=False).step.num_classes
             3
         """
         num_classes = getattr(model, "num_classes", None)
@@ -225,14 +230,14 @@ class SnapMixTask(TrainingTask):
                 f"model), got {type(model).__name__} with num_classes={num_classes!r}"
             )
         if isinstance(cpe, bool):
-            cpe = ContrastivePatchLoss(normalize=False, temperature=1.0) if cpe else None  # Eq. 1
+            cpe = ContrastivePatchLoss() if cpe else None
         elif not isinstance(cpe, ContrastivePatchLoss):
             raise TypeError(
                 f"cpe: expected a bool or a camkit.ContrastivePatchLoss, got {type(cpe).__name__}"
             )
         return cls(
             model,
-            snapmix=SnapMix(num_classes, alpha=alpha, prob=prob),
+            mix=SnapMix(num_classes, alpha=alpha, prob=prob),
             cpe=cpe,
             cpe_weight=cpe_weight,
             label_smoothing=label_smoothing,
@@ -251,7 +256,9 @@ class SnapMixTask(TrainingTask):
         """The plain model being trained."""
         return self._step.model
 
-    def prepare_distributed(self, device_ids: list | None = None, **ddp_kwargs: Any) -> SnapMixTask:
+    def prepare_distributed(
+        self, device_ids: list | None = None, **ddp_kwargs: Any
+    ) -> TrainStepTask:
         """Wrap the training step (not the model) in ``DistributedDataParallel``.
 
         Call it once, after `compile` if you compile (as ``train.py`` does). CPU
@@ -384,8 +391,9 @@ class SnapMixTask(TrainingTask):
             raise ValueError(
                 f"target: expected int class labels of shape (B,), got a {target.dtype} tensor of "
                 f"shape {tuple(target.shape)}. Soft (B, K) targets come from timm's mixup/cutmix "
-                "(train.py --mixup, --cutmix, --cutmix-minmax); SnapMix mixes the batch itself "
-                "from the labels, so disable timm's mixup/cutmix"
+                "(train.py --mixup, --cutmix, --cutmix-minmax); the task's mix mixes the batch "
+                "itself from the labels: disable timm's mixup/cutmix and pass "
+                "mix=camkit.CutMix(K) or camkit.Mixup(K), equal to timm's on the same draws"
             )
         out = self.trainable_module(input, target)
         result = {
@@ -397,3 +405,31 @@ class SnapMixTask(TrainingTask):
         if out.cpe_loss is not None:
             result["cpe_loss"] = out.cpe_loss
         return result
+
+
+class SnapMixTask(TrainStepTask):
+    """Deprecated name of [`TrainStepTask`][camkit.TrainStepTask] (kept for one release).
+
+    Takes ``snapmix=`` (the mix) as before; use ``TrainStepTask(model, mix=...)``.
+
+    Args:
+        model: as for `TrainStepTask`.
+        snapmix: the mix (any [`camkit.Mix`][camkit.Mix]).
+        cpe: as for `TrainStepTask`.
+        **kwargs: the other keyword arguments of `TrainStepTask`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        snapmix: Mix | None = None,
+        cpe: ContrastivePatchLoss | None = None,
+        **kwargs: Any,
+    ) -> None:
+        warnings.warn(
+            "SnapMixTask is deprecated: use "
+            "camkit.timm_task.TrainStepTask(model, mix=..., cpe=...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(model, kwargs.pop("mix", snapmix), cpe, **kwargs)

@@ -1,4 +1,4 @@
-"""The camkit training step: frozen CAM pass, SnapMix, one training forward, soft-target CE, CPE.
+"""The camkit training step: a mix (with its CAM pass), one training forward, soft-target CE, CPE.
 
 [`TrainStep`][camkit.TrainStep] is the whole step as one ``nn.Module``, so the three places people
 train wrap it the way they wrap a model:
@@ -15,6 +15,7 @@ call the wrapped model's methods directly and bypass the wrapper. Wrap the step 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -22,11 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camkit._checks import check_labels, check_positive, check_probability, check_tensor
-from camkit.cam._extractor import CAMExtractor, refuse_wrappers
+from camkit._checks import (
+    check_choice,
+    check_labels,
+    check_positive,
+    check_probability,
+    check_tensor,
+)
+from camkit.cam import CAM_METHODS, CAMExtractor
+from camkit.cam._contract import refuse_wrappers
 from camkit.losses import ContrastivePatchLoss
-from camkit.mix import SnapMix, SnapMixParams
-from camkit.mix._snapmix import _draws
+from camkit.mix import Mix
 
 __all__ = ["TrainStep", "TrainStepOutput", "soft_cross_entropy"]
 
@@ -38,12 +45,12 @@ class TrainStepOutput(NamedTuple):
 
     Attributes:
         loss: scalar, differentiable: ``classification_loss + cpe_weight * cpe_loss``.
-        logits: ``(B, K)`` logits of the training forward (on the mixed images with SnapMix).
-        targets: ``(B, K)`` float soft targets the loss was computed against: the SnapMix targets,
+        logits: ``(B, K)`` logits of the training forward (on the mixed images with a mix).
+        targets: ``(B, K)`` float soft targets the loss was computed against: the mix's targets,
             or one-hot labels, after label smoothing.
         classification_loss: scalar criterion value (part of ``loss``).
         cpe_loss: scalar CPE value before ``cpe_weight``, or ``None`` without CPE.
-        inputs: ``(B, C, H, W)`` the images the model was trained on (the mixed batch with SnapMix,
+        inputs: ``(B, C, H, W)`` the images the model was trained on (the mixed batch with a mix,
             the given images otherwise), e.g. to draw the mix.
     """
 
@@ -71,88 +78,130 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 class TrainStep(nn.Module):
-    """One training step of the paper's recipe as a module: ``step(images, labels).loss``.
+    """One training step as a module: ``step(images, labels).loss``; any mix, CE, CPE.
 
-    For a batch ``(images, labels)`` it computes, with SnapMix, the CAMs of the un-mixed batch
-    for the labels in a frozen side pass
-    ([`CAMExtractor.forward_frozen`][camkit.CAMExtractor.forward_frozen]: autograd off, BatchNorm
-    statistics untouched), mixes the batch, then runs **one** training forward of the
-    model; the loss is the criterion on the soft targets plus, with CPE, ``cpe_weight`` times the
-    contrastive patch loss on that forward's features, the cells ranked by the CAM of each image's
-    dominant target class. Without SnapMix the targets are the one-hot labels; with neither part
-    it is a plain (soft-target) cross-entropy step.
+    For a batch ``(images, labels)`` the step asks its [`Mix`][camkit.Mix] what it needs
+    (``mix.needs_cams``):
+
+    - ``"none"`` (CutMix, Mixup): draw, mix, one training forward;
+    - ``"unmixed"`` (SnapMix, Attentive CutMix): the CAMs of the un-mixed batch for the labels in a
+      frozen side pass ([`CAMExtractor.forward_frozen`][camkit.CAMExtractor.forward_frozen]:
+      autograd off, BatchNorm statistics untouched), then draw (given the CAMs when the draws
+      depend on them), mix, one training forward;
+    - ``"mixed"`` (``SnapMix(cam_source="mixed")``): draw, mix, one training forward whose CAMs of
+      the mixed images for both labels weigh the targets (no extra forward).
+
+    The loss is the criterion on the soft targets plus, with CPE, ``cpe_weight`` times the
+    contrastive patch loss on the training forward's features, the cells ranked by the CAM of each
+    image's dominant target class. Without a mix the targets are the one-hot labels; with neither
+    a mix nor CPE it is a plain (soft-target) cross-entropy step. The inputs are checked once, at
+    the step's entry; the parts are then called with ``validate_args=False``.
 
     The optimiser step stays outside (as with timm's tasks): ``out.loss.backward()`` then
     ``optimizer.step()``. Autocast, gradient scaling, accumulation and EMA are the loop's, and
     work as they do for a plain model: the criterion and CPE are computed in float32 under
-    autocast.
+    autocast. Put the model in train mode yourself (``model.train()``, as timm's ``train.py``
+    does): the step never switches modes.
 
     Shape:
         - images: ``(B, C, H, W)`` float, the model's normalised input.
         - labels: ``(B,)`` int64 class indices in ``[0, K)``.
         - output: [`TrainStepOutput`][camkit.TrainStepOutput] with ``loss`` ``()``, ``logits``
-          and ``targets`` ``(B, K)``.
+          and ``targets`` ``(B, K)``, ``inputs`` ``(B, C, H, W)``.
 
     Distributed and compiled training:
         Wrap the step, never the model: ``DDP(TrainStep(model, ...))`` keeps every rank in sync
         (the training forward runs inside DDP's forward), and
         ``torch.compile(TrainStep(model, ...))`` compiles the step. Graph breaks remain where the
-        step leaves tensor code on purpose: the host-side SnapMix draws (Python random numbers so
-        the box is known without a device sync), the cached resize tables of the label weights
-        and, for heads whose CAM is not exact, the head-gradient ``torch.autograd.grad``.
+        step leaves tensor code on purpose: the host-side draws of the mixes (Python random
+        numbers so the box is known without a device sync), the cached resize tables of SnapMix's
+        label weights and, for heads whose CAM is not exact, the head-gradient
+        ``torch.autograd.grad``.
 
     Args:
-        model: a timm classifier (unwrapped: not DDP, not compiled). With neither SnapMix nor
+        model: a timm classifier (unwrapped: not DDP, not compiled), or a
+            [`CAMExtractor`][camkit.CAMExtractor] of one. With neither a mix that needs CAMs nor
             CPE any classifier returning ``(B, K)`` logits works.
-        snapmix: the [`SnapMix`][camkit.SnapMix] transform, or ``None``.
-        cpe: the [`ContrastivePatchLoss`][camkit.ContrastivePatchLoss], or ``None``.
+        mix: a [`Mix`][camkit.Mix] (``SnapMix``, ``CutMix``, ``Mixup``, ``AttentiveCutMix``, …),
+            or ``None``.
+        cpe: the [`ContrastivePatchLoss`][camkit.ContrastivePatchLoss], or ``None``
+            (``ContrastivePatchLoss.paper()`` is the paper's Eq. 1).
+        cam_method: the CAM method of the step's maps, one of
+            [`CAM_METHODS`][camkit.CAM_METHODS] (default ``"cam"``, the paper's); a
+            ``CAMExtractor`` passed as ``model`` must have this method.
         criterion: ``criterion(logits, soft_targets) -> scalar`` (default
             [`soft_cross_entropy`][camkit.soft_cross_entropy], timm's ``SoftTargetCrossEntropy``).
         cpe_weight: weight ``λ ≥ 0`` of the CPE term (paper: 1).
         label_smoothing: ``ε`` in ``[0, 1)``; targets become ``(1 − ε)·t + ε/K``.
+        snapmix: deprecated name of ``mix`` (kept for one release; warns).
 
     Attributes:
         model: the model being trained (its parameters are the step's parameters, so
             ``step.parameters()``, ``step.model.state_dict()`` and an EMA of ``step.model`` are
             the model's).
-        extractor: the [`CAMExtractor`][camkit.CAMExtractor] of ``model`` (``None`` with neither
-            part).
+        mix: the mix, or ``None``.
+        extractor: the [`CAMExtractor`][camkit.CAMExtractor] of ``model`` (``None`` when nothing
+            needs CAMs).
         num_classes: ``K``.
 
     Raises:
         TypeError: ``model`` is wrapped in DistributedDataParallel, DataParallel or
-            ``torch.compile`` (the message says what to wrap instead).
-        ValueError: ``snapmix.num_classes`` differs from the model's class count, or an argument
-            is out of range.
+            ``torch.compile`` (the message says what to wrap instead), or ``mix``/``cpe`` is of
+            the wrong type.
+        ValueError: ``mix.num_classes`` differs from the model's class count, ``cam_method``
+            differs from a passed extractor's, or an argument is out of range.
 
     Examples:
         >>> import timm, torch
-        >>> from camkit import ContrastivePatchLoss, SnapMix, TrainStep
+        >>> from camkit import ContrastivePatchLoss, CutMix, SnapMix, TrainStep
         >>> model = timm.create_model("resnet18", pretrained=False, num_classes=2)
-        >>> step = TrainStep(model, snapmix=SnapMix(num_classes=2), cpe=ContrastivePatchLoss())
+        >>> step = TrainStep(model, mix=SnapMix(num_classes=2), cpe=ContrastivePatchLoss())
         >>> out = step(torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 1, 0]))
         >>> out.loss.backward()
         >>> out.logits.shape, out.targets.shape
         (torch.Size([4, 2]), torch.Size([4, 2]))
+        >>> TrainStep(model, mix=CutMix(num_classes=2))(torch.randn(4, 3, 64, 64),
+        ...                                             torch.tensor([0, 1, 1, 0])).inputs.shape
+        torch.Size([4, 3, 64, 64])
     """
 
     def __init__(
         self,
         model: nn.Module,
-        snapmix: SnapMix | None = None,
+        mix: Mix | None = None,
         cpe: ContrastivePatchLoss | None = None,
         *,
+        cam_method: str = "cam",
         criterion: SoftCriterion | None = None,
         cpe_weight: float = 1.0,
         label_smoothing: float = 0.0,
+        snapmix: Mix | None = None,
     ) -> None:
         super().__init__()
-        method = model.method if isinstance(model, CAMExtractor) else "cam"  # kept, like model
+        if snapmix is not None:
+            if mix is not None:
+                raise TypeError("snapmix: give the mix once, as mix= (snapmix= is its old name)")
+            warnings.warn(
+                "TrainStep(snapmix=...) is deprecated: pass the mix as mix= (any camkit.Mix)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            mix = snapmix
+        check_choice(cam_method, "cam_method", CAM_METHODS)
         if isinstance(model, CAMExtractor):  # its model is what trains
+            if model.method != cam_method:
+                raise ValueError(
+                    f"cam_method: the CAMExtractor passed as model computes {model.method!r} maps "
+                    f"but cam_method={cam_method!r}; pass cam_method={model.method!r} (or the "
+                    "plain model)"
+                )
             model = model.model
         refuse_wrappers(model, "model")
-        if snapmix is not None and not isinstance(snapmix, SnapMix):
-            raise TypeError(f"snapmix: expected a camkit.SnapMix or None, got {type(snapmix)}")
+        if mix is not None and not isinstance(mix, Mix):
+            raise TypeError(
+                f"mix: expected a camkit.Mix (SnapMix, CutMix, Mixup, ...) or None, "
+                f"got {type(mix).__name__}"
+            )
         if cpe is not None and not isinstance(cpe, ContrastivePatchLoss):
             raise TypeError(
                 f"cpe: expected a camkit.ContrastivePatchLoss or None, got {type(cpe).__name__}"
@@ -170,75 +219,96 @@ class TrainStep(nn.Module):
             raise ValueError(f"label_smoothing: expected a value in [0, 1), got {label_smoothing}")
 
         self.model = model
-        extractor = CAMExtractor(model, method) if snapmix is not None or cpe is not None else None
+        needs_maps = cpe is not None or (mix is not None and mix.needs_cams != "none")
+        extractor = CAMExtractor(model, cam_method) if needs_maps else None
         # not registered as a submodule: it shares ``model`` and would duplicate its state_dict keys
         object.__setattr__(self, "extractor", extractor)
         num_classes = extractor.num_classes if extractor is not None else None
         if num_classes is None:
             count = getattr(model, "num_classes", None)
             num_classes = int(count) if isinstance(count, int) and count > 0 else None
-        if snapmix is not None and snapmix.num_classes != num_classes:
+        if mix is not None and num_classes is not None and mix.num_classes != num_classes:
+            name = type(mix).__name__
             raise ValueError(
-                f"snapmix: SnapMix(num_classes={snapmix.num_classes}) does not match the model's "
+                f"mix: {name}(num_classes={mix.num_classes}) does not match the model's "
                 f"{num_classes} classes; create it with num_classes={num_classes}"
             )
         self.num_classes = num_classes
-        self.snapmix = snapmix
+        self.cam_method = cam_method
+        self.mix = mix
         self.cpe = cpe
         self.criterion: SoftCriterion = criterion if criterion is not None else soft_cross_entropy
         self.cpe_weight = float(cpe_weight)
         self.label_smoothing = float(label_smoothing)
+
+    @property
+    def snapmix(self) -> Mix | None:
+        """Deprecated name of ``mix`` (read-only)."""
+        return self.mix
 
     def _smooth(self, targets: torch.Tensor) -> torch.Tensor:
         if self.label_smoothing == 0.0:
             return targets
         return targets * (1.0 - self.label_smoothing) + self.label_smoothing / targets.shape[1]
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        mixed_params: SnapMixParams | None = None,
-    ) -> TrainStepOutput:
-        """Compute the step's loss for ``images`` (B, C, H, W) and ``labels`` (B,); see the class.
-
-        The model's mode is not changed (put it in train mode yourself); only the training
-        forward updates BatchNorm statistics. ``mixed_params``: the draws with which
-        [`SnapMixCollate`][camkit.SnapMixCollate] already mixed ``images`` (with
-        ``SnapMix(cam_source="mixed")`` only); the step then only weighs the labels.
-        """
-        check_tensor(images, "images", ndim=4, floating=True)
+    def _check_inputs(self, images: object, labels: object, mixed_params: object) -> None:
+        """Everything the step's parts would check, once."""
+        if self.extractor is not None:
+            self.extractor.check_inputs(images, None)
+        else:
+            check_tensor(images, "images", ndim=4, floating=True)
         batch = images.shape[0]
         if self.num_classes is not None:
             check_labels(labels, "labels", self.num_classes, batch=batch)
         else:
             check_tensor(labels, "labels", shape=(batch,), floating=False)
-        if mixed_params is not None and (
-            self.snapmix is None or self.snapmix.cam_source != "mixed"
-        ):
-            raise ValueError(
-                "mixed_params: images mixed in the DataLoader need a step with "
-                "SnapMix(cam_source='mixed'), which weighs the labels in the training forward; "
-                f"this step has snapmix={self.snapmix!r}"
-            )
-        # int64 for the one-hot and SnapMix scatters; non_blocking: a pageable host-to-device
+        if mixed_params is not None:
+            if self.mix is None or self.mix.needs_cams == "unmixed":
+                raise ValueError(
+                    "mixed_params: images mixed in the DataLoader (camkit.MixCollate) need a step "
+                    "whose mix needs no model to mix (needs_cams 'none' or 'mixed', e.g. CutMix, "
+                    f"Mixup or SnapMix(cam_source='mixed')); this step has mix={self.mix!r}"
+                )
+            self.mix.check_params(mixed_params, batch)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        mixed_params: object = None,
+    ) -> TrainStepOutput:
+        """Compute the step's loss for ``images`` (B, C, H, W) and ``labels`` (B,); see the class.
+
+        The model's mode is not changed (put it in train mode yourself); only the training
+        forward updates BatchNorm statistics. ``mixed_params``: the draws with which
+        [`MixCollate`][camkit.MixCollate] already mixed ``images`` (a mix with ``needs_cams``
+        ``"none"`` or ``"mixed"``); the step then only weighs the labels.
+        """
+        self._check_inputs(images, labels, mixed_params)
+        # int64 for the one-hot and the mixes' scatters; non_blocking: a pageable host-to-device
         # copy would otherwise synchronise the stream
         labels = labels.to(images.device, torch.long, non_blocking=True)
-
-        if self.snapmix is not None and self.snapmix.cam_source == "mixed":
+        mix, size = self.mix, (images.shape[-2], images.shape[-1])
+        if mix is not None and mix.needs_cams == "mixed":
             return self._mixed_cam_step(images, labels, mixed_params)
-        if self.snapmix is not None:
-            cams = self.extractor.forward_frozen(images, labels).cams
-            inputs, targets = self.snapmix(images, labels, cams)
-            cam_target = targets.argmax(1)
-        else:
+        if mix is None:
             inputs, targets, cam_target = images, None, labels
+        else:
+            cams = None
+            if mix.needs_cams == "unmixed":
+                cams = self.extractor.forward_frozen(images, labels, validate_args=False).cams
+            if mixed_params is None:
+                inputs, params = mix.mix_images(images, cams=cams, validate_args=False)
+            else:
+                inputs, params = images, mixed_params
+            targets = mix.targets(labels, cams, params, size, validate_args=False)
+            cam_target = targets.argmax(1)
 
         cpe_loss = None
-        if self.cpe is not None:
-            out = self.extractor(inputs, target=cam_target)  # one forward: logits and CAMs
+        if self.cpe is not None:  # one forward: logits and CAMs
+            out = self.extractor(inputs, target=cam_target, validate_args=False)
             logits = out.logits
-            cpe_loss = self.cpe(out.features, out.cams)
+            cpe_loss = self.cpe(out.features, out.cams, validate_args=False)
         else:
             logits = self.model(inputs)
         if targets is None:  # one-hot by scatter: F.one_hot range-checks with a host sync on CUDA
@@ -247,29 +317,25 @@ class TrainStep(nn.Module):
         return self._loss(inputs, logits, targets, cpe_loss)
 
     def _mixed_cam_step(
-        self, images: torch.Tensor, labels: torch.Tensor, params: SnapMixParams | None
+        self, images: torch.Tensor, labels: torch.Tensor, params: object
     ) -> TrainStepOutput:
-        """SnapMix without the extra forward: label weights from the training forward's CAMs."""
+        """The label weights from the training forward's CAMs of the mixed batch (one forward)."""
+        mix = self.mix
         if params is None:
-            inputs, params = self.snapmix.mix_images(images)
-        else:  # mixed in the DataLoader: only check the draws against the batch
+            inputs, params = mix.mix_images(images, validate_args=False)
+        else:  # mixed in the DataLoader
             inputs = images
-            params = _draws(self.snapmix.config, images, params, None)
-        extractor = self.extractor
-        extractor._check_inputs(inputs, labels)
-        feats = self.model.forward_features(inputs)
-        logits = self.model.forward_head(feats)
         partner = labels[params.perm.to(labels.device, non_blocking=True)]
-        out_a = extractor._cams_from(feats, logits, inputs, labels)
-        cams_b = extractor._cams_from(feats, logits, inputs, partner).cams
-        pair = torch.stack([out_a.cams, cams_b], 1).detach().float()
-        targets = self.snapmix.targets(labels, pair, params, tuple(inputs.shape[-2:]))
+        both = torch.stack([labels, partner], 1)
+        out = self.extractor(inputs, target=both, validate_args=False)
+        pair = out.cams.detach().float()
+        targets = mix.targets(labels, pair, params, tuple(inputs.shape[-2:]), validate_args=False)
         cpe_loss = None
         if self.cpe is not None:  # cells ranked by the CAM of each image's dominant class
             first = targets.gather(1, labels[:, None]) >= targets.gather(1, partner[:, None])
-            cams = torch.where(first[:, :, None], out_a.cams, cams_b)
-            cpe_loss = self.cpe(out_a.features, cams)
-        return self._loss(inputs, logits, targets, cpe_loss)
+            cams = torch.where(first[:, :, None], out.cams[:, 0], out.cams[:, 1])
+            cpe_loss = self.cpe(out.features, cams, validate_args=False)
+        return self._loss(inputs, out.logits, targets, cpe_loss)
 
     def _loss(
         self,
@@ -295,6 +361,6 @@ class TrainStep(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"num_classes={self.num_classes}, cpe_weight={self.cpe_weight}, "
-            f"label_smoothing={self.label_smoothing}"
+            f"num_classes={self.num_classes}, cam_method={self.cam_method!r}, "
+            f"cpe_weight={self.cpe_weight}, label_smoothing={self.label_smoothing}"
         )

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from camkit._checks import check_probability, check_tensor
+from camkit._io import atomic_write
 from camkit.cam import normalize_cams, upsample_cams
-from camkit.io import _atomic_write
 from camkit.mix import SnapMixParams, snapmix
 from camkit.tta import DeletionCurve, deletion_auc
-from camkit.tta._masking import cell_ranks, masked_copies
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -143,7 +142,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) ->
     """
     path = Path(path)
     fmt = path.suffix[1:].lower() or "png"
-    return _atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=dpi))
+    return atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=dpi))
 
 
 def _values(value: object, name: str, count: int) -> list | None:
@@ -320,7 +319,7 @@ def tta_figure(
         A `Figure` with ``1 + min(num_copies, evaluated steps)`` image axes (the unmasked image
         first) and one plot axes.
     """
-    b, _, height, width = check_tensor(images, "images", ndim=4, floating=True).shape
+    b = check_tensor(images, "images", ndim=4, floating=True).shape[0]
     _check_int(index, "index", 0, b - 1)
     _check_int(num_copies, "num_copies", 1)
     check_tensor(result.step_probs, "result.step_probs", shape=(b, tta.k), floating=True)
@@ -334,8 +333,7 @@ def tta_figure(
     picks = torch.linspace(0, len(evaluated) - 1, min(num_copies, len(evaluated))).round()
     steps = torch.cat([evaluated.new_zeros(1), evaluated[picks.long().unique()]]).to(image.device)
     n = len(steps)
-    ranks = cell_ranks(out.cams, (height, width), tta.patch_size).expand(n, -1, -1)
-    copies = masked_copies(image.expand(n, -1, -1, -1), ranks, steps, tta.mask_value)
+    copies = tta.masked_copies(image.expand(n, -1, -1, -1), steps, cams=out.cams.expand(n, -1, -1))
     shown = _display(copies, mean, std)
     p0 = float(result.original_probs[index, pred])
     fig = _figure("tta_figure", 2.2 * n + 3.4, 2.8)

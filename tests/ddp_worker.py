@@ -7,7 +7,7 @@ Every rank builds the same model (seed 0) and trains it for a few SGD steps on i
 - ``accumulate``: the same, two micro-batches per optimiser step, the first under ``no_sync()``;
 - ``naive``: the negative control, the hand-written loop a user would write around
   ``CAMExtractor(ddp.module)``: the training forward bypasses DDP, gradients are never averaged;
-- ``timm_task``: :class:`camkit.timm_task.SnapMixTask` through its ``prepare_distributed``.
+- ``timm_task``: :class:`camkit.timm_task.TrainStepTask` through its ``prepare_distributed``.
 
 The report holds the largest parameter difference between the ranks, each rank's
 ``num_batches_tracked`` of the first BatchNorm, and the errors camkit raised for DDP-wrapped
@@ -73,7 +73,7 @@ def main() -> None:
 
     errors: dict[str, str] = {}
     if args.mode in ("step", "accumulate"):
-        step = DDP(TrainStep(model, snapmix=mix, cpe=cpe))
+        step = DDP(TrainStep(model, mix=mix, cpe=cpe))
         errors = _errors(DDP(model))
         opt = torch.optim.SGD(step.parameters(), lr=0.1, momentum=0.9)
         for i in range(STEPS):
@@ -100,9 +100,9 @@ def main() -> None:
             loss.backward()
             opt.step()
     else:
-        from camkit.timm_task import SnapMixTask
+        from camkit.timm_task import TrainStepTask
 
-        task = SnapMixTask(model, snapmix=mix, cpe=cpe).prepare_distributed()
+        task = TrainStepTask(model, mix=mix, cpe=cpe).prepare_distributed()
         opt = torch.optim.SGD(task.parameters(), lr=0.1, momentum=0.9)
         for i in range(STEPS):
             opt.zero_grad(set_to_none=True)

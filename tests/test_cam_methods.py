@@ -329,8 +329,8 @@ def test_snapmix_cpe_and_tta_run_with_every_method(method):
     out = ext(images, labels)
     loss = ContrastivePatchLoss()(out.features, out.cams)
     assert loss.requires_grad and torch.isfinite(loss)
-    # TrainStep rebuilds its extractor with the method of the one it was given
-    step = TrainStep(ext, snapmix=SnapMix(num_classes=2), cpe=ContrastivePatchLoss())
+    # TrainStep builds its extractor with the method it is given, and checks a passed one agrees
+    step = TrainStep(ext, mix=SnapMix(num_classes=2), cpe=ContrastivePatchLoss(), cam_method=method)
     assert step.model is model and step.extractor.method == method
     result = step(images, labels)
     result.loss.backward()

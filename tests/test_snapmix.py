@@ -222,7 +222,9 @@ def test_paste_and_weights_compose_to_snapmix():
         mixed, soft = snapmix(images, labels, cams, 4, params=params, same_label_bonus=True)
         assert torch.equal(paste(images, params), mixed)
         rho_a, rho_b = mix_weights(cams, params, (28, 24))
-        composed = soft_targets(labels, params, rho_a, rho_b, 4, same_label_bonus=True)
+        composed = soft_targets(
+            labels, params.perm, rho_a, rho_b, 4, apply=params.apply, same_label_bonus=True
+        )
         assert torch.equal(composed, soft)
 
 

@@ -10,6 +10,7 @@ from camkit import (
     CAMExtractor,
     ContrastivePatchLoss,
     SnapMix,
+    MixCollate,
     SnapMixCollate,
     TrainStep,
     normalize_cams,
@@ -63,7 +64,7 @@ def _reference_targets(model, mixed, labels, params):
 
 def test_fast_step_weighs_labels_with_the_mixed_images_cams(model):
     images, labels = _batch()
-    step = TrainStep(model, snapmix=_fast(1))
+    step = TrainStep(model, mix=_fast(1))
     out = step(images, labels)
     params = _fast(1).sample(*images.shape[:1], *images.shape[2:])
     assert params.shared_box is not None and params.shared_box[2]  # this seed mixes the batch
@@ -76,9 +77,9 @@ def test_fast_step_weighs_labels_with_the_mixed_images_cams(model):
 
 def test_fast_step_runs_one_forward_exact_step_two(model, monkeypatch):
     images, labels = _batch()
-    fast = TrainStep(model, snapmix=_fast(0), cpe=ContrastivePatchLoss())
+    fast = TrainStep(model, mix=_fast(0), cpe=ContrastivePatchLoss())
     exact = SnapMix(NUM_CLASSES, generator=torch.Generator().manual_seed(0))
-    exact = TrainStep(model, snapmix=exact, cpe=ContrastivePatchLoss())
+    exact = TrainStep(model, mix=exact, cpe=ContrastivePatchLoss())
     calls = []
     original = model.forward_features
     monkeypatch.setattr(model, "forward_features", lambda x: calls.append(1) or original(x))
@@ -91,9 +92,9 @@ def test_fast_step_runs_one_forward_exact_step_two(model, monkeypatch):
 
 def test_collate_gives_the_in_step_mix_for_the_same_draws(model):
     images, labels = _batch(3)
-    in_step = TrainStep(model, snapmix=_fast(7), cpe=ContrastivePatchLoss())
-    collated = TrainStep(model, snapmix=_fast(7), cpe=ContrastivePatchLoss())
-    collate = SnapMixCollate(collated.snapmix)
+    in_step = TrainStep(model, mix=_fast(7), cpe=ContrastivePatchLoss())
+    collated = TrainStep(model, mix=_fast(7), cpe=ContrastivePatchLoss())
+    collate = MixCollate(collated.mix)
     mixed, batch_labels, params = collate(list(zip(images, labels, strict=True)))
     a = in_step(images, labels)
     b = collated(mixed, batch_labels, mixed_params=params)
@@ -109,10 +110,10 @@ def test_collate_in_workers_draws_per_worker_and_trains(model):
         TensorDataset(images, labels),
         batch_size=8,
         num_workers=2,
-        collate_fn=SnapMixCollate(_fast(0)),
+        collate_fn=MixCollate(_fast(0)),
         generator=torch.Generator().manual_seed(0),
     )
-    step = TrainStep(model, snapmix=_fast(0))
+    step = TrainStep(model, mix=_fast(0))
     perms = []
     for mixed, batch_labels, params in loader:
         assert mixed.shape == (8, 3, 64, 64) and batch_labels.dtype == torch.int64
@@ -125,25 +126,27 @@ def test_collate_in_workers_draws_per_worker_and_trains(model):
 def test_fast_mode_refusals(model):
     images, labels = _batch()
     fast = _fast(0)
-    with pytest.raises(ValueError, match=r"cam_source='mixed'.*TrainStep"):
+    with pytest.raises(ValueError, match=r"CAMs of the mixed images.*TrainStep"):
         fast(images, labels, torch.rand(6, 4, 4))
     with pytest.raises(ValueError, match=r"cam_source: expected one of 'unmixed', 'mixed'"):
         SnapMix(NUM_CLASSES, cam_source="mix")
-    with pytest.raises(ValueError, match=r"snapmix: expected SnapMix\(cam_source='mixed'\)"):
-        SnapMixCollate(SnapMix(NUM_CLASSES))
+    with pytest.raises(ValueError, match=r"mix: SnapMix needs the model's CAMs.*'mixed'"):
+        MixCollate(SnapMix(NUM_CLASSES))
+    with pytest.warns(DeprecationWarning, match="MixCollate"):
+        assert isinstance(SnapMixCollate(fast), MixCollate)
     params = fast.sample(6, 64, 64)
-    exact = TrainStep(model, snapmix=SnapMix(NUM_CLASSES))
-    with pytest.raises(ValueError, match=r"mixed_params: .*cam_source='mixed'"):
+    exact = TrainStep(model, mix=SnapMix(NUM_CLASSES))
+    with pytest.raises(ValueError, match=r"mixed_params: .*needs no model.*SnapMix\(cam_source"):
         exact(images, labels, mixed_params=params)
     with pytest.raises(ValueError, match=r"params.perm: expected shape \(5,\)"):
-        TrainStep(model, snapmix=fast)(images[:5], labels[:5], mixed_params=params)
+        TrainStep(model, mix=fast)(images[:5], labels[:5], mixed_params=params)
     with pytest.raises(ValueError, match=r"cams: expected a 4-D tensor"):
         fast.targets(labels, torch.rand(6, 4, 4), params, (64, 64))
 
 
 def test_fast_mode_area_weights_are_cutmix_ratios(model):
     images, labels = _batch()
-    step = TrainStep(model, snapmix=_fast(1, label_weights="area"))
+    step = TrainStep(model, mix=_fast(1, label_weights="area"))
     out = step(images, labels)
     params = _fast(1).sample(6, 64, 64)
     (y0, x0, y1, x1), _, _ = params.shared_box

@@ -1,4 +1,4 @@
-"""camkit.timm_task.SnapMixTask: timm's TrainingTask contract around camkit.TrainStep.
+"""camkit.timm_task.TrainStepTask: timm's TrainingTask contract around camkit.TrainStep.
 
 The task must train exactly like the step, while everything timm's train.py evaluates, saves or
 averages (eval model, checkpoint state, EMA) is the plain model; DDP and torch.compile wrap the
@@ -36,14 +36,14 @@ if importlib.util.find_spec("timm.task") is None or not hasattr(
 
 from timm.task import TrainingTask
 
-from camkit.timm_task import SnapMixTask
+from camkit.timm_task import TrainStepTask
 
 _model, _batch = tiny_timm, fixed_batch
 
 
 def _parts(use_snapmix: bool, use_cpe: bool, seed: int = 0) -> dict:
     return {
-        "snapmix": (
+        "mix": (
             SnapMix(num_classes=2, generator=torch.Generator().manual_seed(seed))
             if use_snapmix
             else None
@@ -53,7 +53,7 @@ def _parts(use_snapmix: bool, use_cpe: bool, seed: int = 0) -> dict:
 
 
 def _task(model: nn.Module, use_snapmix: bool = True, use_cpe: bool = True, **kwargs):
-    return SnapMixTask(model, **_parts(use_snapmix, use_cpe), verbose=False, **kwargs)
+    return TrainStepTask(model, **_parts(use_snapmix, use_cpe), verbose=False, **kwargs)
 
 
 def _grads(model: nn.Module) -> torch.Tensor:
@@ -188,7 +188,7 @@ def test_optimizer_on_the_step_groups_like_the_model(layer_decay):
     """train.py builds the optimiser on the step: the model's no_weight_decay and group_matcher
     must still apply (a ViT's pos_embed and cls_token are not decayed)."""
     model = _model("vit_tiny_patch16_224", img_size=32)
-    task = SnapMixTask(model, verbose=False)
+    task = TrainStepTask(model, verbose=False)
 
     def groups(module):
         opt = create_optimizer_v2(module, "adamw", weight_decay=0.05, layer_decay=layer_decay)
@@ -204,19 +204,31 @@ def test_optimizer_on_the_step_groups_like_the_model(layer_decay):
 
 def test_from_model_builds_the_recipe():
     model = _model()
-    task = SnapMixTask.from_model(model, alpha=0.5, label_smoothing=0.1, verbose=False)
-    assert task.step.snapmix.num_classes == 2 and task.step.snapmix.alpha == 0.5
-    assert isinstance(task.step.cpe, ContrastivePatchLoss) and not task.step.cpe.normalize
+    task = TrainStepTask.from_model(model, alpha=0.5, label_smoothing=0.1, verbose=False)
+    assert task.step.mix.num_classes == 2 and task.step.mix.alpha == 0.5
+    # the one CPE default: the normalised form; the paper's Eq. 1 is one argument away
+    assert isinstance(task.step.cpe, ContrastivePatchLoss) and task.step.cpe.normalize
+    assert task.step.cpe.config == ContrastivePatchLoss().config
+    paper = TrainStepTask.from_model(model, cpe=ContrastivePatchLoss.paper(), verbose=False)
+    assert not paper.step.cpe.normalize and paper.step.cpe.temperature == 1.0
     assert task.step.label_smoothing == 0.1
-    assert SnapMixTask.from_model(model, cpe=False, verbose=False).step.cpe is None
+    assert TrainStepTask.from_model(model, cpe=False, verbose=False).step.cpe is None
     cpe = ContrastivePatchLoss(normalize=True, temperature=0.1)
-    assert SnapMixTask.from_model(model, cpe=cpe, verbose=False).step.cpe is cpe
+    assert TrainStepTask.from_model(model, cpe=cpe, verbose=False).step.cpe is cpe
     with pytest.raises(TypeError, match=r"cpe: expected a bool or a camkit\.ContrastivePatchLoss"):
-        SnapMixTask.from_model(model, cpe="yes")
+        TrainStepTask.from_model(model, cpe="yes")
     with pytest.raises(ValueError, match=r"positive int num_classes.*num_classes=None"):
-        SnapMixTask.from_model(nn.Linear(3, 2))
+        TrainStepTask.from_model(nn.Linear(3, 2))
     with pytest.raises(TypeError, match=r"torch\.compile'd model"):
-        SnapMixTask(torch.compile(model))
+        TrainStepTask(torch.compile(model))
+
+
+def test_snapmix_task_is_a_deprecated_alias():
+    from camkit.timm_task import SnapMixTask
+
+    with pytest.warns(DeprecationWarning, match="TrainStepTask"):
+        task = SnapMixTask(_model(), snapmix=SnapMix(2), verbose=False)
+    assert isinstance(task, TrainStepTask) and isinstance(task.step.mix, SnapMix)
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def test_step_equals_hand_written_composition(use_snapmix, use_cpe):
     reference = copy.deepcopy(model)
     step = TrainStep(
         model,
-        snapmix=SnapMix(num_classes=2, generator=torch.Generator().manual_seed(0))
+        mix=SnapMix(num_classes=2, generator=torch.Generator().manual_seed(0))
         if use_snapmix
         else None,
         cpe=ContrastivePatchLoss() if use_cpe else None,
@@ -114,15 +114,15 @@ def test_plain_step_needs_no_timm_contract():
 
 def test_step_refuses_bad_configuration_and_input():
     model = _model()
-    with pytest.raises(ValueError, match=r"snapmix: SnapMix\(num_classes=3\).*num_classes=2"):
-        TrainStep(model, snapmix=SnapMix(num_classes=3))
+    with pytest.raises(ValueError, match=r"mix: SnapMix\(num_classes=3\).*num_classes=2"):
+        TrainStep(model, mix=SnapMix(num_classes=3))
     with pytest.raises(ValueError, match="reduction='mean'"):
         TrainStep(model, cpe=ContrastivePatchLoss(reduction="none"))
     with pytest.raises(ValueError, match="label_smoothing"):
         TrainStep(model, label_smoothing=1.0)
     with pytest.raises(ValueError, match="cpe_weight"):
         TrainStep(model, cpe_weight=-1.0)
-    step = TrainStep(model, snapmix=SnapMix(num_classes=2))
+    step = TrainStep(model, mix=SnapMix(num_classes=2))
     images, _ = _batch()
     with pytest.raises(ValueError, match=r"labels: expected class indices in \[0, 1\]"):
         step(images, torch.tensor([0, 1, 2, 0]))
@@ -130,6 +130,21 @@ def test_step_refuses_bad_configuration_and_input():
         step(images, torch.tensor([0, 1]))
     with pytest.raises(TypeError, match="labels"):
         step(images, torch.tensor([0.0, 1.0, 1.0, 0.0]))
+    with pytest.raises(TypeError, match=r"mix: expected a camkit.Mix .* got Identity"):
+        TrainStep(model, mix=torch.nn.Identity())
+    with pytest.raises(ValueError, match=r"cam_method: expected one of 'cam', "):
+        TrainStep(model, cam_method="scorecam")
+    with pytest.raises(ValueError, match=r"cam_method: the CAMExtractor .* 'gradcam'"):
+        TrainStep(CAMExtractor(model, "gradcam"))
+
+
+def test_snapmix_keyword_is_a_deprecated_alias_of_mix():
+    model = _model()
+    with pytest.warns(DeprecationWarning, match=r"mix="):
+        step = TrainStep(model, snapmix=SnapMix(num_classes=2))
+    assert isinstance(step.mix, SnapMix) and step.snapmix is step.mix
+    with pytest.raises(TypeError, match="give the mix once"):
+        TrainStep(model, mix=SnapMix(2), snapmix=SnapMix(2))
 
 
 @pytest.mark.parametrize("build", [CAMExtractor, TrainStep, CAMMaskingTTA])
@@ -175,7 +190,7 @@ def test_gradient_accumulation_composes_to_the_full_batch():
 
 def test_model_ema_follows_the_step_model():
     model = _model()
-    step = TrainStep(model, snapmix=SnapMix(num_classes=2), cpe=ContrastivePatchLoss())
+    step = TrainStep(model, mix=SnapMix(num_classes=2), cpe=ContrastivePatchLoss())
     ema = ModelEmaV3(step.model, decay=0.5)
     before = copy.deepcopy(ema.module.state_dict())
     opt = torch.optim.SGD(step.parameters(), lr=0.1)
@@ -201,7 +216,7 @@ def test_torch_compile_of_the_step_compiles_and_matches_eager(cam_source):
     def make():
         return TrainStep(
             model,
-            snapmix=SnapMix(
+            mix=SnapMix(
                 num_classes=2, generator=torch.Generator().manual_seed(0), cam_source=cam_source
             ),
             cpe=ContrastivePatchLoss(normalize=True, temperature=0.1),
@@ -241,7 +256,7 @@ def test_narrow_integer_labels_and_an_extractor_are_accepted():
     for dtype in (torch.uint8, torch.int32):
         step = TrainStep(copy.deepcopy(model), cpe=ContrastivePatchLoss())
         torch.testing.assert_close(step(images, labels.to(dtype)).loss, reference)
-        mixed = TrainStep(copy.deepcopy(model), snapmix=SnapMix(2))(images, labels.to(dtype))
+        mixed = TrainStep(copy.deepcopy(model), mix=SnapMix(2))(images, labels.to(dtype))
         assert mixed.targets.shape == (4, 2)
-    step = TrainStep(CAMExtractor(model), snapmix=SnapMix(2))
+    step = TrainStep(CAMExtractor(model), mix=SnapMix(2))
     assert step.model is model and step(images, labels).logits.shape == (4, 2)

@@ -85,7 +85,7 @@ def refuse_wrappers(model: object, where: str) -> None:
             f"{where}: got a DistributedDataParallel model; camkit would call the wrapped model's "
             "forward_features/forward_head directly, bypassing DDP's gradient all-reduce, and the "
             "ranks would silently drift apart. Wrap the training step instead: "
-            "step = DDP(camkit.TrainStep(model, snapmix=..., cpe=...)), then step(images, labels); "
+            "step = DDP(camkit.TrainStep(model, mix=..., cpe=...)), then step(images, labels); "
             "for CAMs alone (no training) pass ddp_model.module"
         )
     fsdp = type(model).__name__ in ("FullyShardedDataParallel", "FSDPModule") or any(

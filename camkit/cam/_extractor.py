@@ -23,7 +23,7 @@ from camkit.cam._contract import (
 )
 from camkit.cam._methods import CAM_METHODS, CAMMethod, HeadGradient, compute_cams
 
-__all__ = ["CAMExtractor", "CAMOutput", "refuse_wrappers"]
+__all__ = ["CAMExtractor", "CAMOutput"]
 
 
 class CAMOutput(NamedTuple):
@@ -34,11 +34,12 @@ class CAMOutput(NamedTuple):
         features: ``(B, C, h, w)`` final feature map in NCHW order (prefix tokens of token models
             removed), part of the autograd graph when autograd is on.
         cams: ``(B, h, w)`` maps of the extractor's method for the requested (or predicted)
-            class, at the feature resolution, without upsampling or normalisation. For method
+            class (``(B, T, h, w)`` for a ``(B, T)`` target: ``T`` classes per image from the same
+            forward), at the feature resolution, without upsampling or normalisation. For method
             ``"cam"`` the raw ``alpha_c · F(h, w)``: no bias, no ReLU; the gradient methods end
             with a ReLU. Differentiable with respect to the features; the method's weights are
             constants.
-        target: ``(B,)`` int64, the class each map belongs to.
+        target: ``(B,)`` (or ``(B, T)``) int64, the class each map belongs to.
     """
 
     logits: torch.Tensor
@@ -228,9 +229,20 @@ class CAMExtractor(nn.Module):
 
     # -- passes ------------------------------------------------------------------------------
 
-    def _check_inputs(self, images: torch.Tensor, target: torch.Tensor | None) -> None:
-        # metadata only, plus a range check of ``target`` that is queued (no host sync) on CUDA
+    def check_inputs(self, images: object, target: object = None) -> None:
+        """Check a batch the way every pass does, once (what ``validate_args=False`` skips).
+
+        ``images``: ``(B, C, H, W)`` float with the model's input channels and, outside
+        ``torch.autocast``, its weights' dtype; ``target``: ``None`` or ``(B,)``/``(B, T)`` integer
+        classes in ``[0, K)`` (on an accelerator the range check is queued with
+        ``torch._assert_async``: no host sync).
+
+        Raises:
+            TypeError: a wrong type or dtype.
+            ValueError: a wrong shape, channel count or class.
+        """
         check_tensor(images, "images", ndim=4, floating=True)
+        assert isinstance(images, torch.Tensor)
         if self._input_conv:
             conv = self._input_conv[0]
             if images.shape[1] != conv.in_channels:
@@ -245,7 +257,12 @@ class CAMExtractor(nn.Module):
                     f"or run under torch.autocast), got a {_describe(images)}"
                 )
         if target is not None:
-            check_labels(target, "target", self.num_classes, batch=images.shape[0])
+            b = images.shape[0]
+            if isinstance(target, torch.Tensor) and target.ndim == 2:
+                check_tensor(target, "target", shape=(b, None), floating=False)
+                check_labels(target.flatten(), "target", self.num_classes)
+            else:
+                check_labels(target, "target", self.num_classes, batch=b)
 
     def _cams_from(
         self,
@@ -256,15 +273,33 @@ class CAMExtractor(nn.Module):
     ) -> CAMOutput:
         grid = to_grid(self.model, feats, (images.shape[-2], images.shape[-1]))
         cls = logits.detach().argmax(1) if target is None else target.to(logits.device).long()
-        cams = compute_cams(self._method, grid, self._head_gradient(feats, grid, cls))
+        if cls.ndim == 2:  # T classes per image from the same features
+            cams = torch.stack(
+                [
+                    compute_cams(self._method, grid, self._head_gradient(feats, grid, column))
+                    for column in cls.unbind(1)
+                ],
+                1,
+            )
+        else:
+            cams = compute_cams(self._method, grid, self._head_gradient(feats, grid, cls))
         return CAMOutput(logits=logits, features=grid, cams=cams, target=cls)
 
-    def forward(self, images: torch.Tensor, target: torch.Tensor | None = None) -> CAMOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        target: torch.Tensor | None = None,
+        *,
+        validate_args: bool = True,
+    ) -> CAMOutput:
         """One forward of the model returning logits, features and the method's CAMs.
 
         Args:
             images: ``(B, 3, H, W)`` float input batch.
-            target: ``(B,)`` int64 class whose CAM to compute; ``None`` for the predicted class.
+            target: ``(B,)`` int64 class whose CAM to compute, or ``(B, T)`` for ``T`` maps per
+                image (one forward); ``None`` for the predicted class.
+            validate_args: check the inputs ([`check_inputs`][camkit.CAMExtractor.check_inputs]);
+                a caller that checked them already passes False.
 
         Returns:
             [`CAMOutput`][camkit.CAMOutput] with ``logits`` identical to ``model(images)``.
@@ -277,13 +312,20 @@ class CAMExtractor(nn.Module):
                 an accelerator the range check is queued with ``torch._assert_async`` and
                 fails at the next synchronisation instead).
         """
-        self._check_inputs(images, target)
+        if validate_args:
+            self.check_inputs(images, target)
         feats = self.model.forward_features(images)
         logits = self.model.forward_head(feats)
         return self._cams_from(feats, logits, images, target)
 
     @torch.no_grad()
-    def forward_frozen(self, images: torch.Tensor, target: torch.Tensor | None = None) -> CAMOutput:
+    def forward_frozen(
+        self,
+        images: torch.Tensor,
+        target: torch.Tensor | None = None,
+        *,
+        validate_args: bool = True,
+    ) -> CAMOutput:
         """A side pass with autograd off that leaves the model exactly as it was.
 
         Runs in the model's current mode (train mode keeps batch statistics, as the training
@@ -293,7 +335,9 @@ class CAMExtractor(nn.Module):
 
         Args:
             images: ``(B, 3, H, W)`` float input batch.
-            target: ``(B,)`` int64 class whose CAM to compute; ``None`` for the predicted class.
+            target: ``(B,)`` (or ``(B, T)``) int64 classes whose CAMs to compute; ``None`` for
+                the predicted class.
+            validate_args: check the inputs (as for `forward`).
 
         Returns:
             [`CAMOutput`][camkit.CAMOutput]; nothing in it requires grad.
@@ -302,7 +346,8 @@ class CAMExtractor(nn.Module):
             TypeError: as [`forward`][camkit.CAMExtractor.forward].
             ValueError: as [`forward`][camkit.CAMExtractor.forward].
         """
-        self._check_inputs(images, target)
+        if validate_args:
+            self.check_inputs(images, target)
         with frozen_state(self.model):
             feats = self.model.forward_features(images)
             logits = self.model.forward_head(feats)

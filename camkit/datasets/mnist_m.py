@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from camkit._checks import check_tensor
+from camkit._io import atomic_write
 from camkit.datasets._io import (
     IMAGE_EXTENSIONS,
     PathLike,
@@ -21,7 +22,6 @@ from camkit.datasets._io import (
     require_dir,
 )
 from camkit.datasets.digits import load_digits_npz
-from camkit.io import _atomic_write
 
 __all__ = ["build_mnist_m", "mnist_m"]
 
@@ -34,7 +34,7 @@ def _digest(digits: np.ndarray) -> str:
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` atomically (`camkit.io`'s temporary file and replace)."""
-    _atomic_write(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
 
 
 _CACHE_KEYS = ("images", "photo_index", "top", "left", "photo_files", "seed", "digits_sha256")

@@ -1,4 +1,19 @@
-"""CAM-weighted mixing: SnapMix (Huang et al., AAAI 2021), batched on the device.
+"""Batch mixes behind one protocol ([`Mix`][camkit.Mix]): SnapMix, CutMix, Mixup, Attentive CutMix.
+
+A mix says which CAMs it needs (``needs_cams``: none, the un-mixed batch's, or the mixed
+batch's), draws its parameters (``sample``, given the CAMs when its draws depend on them),
+applies them (``apply``) and weighs the labels (``targets``); [`TrainStep`][camkit.TrainStep] and
+[`MixCollate`][camkit.MixCollate] call nothing else, so every mix trains through the same step:
+
+| mix | needs_cams | draws from the CAMs | label weights |
+| --- | --- | --- | --- |
+| [`SnapMix`][camkit.SnapMix] | ``"unmixed"`` | no | CAM mass of each box |
+| ``SnapMix(cam_source="mixed")`` | ``"mixed"`` | no | CAM mass in the mixed image |
+| [`CutMix`][camkit.CutMix] | ``"none"`` | no | box area (timm's ``Mixup(cutmix_alpha=…)``) |
+| [`Mixup`][camkit.Mixup] | ``"none"`` | no | blend weight (timm's ``Mixup(mixup_alpha=…)``) |
+| [`AttentiveCutMix`][camkit.AttentiveCutMix] | ``"unmixed"`` | yes: top cells | area |
+
+SnapMix (Huang et al., AAAI 2021), in detail:
 
 Each image ``a`` receives, in a box A, the content of a box B of its partner ``b`` (a random
 permutation of the batch), resized bilinearly. Its soft target is:
@@ -21,10 +36,26 @@ computed at the CAMs' resolution, never on maps upsampled to the image size.
 
 ``SnapMix(cam_source="mixed")`` needs no extra forward: both weights are read over box A from
 the CAMs of the mixed image in the training forward ([`TrainStep`][camkit.TrainStep] does this),
-and the paste can then run in the DataLoader's workers ([`SnapMixCollate`][camkit.SnapMixCollate]).
+and the paste can then run in the DataLoader's workers ([`MixCollate`][camkit.MixCollate]).
 """
 
-from camkit.mix._collate import SnapMixCollate
+from camkit.mix._attentive import AttentiveCutMix, CellMixParams
+from camkit.mix._base import Mix
+from camkit.mix._collate import MixCollate, SnapMixCollate
+from camkit.mix._cutmix import CutMix, CutMixParams, Mixup, MixupParams
 from camkit.mix._snapmix import SnapMix, SnapMixParams, snapmix
 
-__all__ = ["SnapMix", "SnapMixCollate", "SnapMixParams", "snapmix"]
+__all__ = [
+    "AttentiveCutMix",
+    "CellMixParams",
+    "CutMix",
+    "CutMixParams",
+    "Mix",
+    "MixCollate",
+    "Mixup",
+    "MixupParams",
+    "SnapMix",
+    "SnapMixCollate",
+    "SnapMixParams",
+    "snapmix",
+]

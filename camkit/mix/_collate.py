@@ -1,26 +1,26 @@
-"""SnapMix in the DataLoader: the paste on the host, the label weights later in the step."""
+"""Mixing in the DataLoader: the draws and the paste on the host, the label weights in the step."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
-from camkit.mix._ops import paste
-from camkit.mix._snapmix import SnapMix, SnapMixParams, _sample_snapmix_params
+from camkit.mix._base import Mix
 
 
-class SnapMixCollate:
+class MixCollate:
     """A DataLoader ``collate_fn`` that mixes each batch on the host (like timm's collate mixup).
 
-    With ``cam_source="mixed"`` SnapMix needs no model to mix: the partner permutation, the boxes
-    and the paste are pure data, and the label weights come from the CAMs of the training forward.
-    This collate does the first part in the DataLoader's workers and hands the step the draws,
-    so the device only runs the training forward and the weights:
+    A mix that needs no model to mix — ``needs_cams`` ``"none"`` (CutMix, Mixup) or ``"mixed"``
+    (``SnapMix(cam_source="mixed")``, whose label weights come from the training forward) — draws
+    its parameters and pastes in the DataLoader's workers, and hands the step the draws, so the
+    device only runs the training forward and the label weights:
 
-        loader = DataLoader(ds, batch_size=64, collate_fn=SnapMixCollate(mix), num_workers=8)
+        loader = DataLoader(ds, batch_size=64, collate_fn=MixCollate(mix), num_workers=8)
         for mixed, labels, params in loader:
             out = step(mixed, labels, mixed_params=params)
 
@@ -29,38 +29,37 @@ class SnapMixCollate:
 
     Random draws: in a worker process they come from the worker's torch random state, which the
     DataLoader seeds differently per worker and per epoch (its ``generator=`` makes a run
-    reproducible); the SnapMix's own ``generator`` is used only when the collate runs in the main
+    reproducible); the mix's own ``generator`` is used only when the collate runs in the main
     process (``num_workers=0``): a generator copied into every worker would repeat its draws in
     each of them.
 
     Args:
-        snapmix: a [`SnapMix`][camkit.SnapMix] with ``cam_source="mixed"``.
+        mix: a [`Mix`][camkit.Mix] whose ``needs_cams`` is ``"none"`` or ``"mixed"``.
         collate_fn: how samples become ``(images (B, C, H, W), labels (B,))`` first (default:
             torch's ``default_collate``).
 
     Shape:
         - Input: a list of ``(image (C, H, W), label)`` samples.
-        - Output: ``(mixed (B, C, H, W), labels (B,) int64, params)``, params a
-          [`SnapMixParams`][camkit.SnapMixParams] on the host.
+        - Output: ``(mixed (B, C, H, W), labels (B,) int64, params)``, the params on the host.
     """
 
     def __init__(
-        self, snapmix: SnapMix, collate_fn: Callable[[Sequence[Any]], Any] = default_collate
+        self, mix: Mix, collate_fn: Callable[[Sequence[Any]], Any] = default_collate
     ) -> None:
-        if not isinstance(snapmix, SnapMix):
-            raise TypeError(f"snapmix: expected a camkit.SnapMix, got {type(snapmix).__name__}")
-        if snapmix.cam_source != "mixed":
+        if not isinstance(mix, Mix):
+            raise TypeError(f"mix: expected a camkit.Mix, got {type(mix).__name__}")
+        if mix.needs_cams == "unmixed":
             raise ValueError(
-                "snapmix: expected SnapMix(cam_source='mixed') (its label weights come from the "
-                f"training forward), got cam_source={snapmix.cam_source!r}, whose weights need "
-                "the model's CAMs of the un-mixed batch: mix in the step (camkit.TrainStep)"
+                f"mix: {type(mix).__name__} needs the model's CAMs of the un-mixed batch "
+                f"(needs_cams='unmixed'), which a DataLoader does not have: mix in the step "
+                "(camkit.TrainStep), or use SnapMix(cam_source='mixed')"
             )
         if not callable(collate_fn):
             raise TypeError(f"collate_fn: expected a callable, got {type(collate_fn).__name__}")
-        self.snapmix = snapmix
+        self.mix = mix
         self.collate_fn = collate_fn
 
-    def __call__(self, samples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, SnapMixParams]:
+    def __call__(self, samples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, Any]:
         images, labels = self.collate_fn(samples)
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             raise ValueError(
@@ -69,14 +68,32 @@ class SnapMixCollate:
                 + (f" and shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else "")
             )
         labels = torch.as_tensor(labels).long()
-        generator = self.snapmix.generator if get_worker_info() is None else None
+        generator = self.mix.generator if get_worker_info() is None else None
         if generator is not None and generator.device.type != "cpu":
             generator = None
         b, _, h, w = images.shape
-        params = _sample_snapmix_params(
-            self.snapmix.config, b, h, w, generator, torch.device("cpu")
-        )
-        return paste(images, params), labels, params
+        params = self.mix._draw(b, h, w, None, torch.device("cpu"), generator)
+        return self.mix._apply(images, params), labels, params
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.snapmix!r})"
+        return f"{type(self).__name__}({self.mix!r})"
+
+
+class SnapMixCollate(MixCollate):
+    """Deprecated name of [`MixCollate`][camkit.MixCollate] (kept for one release).
+
+    Args:
+        snapmix: the mix (any mix [`MixCollate`][camkit.MixCollate] takes).
+        collate_fn: as for `MixCollate`.
+    """
+
+    def __init__(
+        self, snapmix: Mix, collate_fn: Callable[[Sequence[Any]], Any] = default_collate
+    ) -> None:
+        warnings.warn(
+            "SnapMixCollate is deprecated: use camkit.MixCollate, which takes any mix that needs "
+            "no model (CutMix, Mixup, SnapMix(cam_source='mixed'))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(snapmix, collate_fn)

@@ -248,25 +248,29 @@ def mix_weights(
 
 def soft_targets(
     labels: torch.Tensor,
-    params: SnapMixParams,
+    perm: torch.Tensor,
     rho_a: torch.Tensor,
     rho_b: torch.Tensor,
     num_classes: int,
     *,
+    apply: torch.Tensor | None = None,
     same_label_bonus: bool = False,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``ρ_a·onehot(y) + ρ_b·onehot(y[perm])``, ``(B, num_classes)`` of ``dtype``.
 
     ``same_label_bonus=True`` (the released SnapMix code) sets both weights to ``ρ_a + ρ_b`` when
-    the two labels agree, i.e. the target ``2(ρ_a + ρ_b)·onehot(y)``. ``labels`` are int64 class
-    indices in range (checked by the caller).
+    the two labels agree and the image is mixed (``apply``), i.e. the target
+    ``2(ρ_a + ρ_b)·onehot(y)``. ``labels`` are int64 class indices in range (checked by the
+    caller).
     """
-    params = _params_on(params, labels.device)
-    partner_labels = labels[params.perm]
+    perm = perm.to(labels.device, non_blocking=True)
+    partner_labels = labels[perm]
     if same_label_bonus:
         both = rho_a + rho_b
-        same = (labels == partner_labels) & params.apply
+        same = labels == partner_labels
+        if apply is not None:
+            same = same & apply.to(labels.device, non_blocking=True)
         rho_a = torch.where(same, both, rho_a)
         rho_b = torch.where(same, both, rho_b)
     # scatter_add rather than F.one_hot: one_hot checks the label range with a host sync on CUDA.

@@ -6,17 +6,16 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
-from torch import nn
 
 from camkit._checks import (
     check_choice,
     check_int,
-    check_labels,
     check_positive,
     check_probability,
     check_tensor,
 )
 from camkit._config import config_setting
+from camkit.mix._base import Mix
 from camkit.mix._ops import CamSource, mix_weights, paste, soft_targets
 from camkit.mix._random import _sample_beta_device, _sample_beta_host, _sample_boxes
 
@@ -105,98 +104,17 @@ def _sample_snapmix_params(
     )
 
 
-def _draw_device(
-    device: torch.device | str | None, generator: torch.Generator | None
-) -> torch.device:
-    if device is None:
-        return generator.device if generator is not None else torch.device("cpu")
-    device = torch.device(device)
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(
-            f"device: expected the generator's device ({generator.device}), got {device}"
-        )
-    return device
-
-
-def _draws(
-    config: _SnapMixConfig,
-    images: torch.Tensor,
-    params: SnapMixParams | None,
-    generator: torch.Generator | None,
-) -> SnapMixParams:
-    """New draws for ``images``, or ``params`` checked against the batch."""
-    check_tensor(images, "images", ndim=4, floating=True)
-    b, _, h, w = images.shape
-    if params is None:
-        if generator is not None:
-            device = generator.device
-        else:  # batch draws on the host: the shared box is then known without a device sync
-            device = torch.device("cpu") if config.box_mode == "batch" else images.device
-        return _sample_snapmix_params(config, b, h, w, generator, device)
-    if not isinstance(params, SnapMixParams):
-        raise TypeError(f"params: expected a SnapMixParams, got {type(params).__name__}")
-    check_tensor(params.perm, "params.perm", shape=(b,), floating=False)
-    check_tensor(params.apply, "params.apply", shape=(b,), dtype=torch.bool)
-    check_tensor(params.box_a, "params.box_a", shape=(b, 4), floating=False)
-    check_tensor(params.box_b, "params.box_b", shape=(b, 4), floating=False)
-    return params
-
-
-def _targets(
-    config: _SnapMixConfig,
-    labels: torch.Tensor,
-    cams: torch.Tensor,
-    params: SnapMixParams,
-    size: tuple[int, int],
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Soft targets from the draws and the CAMs of ``config.cam_source`` (checked here)."""
-    b = params.perm.shape[0]
-    mixed = config.cam_source == "mixed"
-    shape = (b, 2, None, None) if mixed else (b, None, None)
-    check_tensor(cams, "cams", shape=shape, floating=True)
-    # after the draws (under torch.compile a check before them would be a graph of its own):
-    # checked at once on the CPU, queued with torch._assert_async (no host sync) on the device
-    check_labels(labels, "labels", config.num_classes, batch=b)
-    labels = labels.long()  # uint8/int32 labels are valid; the scatters need int64
-    maps = torch.zeros_like(cams, dtype=torch.float32) if config.label_weights == "area" else cams
-    rho_a, rho_b = mix_weights(maps, params, size, source=config.cam_source)
-    return soft_targets(
-        labels.to(cams.device),
-        params,
-        rho_a,
-        rho_b,
-        config.num_classes,
-        same_label_bonus=config.same_label_bonus,
-        dtype=torch.promote_types(dtype, torch.float32),
-    )
-
-
-def _mix(
-    config: _SnapMixConfig,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    cams: torch.Tensor,
-    params: SnapMixParams | None,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check the inputs, draw ``params`` when not given, and apply them (``config`` is valid)."""
-    if config.cam_source == "mixed":
-        raise ValueError(
-            "cam_source: SnapMix(cam_source='mixed') weighs the labels with the CAMs of the mixed "
-            "images, which only the training forward has: use camkit.TrainStep, or call "
-            "mix_images() and then targets() with the CAMs of the mixed batch"
-        )
-    check_tensor(images, "images", ndim=4, floating=True)
-    check_tensor(cams, "cams", ndim=3, floating=True)
-    if cams.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"cams: expected {images.shape[0]} maps (one per image), got shape {tuple(cams.shape)}"
-        )
-    params = _draws(config, images, params, generator)
-    size = (images.shape[-2], images.shape[-1])
-    soft = _targets(config, labels, cams.to(images.device), params, size, images.dtype)
-    return paste(images, params), soft
+def _check_box_params(params: object, batch: int, kind: type, name: str = "params") -> None:
+    """``params`` is a ``kind`` of box draws for ``batch`` images (shapes and dtypes)."""
+    if not isinstance(params, kind):
+        raise TypeError(f"{name}: expected a {kind.__name__}, got {type(params).__name__}")
+    check_tensor(params.perm, f"{name}.perm", shape=(batch,), floating=False)
+    check_tensor(params.apply, f"{name}.apply", shape=(batch,), dtype=torch.bool)
+    for field in params._fields:
+        if field.startswith("box"):
+            check_tensor(
+                getattr(params, field), f"{name}.{field}", shape=(batch, 4), floating=False
+            )
 
 
 def snapmix(
@@ -229,11 +147,19 @@ def snapmix(
         >>> mixed.shape, soft.shape
         (torch.Size([4, 3, 32, 32]), torch.Size([4, 2]))
     """
-    config = _SnapMixConfig(num_classes, alpha, prob, box_mode, label_weights, same_label_bonus)
-    return _mix(config, images, labels, cams, params, generator)
+    mix = SnapMix(
+        num_classes,
+        alpha,
+        prob,
+        generator,
+        box_mode=box_mode,
+        label_weights=label_weights,
+        same_label_bonus=same_label_bonus,
+    )
+    return mix(images, labels, cams, params)
 
 
-class SnapMix(nn.Module):
+class SnapMix(Mix):
     """SnapMix (Huang et al., AAAI 2021) as a batch transform for the training step.
 
     Each image ``a`` receives, in a box A, the content of a box B of its partner ``b`` (a random
@@ -323,14 +249,52 @@ class SnapMix(nn.Module):
         same_label_bonus: bool = False,
         cam_source: CamSource = "unmixed",
     ) -> None:
-        super().__init__()
-        self.config = _SnapMixConfig(
+        config = _SnapMixConfig(
             num_classes, alpha, prob, box_mode, label_weights, same_label_bonus, cam_source
         )
-        self.generator = generator
+        super().__init__(config, generator)
+
+    @property
+    def needs_cams(self) -> CamSource:  # type: ignore[override]
+        """``cam_source``: the CAMs of the un-mixed batch, or of the mixed one."""
+        return self.config.cam_source
+
+    @property
+    def _host_draws(self) -> bool:
+        return self.config.box_mode == "batch"
+
+    def _draw(self, batch_size, height, width, cams, device, generator) -> SnapMixParams:
+        return _sample_snapmix_params(self.config, batch_size, height, width, generator, device)
+
+    def _apply(self, images: torch.Tensor, params: SnapMixParams) -> torch.Tensor:
+        return paste(images, params)
+
+    def _weigh(self, labels, cams, params, size, dtype) -> torch.Tensor:
+        c = self.config
+        maps = torch.zeros_like(cams, dtype=torch.float32) if c.label_weights == "area" else cams
+        rho_a, rho_b = mix_weights(maps, params, size, source=c.cam_source)
+        return soft_targets(
+            labels.to(cams.device),
+            params.perm,
+            rho_a,
+            rho_b,
+            c.num_classes,
+            apply=params.apply,
+            same_label_bonus=c.same_label_bonus,
+            dtype=dtype,
+        )
+
+    def check_params(self, params: object, batch_size: int) -> None:
+        _check_box_params(params, batch_size, SnapMixParams)
 
     def sample(
-        self, batch_size: int, height: int, width: int, *, device: torch.device | str | None = None
+        self,
+        batch_size: int,
+        height: int,
+        width: int,
+        *,
+        cams: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
     ) -> SnapMixParams:
         """Draw the partner permutation, the boxes and the coin for a batch, with this generator.
 
@@ -343,40 +307,23 @@ class SnapMix(nn.Module):
             batch_size: ``B`` ≥ 1.
             height: image height ``H`` ≥ 1.
             width: image width ``W`` ≥ 1.
+            cams: not used (SnapMix's draws do not depend on the CAMs).
             device: where to draw (default: the generator's device, else the host). Draws on the
                 host with ``box_mode="batch"`` record the shared box as host ints.
 
         Returns:
             A [`SnapMixParams`][camkit.SnapMixParams] on ``device``.
         """
-        check_int(batch_size, "batch_size", minimum=1)
-        check_int(height, "height", minimum=1)
-        check_int(width, "width", minimum=1)
-        where = _draw_device(device, self.generator)
-        return _sample_snapmix_params(self.config, batch_size, height, width, self.generator, where)
-
-    def forward(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        cams: torch.Tensor,
-        params: SnapMixParams | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mix ``images`` with their ``labels`` and ``cams``: new draws, or replay ``params``.
-
-        Returns ``(mixed, soft)``; see the class doc for the convention and the shapes.
-        """
-        return _mix(self.config, images, labels, cams, params, self.generator)
-
-    def mix_images(
-        self, images: torch.Tensor, params: SnapMixParams | None = None
-    ) -> tuple[torch.Tensor, SnapMixParams]:
-        """Paste the boxes only (no CAMs needed): ``(mixed, params)``, new draws or ``params``."""
-        params = _draws(self.config, images, params, self.generator)
-        return paste(images, params), params
+        return super().sample(batch_size, height, width, cams=cams, device=device)
 
     def targets(
-        self, labels: torch.Tensor, cams: torch.Tensor, params: SnapMixParams, size: tuple[int, int]
+        self,
+        labels: torch.Tensor,
+        cams: torch.Tensor,
+        params: SnapMixParams,
+        size: tuple[int, int],
+        *,
+        validate_args: bool = True,
     ) -> torch.Tensor:
         """Soft targets ``(B, K)`` of the draws ``params`` for images of ``size`` ``(H, W)``.
 
@@ -384,7 +331,7 @@ class SnapMix(nn.Module):
         ``(B, 2, h, w)`` CAMs of the mixed images for their two labels (``y`` and
         ``y[params.perm]``) for ``"mixed"``.
         """
-        return _targets(self.config, labels, cams, params, size, cams.dtype)
+        return super().targets(labels, cams, params, size, validate_args=validate_args)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -295,6 +295,34 @@ class CAMMaskingTTA(nn.Module):
         p = probs.gather(1, pred[:, None])[:, 0]
         return p > (cfg.theta * p0 if cfg.rule == "relative" else cfg.theta)
 
+    @torch.no_grad()
+    def masked_copies(
+        self, images: torch.Tensor, steps: torch.Tensor, cams: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The copies the vote classifies: image ``i`` with its ``steps[i]`` top cells masked.
+
+        Cells are ranked as in `predict` (``patch_size`` squares by the sum of the upsampled CAM;
+        ties to the lower row-major index) and filled with ``mask_value``.
+
+        Args:
+            images: ``(N, C, H, W)`` model inputs.
+            steps: ``(N,)`` int64 number of cells to mask per image (0: the image itself).
+            cams: ``(N, h, w)`` CAMs ranking the cells (default: the extractor's CAM of each
+                image's predicted class, one forward).
+
+        Returns:
+            ``(N, C, H, W)`` masked copies.
+        """
+        check_tensor(images, "images", ndim=4, floating=True)
+        n = images.shape[0]
+        check_tensor(steps, "steps", shape=(n,), floating=False)
+        if cams is None:
+            cams = self.extractor.forward_frozen(images).cams
+        check_tensor(cams, "cams", shape=(n, None, None), floating=True)
+        ranks = cell_ranks(cams, tuple(images.shape[-2:]), self.config.patch_size)
+        fill = fill_value(self.config.mask_value, images)
+        return masked_copies(images, ranks, steps.to(images.device), fill)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Classify ``images`` with CAM-masking voting and return the probabilities after voting.
 

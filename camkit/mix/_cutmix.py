@@ -1,0 +1,262 @@
+"""CutMix (Yun et al., ICCV 2019) and Mixup (Zhang et al., ICLR 2018): the mixes without CAMs.
+
+Both equal timm's ``Mixup`` (``mixup_alpha=0, cutmix_alpha=α`` and ``mixup_alpha=α,
+cutmix_alpha=0``, ``label_smoothing=0``) on the same draws, which ``tests/test_mix.py`` pins;
+they differ from timm in how the partner is drawn (a random permutation of the batch, as in
+SnapMix, where timm pairs the batch with its reverse, ``x.flip(0)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from camkit._checks import check_choice, check_int, check_positive, check_probability, check_tensor
+from camkit._config import config_setting
+from camkit.mix._base import Mix
+from camkit.mix._ops import paste, soft_targets
+from camkit.mix._random import _sample_beta_device, _sample_beta_host, _sample_boxes
+from camkit.mix._snapmix import Box, BoxMode, SnapMixParams, _check_box_params
+
+
+class CutMixParams(NamedTuple):
+    """The random draws of one CutMix call ([`CutMix.sample`][camkit.CutMix.sample]).
+
+    Attributes:
+        perm: ``(B,)`` partner index of each image.
+        box: ``(B, 4)`` box ``(y0, x0, y1, x1)``, half-open, cut from the partner and pasted at the
+            same place.
+        apply: ``(B,)`` bool, whether the image is mixed (the ``prob`` coin and a non-empty box).
+        shared_box: ``(box, mixed)`` as host ints when the batch shares one box drawn on the host;
+            ``None`` otherwise (set it to ``None`` when editing the tensors by hand).
+    """
+
+    perm: torch.Tensor
+    box: torch.Tensor
+    apply: torch.Tensor
+    shared_box: tuple[Box, bool] | None = None
+
+
+class MixupParams(NamedTuple):
+    """The random draws of one Mixup call ([`Mixup.sample`][camkit.Mixup.sample]).
+
+    Attributes:
+        perm: ``(B,)`` partner index of each image.
+        lam: ``(B,)`` float64 weight ``λ`` of each image itself (``1 − λ`` of its partner); 1 where
+            the image is not mixed.
+        shared_lam: ``λ`` as a host float when the batch shares one weight drawn on the host;
+            ``None`` otherwise.
+    """
+
+    perm: torch.Tensor
+    lam: torch.Tensor
+    shared_lam: float | None = None
+
+
+@dataclass(frozen=True)
+class _MixConfig:
+    """CutMix's and Mixup's settings, validated once when built."""
+
+    num_classes: int
+    alpha: float = 1.0
+    prob: float = 1.0
+    mode: BoxMode = "batch"
+
+    def __post_init__(self) -> None:
+        check_int(self.num_classes, "num_classes", minimum=1)
+        object.__setattr__(self, "alpha", check_positive(self.alpha, "alpha"))
+        object.__setattr__(self, "prob", check_probability(self.prob, "prob"))
+        check_choice(self.mode, "mode", ("batch", "sample"))
+
+
+def _beta(config: _MixConfig, count: int, generator, device: torch.device) -> torch.Tensor:
+    if device.type == "cpu":
+        return _sample_beta_host(config.alpha, (count,), generator)
+    return _sample_beta_device(config.alpha, (count,), generator, device)
+
+
+class _TimmLikeMix(Mix):
+    """What CutMix and Mixup share: settings, the host/device choice, the docstring fields."""
+
+    num_classes = config_setting("num_classes")
+    alpha = config_setting("alpha")
+    prob = config_setting("prob")
+    mode = config_setting("mode")
+
+    def __init__(
+        self,
+        num_classes: int,
+        alpha: float = 1.0,
+        prob: float = 1.0,
+        generator: torch.Generator | None = None,
+        *,
+        mode: BoxMode = "batch",
+    ) -> None:
+        super().__init__(_MixConfig(num_classes, alpha, prob, mode), generator)
+
+    @property
+    def _host_draws(self) -> bool:
+        return self.config.mode == "batch"
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"num_classes={c.num_classes}, alpha={c.alpha}, prob={c.prob}, mode={c.mode!r}"
+
+
+class CutMix(_TimmLikeMix):
+    """CutMix: a box of the partner image pasted at the same place, labels weighed by area.
+
+    Convention:
+        ``λ ~ Beta(α, α)``; the box has side ratio ``sqrt(1 − λ)`` and a uniform centre, clipped
+        to the image (the boxes of SnapMix, and of timm's ``rand_bbox``); ``mixed[i]`` is
+        ``images[perm[i]]`` inside ``box[i]`` and ``images[i]`` outside; the target is
+        ``(1 − a)·onehot(y_i) + a·onehot(y_perm[i])`` with ``a`` the box's share of the image
+        (timm's ``correct_lam``). ``mode="batch"`` draws one box and one coin for the batch (timm's
+        default), ``"sample"`` one per image.
+
+    Args:
+        num_classes: ``K``.
+        alpha: Beta parameter α > 0 (timm's and the CutMix paper's default: 1).
+        prob: probability that a batch (``"batch"``) or an image (``"sample"``) is mixed.
+        generator: random generator of the draws (a CPU one for ``mode="batch"``).
+        mode: ``"batch"`` or ``"sample"``.
+
+    Shape:
+        - images: ``(B, C, H, W)`` float (not modified); labels ``(B,)`` integer in ``[0, K)``.
+        - output: ``mixed`` ``(B, C, H, W)``, ``soft`` ``(B, K)`` float32 or wider.
+
+    Examples:
+        >>> import torch
+        >>> from camkit import CutMix
+        >>> mix = CutMix(num_classes=2, generator=torch.Generator().manual_seed(0))
+        >>> mixed, soft = mix(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0]))
+        >>> soft.sum(1)
+        tensor([1., 1., 1., 1.])
+    """
+
+    def _draw(self, batch_size, height, width, cams, device, generator) -> CutMixParams:
+        return _sample_cutmix(self.config, batch_size, height, width, generator, device)
+
+    def _apply(self, images: torch.Tensor, params: CutMixParams) -> torch.Tensor:
+        return paste(images, _as_snapmix(params))
+
+    def _weigh(self, labels, cams, params, size, dtype) -> torch.Tensor:
+        params = _as_snapmix(params)
+        box = params.box_a.to(labels.device, non_blocking=True)
+        share = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).double() / (size[0] * size[1])
+        apply = params.apply.to(labels.device, non_blocking=True)
+        rho_b = torch.where(apply, share, 0.0)
+        return soft_targets(labels, params.perm, 1.0 - rho_b, rho_b, self.num_classes, dtype=dtype)
+
+    def check_params(self, params: object, batch_size: int) -> None:
+        _check_box_params(params, batch_size, CutMixParams)
+
+    def sample(self, batch_size, height, width, *, cams=None, device=None) -> CutMixParams:
+        """Draw the partner permutation, the box and the coin (see the class convention).
+
+        ``cams`` is not used; ``device``: where to draw (default: the generator's, else the host,
+        where a batch-wide box is also recorded as host ints).
+        """
+        return super().sample(batch_size, height, width, cams=cams, device=device)
+
+
+@torch.compiler.disable  # host-side draws: one opaque call under torch.compile
+def _sample_cutmix(config: _MixConfig, b, h, w, generator, device) -> CutMixParams:
+    draws = 1 if config.mode == "batch" else b
+    perm = torch.randperm(b, generator=generator, device=device)
+    lam = _beta(config, draws, generator, device)
+    box = _sample_boxes(lam, h, w, generator)
+    coin = torch.rand(draws, generator=generator, device=device) < config.prob
+    apply = coin & ((box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1]))
+    shared = None
+    if device.type == "cpu" and config.mode == "batch":
+        shared = (tuple(box[0].tolist()), bool(apply[0]))
+    return CutMixParams(
+        perm=perm,
+        box=box.expand(b, 4).contiguous(),
+        apply=apply.expand(b).contiguous(),
+        shared_box=shared,
+    )
+
+
+def _as_snapmix(params: CutMixParams) -> SnapMixParams:
+    """The same draws as SnapMix's (box B = box A): the paste is then a slice copy."""
+    shared = None
+    if params.shared_box is not None:
+        box, mixed = params.shared_box
+        shared = (box, box, mixed)
+    return SnapMixParams(params.perm, params.box, params.box, params.apply, shared)
+
+
+class Mixup(_TimmLikeMix):
+    """Mixup: each image blended with its partner, labels weighed by the blend.
+
+    Convention:
+        ``λ ~ Beta(α, α)``; ``mixed[i] = λ_i·images[i] + (1 − λ_i)·images[perm[i]]`` and the
+        target ``λ_i·onehot(y_i) + (1 − λ_i)·onehot(y_perm[i])``; images the ``prob`` coin leaves
+        un-mixed have ``λ_i = 1``. ``mode="batch"``: one ``λ`` and one coin for the batch (timm's
+        default), ``"sample"``: one per image.
+
+    Args:
+        num_classes: ``K``.
+        alpha: Beta parameter α > 0 (timm's ``Mixup`` default: 1).
+        prob: probability that a batch (``"batch"``) or an image (``"sample"``) is mixed.
+        generator: random generator of the draws (a CPU one for ``mode="batch"``).
+        mode: ``"batch"`` or ``"sample"``.
+
+    Shape:
+        - images: ``(B, C, H, W)`` float (not modified); labels ``(B,)`` integer in ``[0, K)``.
+        - output: ``mixed`` ``(B, C, H, W)``, ``soft`` ``(B, K)`` float32 or wider.
+
+    Examples:
+        >>> import torch
+        >>> from camkit import Mixup
+        >>> mix = Mixup(num_classes=2, generator=torch.Generator().manual_seed(0))
+        >>> mixed, soft = mix(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0]))
+        >>> mixed.shape, soft.shape
+        (torch.Size([4, 3, 32, 32]), torch.Size([4, 2]))
+    """
+
+    def _draw(self, batch_size, height, width, cams, device, generator) -> MixupParams:
+        return _sample_mixup(self.config, batch_size, generator, device)
+
+    def _apply(self, images: torch.Tensor, params: MixupParams) -> torch.Tensor:
+        perm = params.perm.to(images.device, non_blocking=True)
+        if params.shared_lam is not None:  # timm's arithmetic, so equal draws give equal bits
+            lam = params.shared_lam
+            if lam == 1.0:
+                return images
+            return images.mul(lam).add_(images.index_select(0, perm).mul_(1.0 - lam))
+        lam = params.lam.to(images.device, non_blocking=True).to(images.dtype)[:, None, None, None]
+        return images * lam + images.index_select(0, perm) * (1.0 - lam)
+
+    def _weigh(self, labels, cams, params, size, dtype) -> torch.Tensor:
+        lam = params.lam.to(labels.device, non_blocking=True)
+        return soft_targets(labels, params.perm, lam, 1.0 - lam, self.num_classes, dtype=dtype)
+
+    def check_params(self, params: object, batch_size: int) -> None:
+        if not isinstance(params, MixupParams):
+            raise TypeError(f"params: expected a MixupParams, got {type(params).__name__}")
+        check_tensor(params.perm, "params.perm", shape=(batch_size,), floating=False)
+        check_tensor(params.lam, "params.lam", shape=(batch_size,), floating=True)
+
+    def sample(self, batch_size, height, width, *, cams=None, device=None) -> MixupParams:
+        """Draw the partner permutation and the weights (see the class convention).
+
+        ``height``, ``width`` and ``cams`` are not used; ``device``: where to draw (default: the
+        generator's, else the host, where a batch-wide ``λ`` is also recorded as a host float).
+        """
+        return super().sample(batch_size, height, width, cams=cams, device=device)
+
+
+@torch.compiler.disable  # host-side draws: one opaque call under torch.compile
+def _sample_mixup(config: _MixConfig, b, generator, device) -> MixupParams:
+    draws = 1 if config.mode == "batch" else b
+    perm = torch.randperm(b, generator=generator, device=device)
+    lam = _beta(config, draws, generator, device).to(torch.float64)
+    coin = torch.rand(draws, generator=generator, device=device) < config.prob
+    lam = torch.where(coin, lam, 1.0)
+    shared = float(lam[0]) if device.type == "cpu" and config.mode == "batch" else None
+    return MixupParams(perm=perm, lam=lam.expand(b).contiguous(), shared_lam=shared)
