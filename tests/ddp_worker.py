@@ -25,8 +25,8 @@ import torch.distributed as dist
 from timm.loss import SoftTargetCrossEntropy
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from benchmarks.runner.io import atomic_write_text
 from camkit import CAMExtractor, CAMMaskingTTA, ContrastivePatchLoss, SnapMix, TrainStep
-from camkit.io import atomic_write_text
 
 STEPS = 3
 

@@ -1,26 +1,19 @@
 """Small models for tests: timm-contract classifiers whose behaviour is easy to reason about.
 
-Also `data_root` (``benchmarks.data``'s: where the staged data is, as the examples look for it),
-and what the tests of the example scripts share: `import_example`, `data_marker`, the
-`one_thread` fixture and `run_script`.
+Also `data_root` (the runner's: where the staged data is), `data_marker`, and the `one_thread`
+fixture.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.data import data_root
+from benchmarks.runner.data import data_root
 
 __all__ = ["data_root"]  # re-exported for the tests
 
@@ -64,27 +57,6 @@ def fixed_batch(size: int = 64, b: int = 4) -> tuple[torch.Tensor, torch.Tensor]
     return torch.randn(b, 3, size, size, generator=gen), torch.tensor([0, 1, 1, 0][:b])
 
 
-def nest(rows: list[dict]) -> dict:
-    """Result rows as ``{dataset: {method: {key: [value per seed]}}}`` (settings left out)."""
-    out: dict = {}
-    for row in rows:
-        entry = out.setdefault(row["dataset"], {}).setdefault(row["method"], {})
-        for key, value in row.items():
-            if key not in ("dataset", "method", "settings"):
-                entry.setdefault(key, []).append(value)
-    return out
-
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def import_example(name: str) -> ModuleType:
-    """The script ``examples/<name>.py`` as a module (``examples/`` goes first on ``sys.path``)."""
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    return importlib.import_module(name)
-
-
 def data_marker(present: bool, reason: str) -> Callable:
     """A decorator: mark a test as using the staged data (``-m data``), skip it unless ``present``.
 
@@ -109,11 +81,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def run_script(main: Callable[[list[str]], list[dict]], argv: list[str]) -> tuple[dict, str]:
-    """An example script's ``main(argv)`` as nested results (`nest`), and everything it printed."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        rows = main(argv)
-    return nest(rows), buffer.getvalue()

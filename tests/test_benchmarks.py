@@ -41,6 +41,7 @@ FLOAT_KEYS = (
 )
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_all_keys(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--smoke", "--out", str(tmp_path)],

@@ -37,6 +37,7 @@ def test_docstrings_are_markdown_not_sphinx():
     shutil.which("mkdocs") is None and not (Path(sys.executable).parent / "mkdocs").exists(),
     reason="mkdocs is not installed (pip install -e '.[docs]')",
 )
+@pytest.mark.slow
 def test_docs_build_strict(tmp_path):
     mkdocs = shutil.which("mkdocs") or str(Path(sys.executable).parent / "mkdocs")
     site = tmp_path / "site"

@@ -9,6 +9,8 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # the optional extras and test tools: `import camkit` and a training step must need none of them
@@ -17,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("pytest", "pytorch_grad_cam", "mkdocs", "torchcam", "cv2")
 
 
+@pytest.mark.slow
 def test_wheel_imports_with_core_dependencies_only(tmp_path):
     # built from a copy: setuptools writes build/ and egg-info next to the sources
     source = tmp_path / "src"

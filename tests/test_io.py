@@ -1,4 +1,5 @@
-"""Tests of :mod:`camkit.io`: atomic writes, stale temporary files, checkpoint errors, merges."""
+"""The runner's files (`benchmarks.runner.io`, on camkit's one atomic write in `camkit._io`):
+atomic writes, stale temporary files, checkpoint errors, merges."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from camkit import io
+from benchmarks.runner import io
 
 PROCESSES, ROWS = 4, 20
 
@@ -21,6 +22,7 @@ def _merge_worker(path: str, worker: int) -> None:
         io.merge_results(path, [{"method": f"w{worker}", "seed": i, "acc": float(i)}])
 
 
+@pytest.mark.slow
 def test_concurrent_merges_from_several_processes_lose_no_row(tmp_path):
     path = tmp_path / "results.json"
     io.merge_results(path, [{"method": "first", "seed": 0, "acc": 1.0}])
@@ -80,7 +82,7 @@ def test_a_write_killed_half_way_leaves_a_temp_that_clean_stale_temps_removes(tm
     # a child process starts an atomic write and is killed inside it (os._exit, no cleanup)
     code = (
         "import os, sys, torch\n"
-        "from camkit import io\n"
+        "from benchmarks.runner import io\n"
         "def die(obj, handle):\n"
         "    handle.write(b'half a checkpoint'); handle.flush(); os._exit(9)\n"
         "torch.save = die\n"
@@ -126,7 +128,7 @@ def test_unreadable_checkpoints_name_the_file_and_what_was_expected(tmp_path):
 
 
 def test_merge_refuses_nan_rather_than_writing_invalid_json(tmp_path):
-    from camkit.io import merge_results
+    from benchmarks.runner.io import merge_results
 
     path = tmp_path / "results.json"
     merge_results(path, [{"method": "a", "seed": 0, "acc": 1.0}])

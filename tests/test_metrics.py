@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import camkit.metrics
-from camkit.metrics import classification_metrics, format_table
+from benchmarks.runner.tables import format_table
+from camkit.metrics import classification_metrics
 
 # (num_classes, positive_class, class_names)
 CONFIGS = [

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from camkit import (
     CAMExtractor,
     ContrastivePatchLoss,
-    SnapMix,
     MixCollate,
+    SnapMix,
     SnapMixCollate,
     TrainStep,
     normalize_cams,

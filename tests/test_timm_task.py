@@ -123,6 +123,7 @@ def test_checkpoint_state_is_the_model_state_dict():
         torch.testing.assert_close(model.state_dict()[key], value)
 
 
+@pytest.mark.slow
 def test_compile_compiles_the_step_and_returns_the_eval_model():
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -262,6 +263,7 @@ def test_prepare_distributed_wraps_the_step(single_rank_group):
         task.compile(backend="aot_eager")
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_stay_in_sync(tmp_path):
     report = _torchrun("timm_task", tmp_path)
     assert report["world"] == 2
@@ -270,6 +272,7 @@ def test_ddp_two_ranks_stay_in_sync(tmp_path):
     assert report["num_batches_tracked"] == [3, 3]
 
 
+@pytest.mark.slow
 def test_import_camkit_does_not_import_timm_task():
     code = (
         "import sys, camkit; "

@@ -203,6 +203,7 @@ def test_model_ema_follows_the_step_model():
             torch.testing.assert_close(value, 0.5 * before[key] + 0.5 * model.state_dict()[key])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cam_source", ["unmixed", "mixed"])
 def test_torch_compile_of_the_step_compiles_and_matches_eager(cam_source):
     """Inductor on a small timm-contract model: graphs are built, the loss is the eager one, and
@@ -237,6 +238,7 @@ def test_torch_compile_of_the_step_compiles_and_matches_eager(cam_source):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_compiled_extractor_runs_compiled():
     torch._dynamo.reset()
     model = _model().eval()

@@ -34,6 +34,7 @@ def _torchrun(mode: str, tmp_path: Path) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["step", "accumulate"])
 def test_ddp_train_step_keeps_ranks_in_sync(mode, tmp_path):
     report = _torchrun(mode, tmp_path)
@@ -48,6 +49,7 @@ def test_ddp_train_step_keeps_ranks_in_sync(mode, tmp_path):
         assert "TrainStep" in message, name
 
 
+@pytest.mark.slow
 def test_ddp_negative_control_catches_desync(tmp_path):
     """The README loop of old around ``CAMExtractor(ddp.module)`` bypasses DDP: ranks drift."""
     report = _torchrun("naive", tmp_path)

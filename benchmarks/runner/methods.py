@@ -79,6 +79,9 @@ METHODS: dict[str, Method] = {
     "snapmix_cpe_norm_w01": Method(mix="snapmix", cpe="norm_w01"),
     "full": Method(mix="snapmix", cpe="paper", tta=True, training="snapmix_cpe"),
     "full_norm": Method(mix="snapmix", cpe="norm", tta=True, training="snapmix_cpe_norm"),
+    "full_norm_w01": Method(
+        mix="snapmix", cpe="norm_w01", tta=True, training="snapmix_cpe_norm_w01"
+    ),
 }
 
 

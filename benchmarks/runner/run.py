@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 
 from benchmarks.runner.data import DATASETS, Data
@@ -175,12 +176,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             parser.error(f"--{name.replace('_', '-')}: expected a finite value >= 0, got {value}")
     if args.pretrained and args.pretrained_file:
         parser.error("--pretrained and --pretrained-file: give one (the hub, or a file)")
+    if args.model is not None and not timm.is_model(args.model):
+        parser.error(f"--model {args.model}: not a timm model (timm.list_models() names them)")
     try:
         recipe = parse_recipe(args)
     except (FileNotFoundError, RuntimeError) as err:
         parser.error(str(err))
-    except Exception as err:  # an unknown model name, for one
-        parser.error(f"--model {args.model}: {type(err).__name__}: {err}")
     if args.threads:
         torch.set_num_threads(args.threads)
     grid = feature_grid(recipe, 2)

@@ -198,7 +198,7 @@ class SnapMix(Mix):
             no-grad forward) or ``"mixed"`` (no extra forward: both weights read over box A from
             the CAMs of the *mixed* image, which the training forward computes anyway, as
             TransMix does with attention maps). A ``"mixed"`` SnapMix is used by
-            [`TrainStep`][camkit.TrainStep] (or by [`mix_images`][camkit.SnapMix.mix_images]
+            [`TrainStep`][camkit.TrainStep] (or by [`mix_images`][camkit.Mix.mix_images]
             then [`targets`][camkit.SnapMix.targets]); its `forward` refuses.
 
     Shape:
