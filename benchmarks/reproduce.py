@@ -570,6 +570,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     add("--subset", type=int, nargs=2, metavar=("TRAIN", "TEST"), help="images per class")
     add("--epochs", type=int, help="override every block's epochs (smoke runs)")
     add("--device", default="cpu")
+    add("--reevaluate", action="store_true", help="evaluate finished runs again (no training)")
     args = parser.parse_args(argv)
     if args.publish and args.results is not None:
         parser.error(
@@ -608,7 +609,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 cfg = RunConfig(
                     block.dataset, method, seed, recipe, args.out / block.folder, options
                 )
-                runner.run(cfg)
+                runner.run(cfg, reevaluate=args.reevaluate)
         publish()
         rows = merge_results(json_path, [], key=ROW_KEY)
         chosen = choose(rows, datasets, **selection)["recommended"]

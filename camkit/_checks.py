@@ -6,12 +6,14 @@ names the argument, what was expected and what was given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 __all__ = [
     "check_choice",
+    "check_finite",
     "check_int",
     "check_labels",
     "check_positive",
@@ -82,12 +84,12 @@ def check_tensor(
 
 
 def check_positive(value: float, name: str, *, strict: bool = True) -> float:
-    """Check that a number is positive (``strict``) or non-negative."""
+    """Check that a number is finite and positive (``strict``) or non-negative."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if (value <= 0 if strict else value < 0) or value != value:
+    if (value <= 0 if strict else value < 0) or not math.isfinite(value):
         want = "> 0" if strict else ">= 0"
-        raise ValueError(f"{name}: expected a value {want}, got {value}")
+        raise ValueError(f"{name}: expected a finite value {want}, got {value}")
     return float(value)
 
 
@@ -141,6 +143,24 @@ def check_labels(labels: object, name: str, num_classes: int, *, batch: int | No
             ((labels >= 0) & (labels < num_classes)).all(),
             f"{name}: expected class indices in [0, {num_classes - 1}]",
         )
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Refuse NaN or infinite values in ``x`` without a host sync on an accelerator.
+
+    On the CPU the check runs at once and the error counts the bad values; on an accelerator (or
+    under ``torch.compile``) it is queued with ``torch._assert_async`` and fails at the next
+    synchronisation. Not for a step's hot path: the training step checks what it is given once.
+    """
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name}: expected finite values, got {int(bad.sum())} NaN or infinite of "
+                f"{x.numel()} in a {_describe(x)}"
+            )
+    else:
+        torch._assert_async(torch.isfinite(x).all(), f"{name}: expected finite values")
 
 
 def flagged_rows(flags: torch.Tensor, limit: int = 10) -> tuple[int, str]:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camkit._checks import check_choice, check_int, check_positive, check_tensor
+from camkit._checks import check_choice, check_finite, check_int, check_positive, check_tensor
 from camkit._config import config_setting
 
 __all__ = ["ContrastivePatchLoss", "contrastive_patch_loss"]
@@ -54,6 +54,7 @@ def _check_patch_inputs(features: object, cams: object) -> None:
             f"cams: expected {features.shape[0]} maps to match features "
             f"{tuple(features.shape)}, got shape {tuple(cams.shape)}"
         )
+    check_finite(cams, "cams")  # NaN maps would rank the cells like constant ones
 
 
 def _select_patches(

@@ -88,7 +88,20 @@ class _CheckedCollection(MetricCollection):
         return dict(sorted(super().forward(preds, target).items()))
 
     def compute(self) -> dict[str, Any]:
-        """The values over every batch so far, keys sorted alphabetically."""
+        """The values over every batch so far, keys sorted alphabetically.
+
+        Raises:
+            ValueError: no sample was given since the last ``reset()`` (torchmetrics would return
+                0.0 for every score, which reads like a measured zero).
+        """
+        # the accuracy's counts (also after load_state_dict or a sync; torchmetrics' wrappers
+        # report an update from their construction, so update_called cannot tell)
+        counted = [m for m in self.values(copy_state=False) if isinstance(m, MulticlassAccuracy)]
+        if not any(bool((m.tp + m.fn).sum() > 0) for m in counted):
+            raise ValueError(
+                "compute: no samples were given (update() was never called with a non-empty "
+                "batch since the last reset()); there is nothing to score"
+            )
         return dict(sorted(super().compute().items()))
 
 

@@ -31,7 +31,7 @@ from camkit._checks import (
     check_tensor,
 )
 from camkit.cam import CAM_METHODS, CAMExtractor
-from camkit.cam._contract import refuse_wrappers
+from camkit.cam._contract import check_device, refuse_wrappers
 from camkit.losses import ContrastivePatchLoss
 from camkit.mix import Mix
 
@@ -66,12 +66,20 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     """Mean over the batch of ``−Σ_k targets_k · log softmax(logits)_k``, in float32 at least.
 
     The same value as timm's ``SoftTargetCrossEntropy``; SnapMix targets need not sum to 1
-    (``ρ_a + ρ_b ≠ 1``) and are used as they are.
+    (``ρ_a + ρ_b ≠ 1``) and are used as they are. ``targets`` must have the logits' shape
+    ``(B, K)`` (a ``ValueError`` says so otherwise, instead of a broadcast or a shape error
+    deep inside).
 
     Examples:
         >>> soft_cross_entropy(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])).item()  # ln 2
         0.6931...
     """
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"targets: expected the logits' shape {tuple(logits.shape)} (B, K), got "
+            f"{tuple(targets.shape)}; a mix or one-hot built for another class count than the "
+            f"model's {logits.shape[-1]}? (e.g. SnapMix(num_classes={logits.shape[-1]}))"
+        )
     dtype = torch.promote_types(logits.dtype, torch.float32)
     log_p = F.log_softmax(logits.to(dtype), dim=-1)
     return -(targets.to(dtype) * log_p).sum(-1).mean()
@@ -101,7 +109,8 @@ class TrainStep(nn.Module):
     ``optimizer.step()``. Autocast, gradient scaling, accumulation and EMA are the loop's, and
     work as they do for a plain model: the criterion and CPE are computed in float32 under
     autocast. Put the model in train mode yourself (``model.train()``, as timm's ``train.py``
-    does): the step never switches modes.
+    does): the step never switches modes, and warns once when it is called on a model in eval
+    mode (BatchNorm would then train on frozen running statistics).
 
     Shape:
         - images: ``(B, C, H, W)`` float, the model's normalised input.
@@ -240,6 +249,7 @@ class TrainStep(nn.Module):
         self.criterion: SoftCriterion = criterion if criterion is not None else soft_cross_entropy
         self.cpe_weight = float(cpe_weight)
         self.label_smoothing = float(label_smoothing)
+        self._warned_eval = False
 
     @property
     def snapmix(self) -> Mix | None:
@@ -257,7 +267,25 @@ class TrainStep(nn.Module):
             self.extractor.check_inputs(images, None)
         else:
             check_tensor(images, "images", ndim=4, floating=True)
+            check_device(self.model, images, "images")
         batch = images.shape[0]
+        if isinstance(labels, torch.Tensor) and labels.device.type not in (
+            "cpu",
+            images.device.type,
+        ):
+            raise ValueError(
+                f"labels: on {labels.device}, expected the images' device ({images.device}) or "
+                "the host"
+            )
+        if not self.model.training and not self._warned_eval:
+            self._warned_eval = True
+            warnings.warn(
+                "TrainStep: the model is in eval mode, so BatchNorm uses (and keeps) its running "
+                "statistics and dropout is off; call model.train() before training (as timm's "
+                "train.py does)",
+                UserWarning,
+                stacklevel=3,
+            )
         if self.num_classes is not None:
             check_labels(labels, "labels", self.num_classes, batch=batch)
         else:

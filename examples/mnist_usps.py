@@ -39,6 +39,13 @@ p.add_argument("--out", type=Path, default=Path("runs/digits"))
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--quiet", action="store_true")
 args = p.parse_args()
+for name in ("train_digits", "test_digits", "epochs"):
+    value, least = (
+        getattr(args, name),
+        0 if name == "epochs" else 128 if name == "train_digits" else 1,
+    )
+    if value is not None and value < least:
+        p.error(f"--{name.replace('_', '-')}: expected an int >= {least}, got {value}")
 torch.manual_seed(args.seed)
 
 # 1. Data: MNIST digits to train on; USPS (framed as MNIST frames its digits) and MNIST-M to test

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from benchmarks.reference import reference_cell_order, reference_mask, reference_vote
-from camkit import CAMExtractor, CAMMaskingTTA
+from camkit import CAMExtractor, CAMMaskingTTA, cell_sums, upsample_cams
 from camkit.tta._masking import cell_ranks, masked_copies
 from tests.helpers import TinyNet
 
@@ -228,3 +228,56 @@ def test_deletion_auc_refuses_a_curve_without_span():
     curve = DeletionCurve(fractions=torch.zeros(3), probs=torch.rand(2, 3))
     with pytest.raises(ValueError, match="curve: expected increasing fractions"):
         deletion_auc(curve)
+
+
+def _exact_cell_order(cam: torch.Tensor, size: int, patch: int) -> list[int]:
+    """Cells by decreasing exact mass (rational arithmetic), ties to the lower row-major index."""
+    from fractions import Fraction
+
+    def weights(src: int) -> list[list[Fraction]]:  # (cells, src): torch's bilinear resize
+        rows = [[Fraction(0)] * src for _ in range(-(-size // patch))]
+        for dst in range(size):
+            x = max(Fraction(src, size) * (dst + Fraction(1, 2)) - Fraction(1, 2), Fraction(0))
+            i0 = int(x)
+            i1 = i0 + (i0 < src - 1)
+            rows[dst // patch][i0] += 1 - (x - i0)
+            rows[dst // patch][i1] += x - i0
+        return rows
+
+    h, w = cam.shape
+    ay, ax = weights(h), weights(w)
+    m = [[Fraction(int(v)) for v in row] for row in cam.tolist()]
+    mass = [
+        sum(ay[r][i] * m[i][j] * ax[c][j] for i in range(h) for j in range(w))
+        for r in range(len(ay))
+        for c in range(len(ax))
+    ]
+    return sorted(range(len(mass)), key=lambda k: (-mass[k], k))
+
+
+@pytest.mark.slow
+def test_cells_tied_in_exact_arithmetic_keep_row_major_order():
+    """Maps full of ties (plateaus, saturated and constant maps, 4×4 and 7×7 on 112 px with 4-px
+    cells): the masking order is the exact-arithmetic order, ties to the lower row-major index.
+    Summing the float32 upsampled map instead breaks such ties by rounding noise."""
+    gen = torch.Generator().manual_seed(0)
+    maps = []
+    for i in range(72):
+        side = 4 if i % 2 else 7
+        cam = torch.randint(0, 4, (side, side), generator=gen).float()
+        if i % 3 == 0:
+            cam = cam.clamp(max=1.0)  # saturated: large plateaus
+        if i % 12 == 0:
+            cam = torch.full((side, side), 2.0)  # constant: every cell tied
+        maps.append(cam)
+    size, patch, k = 112, 4, 31
+    noisy = 0
+    for cam in maps:
+        expected = _exact_cell_order(cam, size, patch)
+        ranks = cell_ranks(cam[None], (size, size), patch)[0]
+        order = ranks[::patch, ::patch].flatten().argsort().tolist()  # cell of each rank
+        assert order[:k] == expected[:k]
+        assert order == expected
+        old = cell_sums(upsample_cams(cam[None], (size, size)), patch)[0].flatten()
+        noisy += old.argsort(descending=True, stable=True).tolist()[:k] != expected[:k]
+    assert noisy > 0  # the float32 sums would have decided some of these ties by rounding

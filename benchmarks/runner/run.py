@@ -69,9 +69,18 @@ class Runner:
         return self._data[key]
 
     def run(
-        self, cfg: RunConfig, *, overwrite: bool = False, vote_study: bool = False
+        self,
+        cfg: RunConfig,
+        *,
+        overwrite: bool = False,
+        vote_study: bool = False,
+        reevaluate: bool = False,
     ) -> list[dict]:
-        """Train and evaluate one run (or take its rows from the results file); its rows."""
+        """Train and evaluate one run (or take its rows from the results file); its rows.
+
+        ``reevaluate``: evaluate a finished run's checkpoint again (no training) and replace its
+        rows, e.g. after a change to the evaluation.
+        """
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         for stale in clean_stale_temps(cfg.out):
             self.log(f"removed {stale.name}, left by an interrupted write")
@@ -83,7 +92,7 @@ class Runner:
             and r["settings"] == json.loads(json.dumps(settings))
             and (not vote_study or "tta_rules" in r or METHODS[cfg.method].tta)
         ]
-        if done and not overwrite:
+        if done and not overwrite and not reevaluate:
             return done
         data = self.data(cfg)
         path = checkpoint_path(cfg)
@@ -148,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--out", type=Path, default=Path("runs/runner"), help="checkpoints and caches")
     add("--results", type=Path, help="the results JSON (default: --out/results.json)")
     add("--overwrite", action="store_true", help="train the runs again from scratch")
+    add("--reevaluate", action="store_true", help="evaluate finished runs again, no training")
     add("--device", default="auto")
     add("--threads", type=int, help="torch threads (default: torch's)")
     add("--quiet", action="store_true")
@@ -199,7 +209,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for seed in dict.fromkeys(args.seeds):  # seed-major: an interrupted table stays paired
         for method in dict.fromkeys(args.methods):
             cfg = RunConfig(args.dataset, method, seed, recipe, args.out, options)
-            rows += runner.run(cfg, overwrite=args.overwrite, vote_study=args.vote_study)
+            rows += runner.run(
+                cfg,
+                overwrite=args.overwrite,
+                vote_study=args.vote_study,
+                reevaluate=args.reevaluate,
+            )
     log(f"results: {results}")
     return rows
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = [
+    "check_device",
     "check_head",
     "frozen_state",
     "linear_weights",
@@ -111,6 +112,16 @@ def refuse_wrappers(model: object, where: str) -> None:
             "Pass the uncompiled model and compile the camkit module around it instead: "
             "torch.compile(camkit.TrainStep(model, ...)) for training, "
             "torch.compile(CAMExtractor(model)) for CAMs"
+        )
+
+
+def check_device(model: nn.Module, x: torch.Tensor, name: str) -> None:
+    """Refuse a tensor on another device than the model's parameters, naming both."""
+    param = next(model.parameters(), None)
+    if param is not None and x.device != param.device:
+        raise ValueError(
+            f"{name}: on {x.device}, but the parameters of {model_name(model)} are on "
+            f"{param.device}; move the batch (or the model) to one device"
         )
 
 

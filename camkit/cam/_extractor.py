@@ -12,6 +12,7 @@ from torch import nn
 
 from camkit._checks import _describe, check_choice, check_labels, check_tensor
 from camkit.cam._contract import (
+    check_device,
     frozen_state,
     linear_weights,
     model_name,
@@ -243,6 +244,7 @@ class CAMExtractor(nn.Module):
         """
         check_tensor(images, "images", ndim=4, floating=True)
         assert isinstance(images, torch.Tensor)
+        check_device(self.model, images, "images")
         if self._input_conv:
             conv = self._input_conv[0]
             if images.shape[1] != conv.in_channels:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from camkit._checks import check_choice, check_tensor
+from camkit._checks import check_choice, check_int, check_tensor
 from camkit.datasets._io import PathLike, as_path, require_file
 
 __all__ = ["DigitsDataset", "load_digits_npz", "mnist", "usps"]
@@ -18,15 +18,17 @@ __all__ = ["DigitsDataset", "load_digits_npz", "mnist", "usps"]
 _DIGIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def load_digits_npz(path: PathLike) -> dict[str, np.ndarray]:
+def load_digits_npz(path: PathLike, num_classes: int = 10) -> dict[str, np.ndarray]:
     """Load a digits ``.npz`` archive with keys ``x_train, y_train, x_test, y_test``.
 
     The images must be ``uint8`` of shape ``(N, H, W)`` (grayscale) or ``(N, H, W, 3)`` (RGB), the
-    same ``H, W`` for train and test; the labels integer ``(N,)`` arrays, non-negative, with ``N``
-    matching the images. This is the layout of ``mnist.npz`` and ``usps.npz`` in the staged data.
+    same ``H, W`` for train and test; the labels integer ``(N,)`` arrays in ``[0, num_classes)``,
+    with ``N`` matching the images. This is the layout of ``mnist.npz`` and ``usps.npz`` in the
+    staged data.
 
     Args:
         path: the ``.npz`` file.
+        num_classes: the number of classes the labels must lie below (10 digits).
 
     Returns:
         The four arrays, as stored (other keys in the archive are not returned).
@@ -50,6 +52,7 @@ def load_digits_npz(path: PathLike) -> dict[str, np.ndarray]:
         The staged ``mnist.npz`` gives ``x_train`` of shape ``(60000, 28, 28)``.
     """
     p = as_path(path, "path")
+    check_int(num_classes, "num_classes", minimum=1)
     require_file(p, "path", "a digits .npz file")
     try:
         archive = np.load(p, allow_pickle=False)
@@ -96,8 +99,11 @@ def load_digits_npz(path: PathLike) -> dict[str, np.ndarray]:
             raise ValueError(
                 f"{p}: key {yk!r}: expected shape ({x.shape[0]},) to match {xk!r}, got {y.shape}"
             )
-        if y.size and y.min() < 0:
-            raise ValueError(f"{p}: key {yk!r}: expected labels >= 0, got {int(y.min())}")
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(
+                f"{p}: key {yk!r}: expected labels in [0, {num_classes - 1}] "
+                f"(num_classes={num_classes}), got values in [{int(y.min())}, {int(y.max())}]"
+            )
     return data
 
 

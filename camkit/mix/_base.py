@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from camkit._checks import check_int, check_labels, check_tensor
+from camkit._checks import check_finite, check_int, check_labels, check_tensor
 
 CamNeed = Literal["none", "unmixed", "mixed"]
 
@@ -105,12 +105,14 @@ class Mix(nn.Module):
             )
         if self.needs_cams == "mixed":
             check_tensor(cams, name, shape=(batch_size, 2, None, None), floating=True)
-            return
-        check_tensor(cams, name, ndim=3, floating=True)
-        if cams.shape[0] != batch_size:
-            raise ValueError(
-                f"{name}: expected {batch_size} maps (one per image), got shape {tuple(cams.shape)}"
-            )
+        else:
+            check_tensor(cams, name, ndim=3, floating=True)
+            if cams.shape[0] != batch_size:
+                raise ValueError(
+                    f"{name}: expected {batch_size} maps (one per image), got shape "
+                    f"{tuple(cams.shape)}"
+                )
+        check_finite(cams, name)  # a NaN map would weigh (or draw) as if uniform
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -153,6 +155,7 @@ class Mix(nn.Module):
                     "un-mixed batch: pass cams (B, h, w)"
                 )
             check_tensor(cams, "cams", shape=(batch_size, None, None), floating=True)
+            check_finite(cams, "cams")
         where = self._device(device)
         return self._draw(batch_size, height, width, cams, where, self.generator)
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from camkit.mix._snapmix import SnapMixParams
 
 CamSource = Literal["unmixed", "mixed"]
+_SAFE_PEAK = 1e18  # a map's range above which its box sums are computed on the rescaled map
 
 
 def _params_on(params: SnapMixParams, device: torch.device) -> SnapMixParams:
@@ -185,7 +186,12 @@ def _box_cam_shares(
         tables = _resize_tables((h, w), (height, width), cams.device)
     ry, rx = tables
     flat = cams.float().flatten(1)
-    shifted = (flat - flat.amin(1, keepdim=True)).view_as(cams)
+    shifted = flat - flat.amin(1, keepdim=True)
+    # the shares do not depend on the map's scale: a map so large that its weighted sums would
+    # overflow float32 (1e36 gives inf, then NaN) is brought to [0, 1] first; every other map is
+    # divided by 1, exactly
+    peak = shifted.amax(1, keepdim=True)
+    shifted = (shifted / torch.where(peak > _SAFE_PEAK, peak, 1.0)).view_as(cams)
     low = (ry.extremes @ shifted @ rx.extremes.T).flatten(1).amin(1)
     total = (shifted * (ry.column_sums[:, None] * rx.column_sums)).sum((1, 2))
     total = total - low * (height * width)

@@ -5,22 +5,46 @@ Private helpers shared by [`CAMMaskingTTA`][camkit.CAMMaskingTTA] and `camkit.vi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from camkit._checks import check_tensor
-from camkit.cam import cell_sums, upsample_cams
+
+_TIE = 2.0**-30  # sums within this fraction of a map's largest |sum| are ties
+
+
+@functools.lru_cache(maxsize=64)
+def _cell_weights(src: int, dst: int, cell: int, device: torch.device) -> torch.Tensor:
+    """``(ceil(dst/cell), src)``: how much of each source row lands in each cell of the image.
+
+    The rows of the 1-D bilinear resize ``src → dst`` (``align_corners=False``, built in float64
+    by resizing the identity) summed over the ``cell`` output rows of each cell.
+    """
+    eye = torch.eye(src, dtype=torch.float64)[None]
+    resize = F.interpolate(eye, size=dst, mode="linear", align_corners=False)[0].T  # (dst, src)
+    cells = -(-dst // cell)
+    pad = cells * cell - dst
+    resize = F.pad(resize, (0, 0, 0, pad)).view(cells, cell, src).sum(1)
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    return resize.to(device=device, dtype=dtype)
 
 
 def cell_ranks(cams: torch.Tensor, image_size: tuple[int, int], patch_size: int) -> torch.Tensor:
     """Rank of each pixel's cell by CAM mass: 0 for the most relevant cell.
 
     Convention:
-        ``cams`` are upsampled bilinearly (``align_corners=False``) to ``image_size``, summed over
-        ``patch_size`` cells (`camkit.cell_sums`), and the cells sorted by decreasing sum
-        (ties by row-major cell index). Masking the top ``j`` cells means masking pixels whose rank
-        is ``< j``.
+        A cell's mass is the sum, over its ``patch_size`` square of pixels (the last row and
+        column of cells may be partial), of the CAM upsampled bilinearly
+        (``align_corners=False``) to ``image_size``; cells are sorted by decreasing mass. The mass
+        is computed exactly as that (a separable product of the resize weights summed per cell,
+        in float64), and masses that agree to within ``2⁻³⁰`` of the map's largest ``|mass|`` are
+        ties, which go to the lower row-major cell index: cells tied in exact arithmetic (a
+        constant region, a saturated map) keep row-major order instead of the order float32
+        rounding would give them. Masking the top ``j`` cells means masking pixels whose rank is
+        ``< j``.
 
     Args:
         cams: ``(B, h, w)`` CAMs of the predicted class.
@@ -33,12 +57,20 @@ def cell_ranks(cams: torch.Tensor, image_size: tuple[int, int], patch_size: int)
     Examples:
         >>> cell_ranks(torch.tensor([[[0.0, 1.0]]]), (2, 4), 2).tolist()
         [[[1, 1, 0, 0], [1, 1, 0, 0]]]
+        >>> cell_ranks(torch.ones(1, 3, 3), (4, 4), 2).tolist()  # all tied: row-major
+        [[[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]]
     """
     check_tensor(cams, "cams", ndim=3, floating=True)
     height, width = image_size
-    sums = cell_sums(upsample_cams(cams.float(), (height, width)), patch_size)
-    b, gh, gw = sums.shape
-    order = torch.argsort(sums.flatten(1), dim=1, descending=True, stable=True)
+    b, h, w = cams.shape
+    ay = _cell_weights(h, height, patch_size, cams.device)
+    ax = _cell_weights(w, width, patch_size, cams.device)
+    sums = ay @ cams.to(ay.dtype) @ ax.T  # (B, gh, gw)
+    gh, gw = sums.shape[-2:]
+    flat = sums.flatten(1)
+    scale = flat.abs().amax(1, keepdim=True)
+    key = torch.round(flat / torch.where(scale > 0, scale * _TIE, 1.0))
+    order = torch.argsort(key, dim=1, descending=True, stable=True)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(gh * gw, device=cams.device).expand(b, -1))
     rows = torch.arange(height, device=cams.device) // patch_size

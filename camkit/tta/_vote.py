@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -71,6 +72,8 @@ class _TTAConfig:
         set_(self, "count_original", bool(self.count_original))
         value = self.mask_value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"mask_value: expected a finite number, got {value}")
             set_(self, "mask_value", float(value))
             return
         try:
@@ -80,6 +83,8 @@ class _TTAConfig:
                 "mask_value: expected a number or a sequence of per-channel numbers, got "
                 f"{type(value).__name__}"
             ) from None
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"mask_value: expected finite numbers, got {tuple(values)}")
         set_(self, "mask_value", tuple(values))
 
 
