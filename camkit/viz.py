@@ -171,6 +171,18 @@ def _show(ax: Axes, image: torch.Tensor, title: str, colour: str = "black") -> N
     ax.set_axis_off()
 
 
+def _colorbar(fig: Figure, axes, cmap: str, label: str) -> None:
+    """One colour bar for the CAM overlays: the map's own range, low to high."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(Normalize(0.0, 1.0), colormaps[cmap] if cmap in colormaps else None)
+    bar = fig.colorbar(mappable, ax=axes, fraction=0.025, pad=0.01, ticks=[0.0, 1.0])
+    bar.ax.set_yticklabels(["low", "high"], fontsize=8)
+    bar.set_label(label, fontsize=8)
+
+
 def cam_grid(
     images: torch.Tensor,
     cams: torch.Tensor,
@@ -178,44 +190,72 @@ def cam_grid(
     labels: Ints = None,
     preds: Ints = None,
     flipped: Ints = None,
+    tta_labels: Ints = None,
     class_names: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
     mean: Stats = None,
     std: Stats = None,
     ncols: int = 4,
     alpha: float = 0.5,
     cmap: str = "jet",
+    title: str | None = "CAM of the predicted class",
+    colorbar: bool = True,
 ) -> Figure:
     """A grid of CAM overlays ([`overlay_cams`][camkit.overlay_cams]), one axes per image.
 
-    Titles show the label ``y``, the prediction ``pred`` and ``TTA flip`` where ``flipped`` (e.g.
-    ``TTAResult.flipped``); green when the prediction equals the label, red otherwise.
+    Each title shows the label ``y`` and the prediction ``pred`` (green when they agree, red
+    otherwise) and, with ``flipped`` or ``tta_labels`` (e.g. from a
+    [`TTAResult`][camkit.TTAResult]), the TTA's decision on every tile: ``TTA: kept`` or
+    ``TTA: → <class>``; ``names`` adds a line naming each image. The figure title says whose CAM
+    is shown (default: the predicted class's) and a colour bar reads the map, each normalised to
+    its own range.
 
     Args:
         images: ``(B, C, H, W)``, see [`overlay_cams`][camkit.overlay_cams].
         cams: ``(B, h, w)``.
         labels: ``B`` true classes, optional.
         preds: ``B`` predicted classes, optional.
-        flipped: ``B`` flags, optional.
+        flipped: ``B`` flags: whether the TTA flipped the prediction, optional.
+        tta_labels: ``B`` labels after the TTA's vote, optional (implies ``flipped``).
         class_names: names of the classes, indexed by class.
+        names: ``B`` image names (e.g. file names), optional.
         mean: as in [`overlay_cams`][camkit.overlay_cams]; so are ``std``, ``alpha``, ``cmap``.
         ncols: number of columns, ≥ 1.
+        title: the figure's title (``None``: none).
+        colorbar: draw the colour bar.
 
     Returns:
-        A `Figure` with ``B`` axes.
+        A `Figure` with ``B`` image axes.
     """
     overlays = overlay_cams(images, cams, mean=mean, std=std, alpha=alpha, cmap=cmap)
     b = overlays.shape[0]
     _check_int(ncols, "ncols", 1)
     ys, ps = _values(labels, "labels", b), _values(preds, "preds", b)
-    flips = _values(flipped, "flipped", b) or [False] * b
+    after = _values(tta_labels, "tta_labels", b)
+    flips = _values(flipped, "flipped", b)
+    if flips is None and after is not None and ps is not None:
+        flips = [a != p for a, p in zip(after, ps, strict=True)]
+    tiles = _values(names, "names", b)
     cols, rows = min(ncols, b), -(-b // min(ncols, b))
-    fig = _figure("cam_grid", 2.4 * cols, 2.6 * rows)
+    fig = _figure("cam_grid", 2.6 * cols + (0.6 if colorbar else 0.0), 2.9 * rows + 0.4)
+    axes = []
     for i in range(b):
         parts = [f"y: {_name(ys[i], class_names)}"] if ys is not None else []
         parts += [f"pred: {_name(ps[i], class_names)}"] if ps is not None else []
-        parts += ["TTA flip"] if flips[i] else []
+        vote = ""
+        if flips is not None:
+            vote = "TTA: kept" if not flips[i] else "TTA: flip"
+            if flips[i] and after is not None:
+                vote = f"TTA: → {_name(after[i], class_names)}"
         colour = "black" if ys is None or ps is None else ("green" if ys[i] == ps[i] else "red")
-        _show(fig.add_subplot(rows, cols, i + 1), overlays[i], " | ".join(parts), colour)
+        text = "\n".join(t for t in (tiles[i] if tiles else "", " | ".join(parts), vote) if t)
+        ax = fig.add_subplot(rows, cols, i + 1)
+        _show(ax, overlays[i], text, colour)
+        axes.append(ax)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if colorbar:
+        _colorbar(fig, axes, cmap, "CAM (each map min → max)")
     return fig
 
 
@@ -271,7 +311,7 @@ def snapmix_figure(
     y_a, y_b = (_name(int(labels[i]), class_names) for i in pair)
     state = "mixed" if bool(params.apply[index]) else "not mixed"
     mixed_title = f"{state}: ρ_a={rho_a:.3f} ({y_a})\nρ_b={rho_b:.3f} ({y_b})"
-    fig = _figure("snapmix_figure", 7.5, 5.4)
+    fig = _figure("snapmix_figure", 8.4, 5.8)
     from matplotlib.patches import Rectangle
 
     panels = [
@@ -281,10 +321,16 @@ def snapmix_figure(
         (overlays[0], "CAM a", box_a, "black"),
         (overlays[1], "CAM b", box_b, "black"),
     ]
+    cam_axes = []
     for n, (image, title, (y0, x0, y1, x1), colour) in enumerate(panels):
         ax = fig.add_subplot(2, 3, n + 1)
         _show(ax, image, title)
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec=colour, lw=2))
+        if n >= 3:
+            cam_axes.append(ax)
+    fig.suptitle("SnapMix: box B of b pasted into box A of a; CAMs of each image's own label",
+                 fontsize=10)  # fmt: skip
+    _colorbar(fig, cam_axes, cmap, "CAM (min → max)")
     return fig
 
 
@@ -336,8 +382,8 @@ def tta_figure(
     copies = tta.masked_copies(image.expand(n, -1, -1, -1), steps, cams=out.cams.expand(n, -1, -1))
     shown = _display(copies, mean, std)
     p0 = float(result.original_probs[index, pred])
-    fig = _figure("tta_figure", 2.2 * n + 3.4, 2.8)
-    grid = fig.add_gridspec(1, n + 1, width_ratios=[1.0] * n + [1.6])
+    fig = _figure("tta_figure", max(6.0, 2.3 * n), 5.6)
+    grid = fig.add_gridspec(2, n, height_ratios=[1.0, 1.1])
     # the vote's own line: θ (the paper's rule), θ·P0 (relative); none for the arg-max rule,
     # whose votes depend on the other classes too
     rule = getattr(tta, "rule", "threshold")
@@ -347,7 +393,7 @@ def tta_figure(
         title = f"unmasked: P={p:.2f}" if step == 0 else f"step {step}: P={p:.2f}"
         colour = "black" if line is None else "green" if p > line else "red"
         _show(fig.add_subplot(grid[0, i]), shown[i], title, colour)
-    ax = fig.add_subplot(grid[0, n])
+    ax = fig.add_subplot(grid[1, :])
     xs, ys = [0, *evaluated.tolist()], [p0, *probs[evaluated - 1].tolist()]
     ax.plot(xs, ys, marker="o", ms=3, label=f"P({_name(pred, class_names)})")
     if line is not None:
@@ -356,8 +402,9 @@ def tta_figure(
     ax.set(xlim=(0, tta.k), ylim=(0.0, 1.02), xlabel="mask step j (cells masked)")
     verdict = "flipped to" if bool(result.flipped[index]) else "kept"
     label = _name(int(result.labels[index]), class_names)
-    ax.set_title(f"pred {_name(pred, class_names)}: {verdict} {label}", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title(f"prediction {_name(pred, class_names)}: the vote {verdict} {label}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle("CAM-masking TTA: the most relevant cells masked cumulatively", fontsize=10)
     return fig
 
 
@@ -387,12 +434,13 @@ def deletion_figure(
         xs, aucs = curve.fractions.tolist(), deletion_auc(curve).tolist()
         lines += [(xs, row, auc) for row, auc in zip(curve.probs.tolist(), aucs, strict=True)]
     names = _values(labels, "labels", len(lines))
-    fig = _figure("deletion_figure", 4.2, 3.2)
+    fig = _figure("deletion_figure", 7.0, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     for i, (xs, ys, auc) in enumerate(lines):
-        name = f"{names[i]} " if names is not None else ""
-        ax.plot(xs, ys, marker="o", ms=2, label=f"{name}(AUC {auc:.3f})")
+        name = f"{names[i]}: " if names is not None else f"image {i}: "
+        ax.plot(xs, ys, marker="o", ms=2, label=f"{name}AUC {auc:.3f}")
     ax.set(xlabel="fraction of cells masked", ylabel="P(predicted class)", ylim=(0.0, 1.02))
+    ax.set_xlim(0.0, max(x for xs, _, _ in lines for x in xs) or 1.0)
     ax.set_title(title or "")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside, not over
     return fig

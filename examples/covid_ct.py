@@ -183,7 +183,7 @@ x = to_input(test_x[keep])
 result = tta.predict(x)
 cams = tta.extractor.forward_frozen(x).cams
 figure = camkit.cam_grid(
-    x, cams, labels=test_y[keep], preds=result.labels, flipped=result.flipped,
+    x, cams, labels=test_y[keep], preds=result.original_labels, tta_labels=result.labels,
     class_names=classes, mean=mean.flatten().tolist(), std=std.flatten().tolist(),
 )  # fmt: skip
 path = camkit.save_figure(figure, args.out / "cams.png")

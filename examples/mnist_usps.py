@@ -120,7 +120,7 @@ x, y = tests["USPS"][0][:8], tests["USPS"][1][:8]
 result = tta.predict(to_input(x))
 cams = tta.extractor.forward_frozen(to_input(x)).cams
 figure = camkit.cam_grid(
-    to_input(x), cams, labels=y, preds=result.labels, flipped=result.flipped,
+    to_input(x), cams, labels=y, preds=result.original_labels, tta_labels=result.labels,
     mean=[0.1307] * 3, std=[0.3081] * 3,
 )  # fmt: skip
 print(f"figure: {camkit.save_figure(figure, args.out / 'usps_cams.png')}")

@@ -167,16 +167,29 @@ def test_cam_grid_axes_and_titles(monkeypatch):
         cams,
         labels=torch.tensor([0, 1, 1, 0, 1]),
         preds=[0, 1, 0, 0, 1],
-        flipped=torch.tensor([False, False, True, False, False]),
+        tta_labels=torch.tensor([0, 1, 1, 0, 1]),
         class_names=["normal", "covid"],
+        names=["a.png", "b.png", "c.png", "d.png", "e.png"],
         ncols=3,
     )
-    assert isinstance(fig, Figure) and len(fig.axes) == 5
+    assert isinstance(fig, Figure) and len(fig.axes) == 6  # five tiles and the colour bar
     assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == (2, 3)
-    titles = [ax.get_title() for ax in fig.axes]
-    assert titles[2] == "y: covid | pred: normal | TTA flip"
-    assert titles[0] == "y: normal | pred: normal"
-    assert [ax.title.get_color() for ax in fig.axes] == ["green", "green", "red", "green", "green"]
+    titles = [ax.get_title() for ax in fig.axes[:5]]
+    assert titles[2] == "c.png\ny: covid | pred: normal\nTTA: → covid"  # the TTA on every tile
+    assert titles[0] == "a.png\ny: normal | pred: normal\nTTA: kept"
+    assert [ax.title.get_color() for ax in fig.axes[:5]] == [
+        "green",
+        "green",
+        "red",
+        "green",
+        "green",
+    ]
+    assert fig.get_suptitle() == "CAM of the predicted class"
+    assert fig.axes[5].get_ylabel() == "CAM (each map min → max)"
+    plain = viz.cam_grid(
+        images, cams, preds=[0] * 5, flipped=[True] * 5, colorbar=False, title=None
+    )
+    assert len(plain.axes) == 5 and plain.axes[0].get_title() == "pred: 0\nTTA: flip"
     shown = fig.axes[3].get_images()[0].get_array()
     expected = viz.overlay_cams(images[3:4], cams[3:4])[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(shown, expected, atol=1e-6)
@@ -197,7 +210,7 @@ def test_snapmix_figure_shows_the_draws_boxes_and_weights():
     partner = int(params.perm[index])
     assert partner != index
     fig = viz.snapmix_figure(images, labels, cams, params, index=index)
-    assert len(fig.axes) == 5
+    assert len(fig.axes) == 6 and fig.axes[5].get_ylabel() == "CAM (min → max)"
     title = fig.axes[2].get_title()
     assert f"ρ_a={soft[index, index].item():.3f}" in title
     assert f"ρ_b={soft[index, partner].item():.3f}" in title
@@ -275,9 +288,12 @@ def test_deletion_figure_lines_and_labels():
     lines = fig.axes[0].get_lines()
     assert len(lines) == 3
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert legend == ["cam 0 (AUC 0.450)", "cam 1 (AUC 0.800)", "random (AUC 0.750)"]
+    assert legend == ["cam 0: AUC 0.450", "cam 1: AUC 0.800", "random: AUC 0.750"]
+    assert fig.axes[0].get_xlim() == (0.0, 1.0)  # the whole curve
     assert lines[2].get_xdata().tolist() == [0.0, 0.25]
-    assert len(viz.deletion_figure(a).axes[0].get_lines()) == 2
+    unnamed = viz.deletion_figure(a).axes[0]
+    assert len(unnamed.get_lines()) == 2
+    assert unnamed.get_legend().get_texts()[1].get_text() == "image 1: AUC 0.800"
     with pytest.raises(ValueError, match=r"^labels:"):
         viz.deletion_figure(a, labels=["only one"])
     with pytest.raises(TypeError, match=r"^curves\[0\]:"):
