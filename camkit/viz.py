@@ -274,7 +274,7 @@ def snapmix_figure(
 ) -> Figure:
     """The SnapMix of image ``index``: both images, their boxes and CAMs, the mix and ``ρ_a, ρ_b``.
 
-    Replays the exact draw ``params`` (from [`SnapMix.sample`][camkit.SnapMix.sample]) through
+    Replays the exact draw ``params`` (from [`SnapMix.sample`][camkit.Mix.sample]) through
     [`snapmix`][camkit.snapmix] on the pair (image ``a = index`` and its partner
     ``b = params.perm[index]``), so the boxes and weights shown are the ones the training step
     used with these draws: ``soft = ρ_a·onehot(y_a) + ρ_b·onehot(y_b)``.
@@ -434,13 +434,14 @@ def deletion_figure(
         xs, aucs = curve.fractions.tolist(), deletion_auc(curve).tolist()
         lines += [(xs, row, auc) for row, auc in zip(curve.probs.tolist(), aucs, strict=True)]
     names = _values(labels, "labels", len(lines))
-    fig = _figure("deletion_figure", 7.0, 3.6)
+    fig = _figure("deletion_figure", 6.4, 4.6)
     ax = fig.add_subplot(1, 1, 1)
     for i, (xs, ys, auc) in enumerate(lines):
         name = f"{names[i]}: " if names is not None else f"image {i}: "
-        ax.plot(xs, ys, marker="o", ms=2, label=f"{name}AUC {auc:.3f}")
+        marker = {"marker": "o", "ms": 2} if len(xs) <= 40 else {}  # dots only where few
+        ax.plot(xs, ys, label=f"{name}AUC {auc:.3f}", **marker)
     ax.set(xlabel="fraction of cells masked", ylabel="P(predicted class)", ylim=(0.0, 1.02))
     ax.set_xlim(0.0, max(x for xs, _, _ in lines for x in xs) or 1.0)
     ax.set_title(title or "")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside, not over
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # not over
     return fig

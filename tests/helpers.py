@@ -81,3 +81,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+DATA = data_root()
+needs_site_b = data_marker(
+    DATA is not None and (DATA / "COVID-CT").is_dir(),
+    "needs COVID-CT in shared/data above the repository (or CAMKIT_DATA); not found",
+)
+needs_digits = data_marker(
+    DATA is not None and all((DATA / n).exists() for n in ("mnist.npz", "usps.npz", "BSDS500")),
+    "needs mnist.npz, usps.npz and BSDS500 in shared/data (or CAMKIT_DATA); not found",
+)

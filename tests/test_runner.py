@@ -21,18 +21,9 @@ from benchmarks.runner.methods import METHODS, build_step
 from benchmarks.runner.models import make_optimizer, step_lr_scale, tta_geometry
 from benchmarks.runner.recipes import RECIPES, RunConfig
 from benchmarks.runner.run import Runner, main
-from tests.helpers import data_marker, data_root, one_thread  # noqa: F401
+from tests.helpers import DATA, needs_digits, needs_site_b, one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-DATA = data_root()
-needs_site_b = data_marker(
-    DATA is not None and (DATA / "COVID-CT").is_dir(),
-    "needs COVID-CT in shared/data above the repository (or CAMKIT_DATA); not found",
-)
-needs_digits = data_marker(
-    DATA is not None and all((DATA / n).exists() for n in ("mnist.npz", "usps.npz", "BSDS500")),
-    "needs mnist.npz, usps.npz and BSDS500 in shared/data (or CAMKIT_DATA); not found",
-)
 TINY = RECIPES["site-B"].replace(img_size=64, epochs=2, train_subset=4, test_subset=2)
 TINY = TINY.replace(batch_size=4)
 

@@ -10,20 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import data_marker, data_root
+from tests.helpers import DATA, needs_digits, needs_site_b
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ALLOWED = {"camkit", "timm", "torch", "torchvision", "kornia", "tqdm"}
 ALLOWED |= {"argparse", "copy", "os", "pathlib", "__future__"}  # the standard library they use
-DATA = data_root()
-needs_site_b = data_marker(
-    DATA is not None and (DATA / "COVID-CT").is_dir(),
-    "needs COVID-CT in shared/data above the repository (or CAMKIT_DATA); not found",
-)
-needs_digits = data_marker(
-    DATA is not None and all((DATA / n).exists() for n in ("mnist.npz", "usps.npz", "BSDS500")),
-    "needs mnist.npz, usps.npz and BSDS500 in shared/data (or CAMKIT_DATA); not found",
-)
 
 
 @pytest.mark.parametrize("name", ["covid_ct.py", "mnist_usps.py"])

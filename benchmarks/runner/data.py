@@ -164,17 +164,35 @@ def _ct_input(mean, std, img_size: int, device: torch.device):
     )
 
 
-def _ct_splits(datasets: dict, recipe, cache: ImageCache, device: torch.device) -> dict[str, Split]:
+def _ct_data(
+    datasets: dict, name: str, classes: tuple[str, ...], recipe, cache: ImageCache, device, info
+) -> Data:
+    """A CT dataset's splits decoded (cached), resident on ``device``, with the CT input."""
     splits = {}
-    for name, ds in datasets.items():
-        n = recipe.train_subset if name == "train" else recipe.test_subset
+    for split, ds in datasets.items():
+        n = recipe.train_subset if split == "train" else recipe.test_subset
         keep = first_n_per_class(ds.targets, n)
-        size = round(recipe.img_size * 256 / 224) if name == "train" else recipe.img_size
+        size = round(recipe.img_size * 256 / 224) if split == "train" else recipe.img_size
         images = cache.images(ds, keep, size)
         labels = torch.tensor([ds.targets[i] for i in keep], dtype=torch.long)
-        splits[name] = (images.to(device), labels.to(device))
+        splits[split] = (images.to(device), labels.to(device))
     cache.save()
-    return splits
+    to_input, augment = _ct_input(recipe.mean, recipe.std, recipe.img_size, device)
+    return Data(
+        train=splits["train"],
+        val=splits.get("val"),
+        tests={name: splits["test"]},
+        num_classes=len(classes),
+        class_names=classes,
+        positive=1 if len(classes) == 2 else None,
+        to_input=to_input,
+        augment=augment,
+        info=info,
+    )
+
+
+def _cache(cache_dir: Path, site: str, recipe, log) -> ImageCache:
+    return ImageCache(cache_dir / f"cache_{site}_{recipe.img_size}.pt", log)
 
 
 def load_site_b(recipe, options, cache_dir: Path, device, log) -> Data:
@@ -183,21 +201,9 @@ def load_site_b(recipe, options, cache_dir: Path, device, log) -> Data:
     root = data_folder(options.get("data"), "COVID-CT", "--data")
     log(f"site B: {root}")
     datasets = {s: COVIDCT(root, split=s) for s in ("train", "val", "test")}
-    splits = _ct_splits(
-        datasets, recipe, ImageCache(cache_dir / f"cache_B_{recipe.img_size}.pt", log), device
-    )
-    to_input, augment = _ct_input(recipe.mean, recipe.std, recipe.img_size, device)
-    return Data(
-        train=splits["train"],
-        val=splits["val"],
-        tests={"site-B": splits["test"]},
-        num_classes=2,
-        class_names=("NonCOVID", "COVID"),
-        positive=1,
-        to_input=to_input,
-        augment=augment,
-        info={"root": str(root)},
-    )
+    cache = _cache(cache_dir, "B", recipe, log)
+    classes = ("NonCOVID", "COVID")
+    return _ct_data(datasets, "site-B", classes, recipe, cache, device, {"root": str(root)})
 
 
 def load_site_a(recipe, options, cache_dir: Path, device, log) -> Data:
@@ -211,21 +217,9 @@ def load_site_a(recipe, options, cache_dir: Path, device, log) -> Data:
         )
     log(f"site A: {root}")
     datasets = {s: SARSCoV2CT(root, split=s, seed=0) for s in ("train", "test")}
-    splits = _ct_splits(
-        datasets, recipe, ImageCache(cache_dir / f"cache_A_{recipe.img_size}.pt", log), device
-    )
-    to_input, augment = _ct_input(recipe.mean, recipe.std, recipe.img_size, device)
-    return Data(
-        train=splits["train"],
-        val=None,
-        tests={"site-A": splits["test"]},
-        num_classes=2,
-        class_names=("NonCOVID", "COVID"),
-        positive=1,
-        to_input=to_input,
-        augment=augment,
-        info={"root": str(root)},
-    )
+    cache = _cache(cache_dir, "A", recipe, log)
+    classes = ("NonCOVID", "COVID")
+    return _ct_data(datasets, "site-A", classes, recipe, cache, device, {"root": str(root)})
 
 
 def load_covidx(recipe, options, cache_dir: Path, device, log) -> Data:
@@ -238,21 +232,10 @@ def load_covidx(recipe, options, cache_dir: Path, device, log) -> Data:
     datasets = {
         s: COVIDxCT(root, lists / f"{s}_COVIDx_CT-{version}.txt") for s in ("train", "val", "test")
     }
-    splits = _ct_splits(
-        datasets, recipe, ImageCache(cache_dir / f"cache_X_{recipe.img_size}.pt", log), device
-    )
-    to_input, augment = _ct_input(recipe.mean, recipe.std, recipe.img_size, device)
-    return Data(
-        train=splits["train"],
-        val=splits["val"],
-        tests={"covidx": splits["test"]},
-        num_classes=3,
-        class_names=("Normal", "Pneumonia", "COVID-19"),
-        positive=None,
-        to_input=to_input,
-        augment=augment,
-        info={"root": str(root), "lists": str(lists), "version": version},
-    )
+    cache = _cache(cache_dir, "X", recipe, log)
+    classes = ("Normal", "Pneumonia", "COVID-19")
+    info = {"root": str(root), "lists": str(lists), "version": version}
+    return _ct_data(datasets, "covidx", classes, recipe, cache, device, info)
 
 
 # -- digits ------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ image size and normalised to a spatial distribution
 The loss ``ρ_a·CE(y_a) + ρ_b·CE(y_b)`` is timm's ``SoftTargetCrossEntropy`` on these targets.
 
 As in kornia's augmentations, the random draws are separate from their application:
-[`SnapMix.sample`][camkit.SnapMix.sample] draws a [`SnapMixParams`][camkit.SnapMixParams] with
+[`SnapMix.sample`][camkit.Mix.sample] draws a [`SnapMixParams`][camkit.SnapMixParams] with
 the module's settings and generator, and [`SnapMix`][camkit.SnapMix] (or the function
 [`snapmix`][camkit.snapmix]) applies given draws exactly, as pure tensor code without per-sample
 Python loops or host synchronisation. Batch-mode draws are made on the host and record the shared

@@ -123,6 +123,9 @@ class CutMix(_TimmLikeMix):
         generator: random generator of the draws (a CPU one for ``mode="batch"``).
         mode: ``"batch"`` or ``"sample"``.
 
+    ``sample`` draws a [`CutMixParams`][camkit.CutMixParams] (on the host by default, where a
+    batch-wide box is also kept as host ints, so the paste is a slice copy); it reads no CAMs.
+
     Shape:
         - images: ``(B, C, H, W)`` float (not modified); labels ``(B,)`` integer in ``[0, K)``.
         - output: ``mixed`` ``(B, C, H, W)``, ``soft`` ``(B, K)`` float32 or wider.
@@ -152,14 +155,6 @@ class CutMix(_TimmLikeMix):
 
     def check_params(self, params: object, batch_size: int) -> None:
         _check_box_params(params, batch_size, CutMixParams)
-
-    def sample(self, batch_size, height, width, *, cams=None, device=None) -> CutMixParams:
-        """Draw the partner permutation, the box and the coin (see the class convention).
-
-        ``cams`` is not used; ``device``: where to draw (default: the generator's, else the host,
-        where a batch-wide box is also recorded as host ints).
-        """
-        return super().sample(batch_size, height, width, cams=cams, device=device)
 
 
 @torch.compiler.disable  # host-side draws: one opaque call under torch.compile
@@ -206,6 +201,9 @@ class Mixup(_TimmLikeMix):
         generator: random generator of the draws (a CPU one for ``mode="batch"``).
         mode: ``"batch"`` or ``"sample"``.
 
+    ``sample`` draws a [`MixupParams`][camkit.MixupParams] (on the host by default, where a
+    batch-wide ``λ`` is also kept as a host float); it reads neither the image size nor CAMs.
+
     Shape:
         - images: ``(B, C, H, W)`` float (not modified); labels ``(B,)`` integer in ``[0, K)``.
         - output: ``mixed`` ``(B, C, H, W)``, ``soft`` ``(B, K)`` float32 or wider.
@@ -241,14 +239,6 @@ class Mixup(_TimmLikeMix):
             raise TypeError(f"params: expected a MixupParams, got {type(params).__name__}")
         check_tensor(params.perm, "params.perm", shape=(batch_size,), floating=False)
         check_tensor(params.lam, "params.lam", shape=(batch_size,), floating=True)
-
-    def sample(self, batch_size, height, width, *, cams=None, device=None) -> MixupParams:
-        """Draw the partner permutation and the weights (see the class convention).
-
-        ``height``, ``width`` and ``cams`` are not used; ``device``: where to draw (default: the
-        generator's, else the host, where a batch-wide ``λ`` is also recorded as a host float).
-        """
-        return super().sample(batch_size, height, width, cams=cams, device=device)
 
 
 @torch.compiler.disable  # host-side draws: one opaque call under torch.compile

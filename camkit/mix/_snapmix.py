@@ -25,7 +25,7 @@ Box = tuple[int, int, int, int]
 
 
 class SnapMixParams(NamedTuple):
-    """The random draws of one SnapMix call ([`SnapMix.sample`][camkit.SnapMix.sample]).
+    """The random draws of one SnapMix call ([`SnapMix.sample`][camkit.Mix.sample]).
 
     Attributes:
         perm: ``(B,)`` partner index of each image.
@@ -135,7 +135,7 @@ def snapmix(
 
     Without ``params`` the draws are made where ``generator`` lives; without one, on the host for
     ``box_mode="batch"`` (the shared box is then pasted as a slice) and on the images' device for
-    ``"sample"``. With ``params`` (from [`SnapMix.sample`][camkit.SnapMix.sample]) those draws
+    ``"sample"``. With ``params`` (from [`SnapMix.sample`][camkit.Mix.sample]) those draws
     are replayed and ``alpha``, ``prob``, ``box_mode`` and ``generator`` are not used.
 
     Returns:
@@ -169,7 +169,7 @@ class SnapMix(Mix):
     [`CAMExtractor.forward_frozen`][camkit.CAMExtractor.forward_frozen], mix, then train on
     ``mixed`` with timm's ``SoftTargetCrossEntropy`` and ``soft``. Nothing is read back from the
     device: with ``box_mode="batch"`` the draws are made on the host (a CPU generator), with
-    ``"sample"`` on the images' device. [`sample`][camkit.SnapMix.sample] draws a
+    ``"sample"`` on the images' device. [`sample`][camkit.Mix.sample] draws a
     [`SnapMixParams`][camkit.SnapMixParams] that ``forward`` (or `snapmix`) replays exactly.
 
     Convention:
@@ -199,7 +199,14 @@ class SnapMix(Mix):
             the CAMs of the *mixed* image, which the training forward computes anyway, as
             TransMix does with attention maps). A ``"mixed"`` SnapMix is used by
             [`TrainStep`][camkit.TrainStep] (or by [`mix_images`][camkit.Mix.mix_images]
-            then [`targets`][camkit.SnapMix.targets]); its `forward` refuses.
+            then [`targets`][camkit.Mix.targets]); its `forward` refuses.
+
+    ``sample(B, H, W)`` draws ``λ_a, λ_b ~ Beta(α, α)`` independently for the sizes of box A (in
+    the image) and box B (in its partner); draws on the host take their Beta variates from numpy,
+    seeded from the generator, and record a batch-wide box as host ints; draws on an accelerator
+    stay in torch. ``targets(labels, cams, params, size)`` takes the ``(B, h, w)`` CAMs of the
+    un-mixed images (``cam_source="unmixed"``) or the ``(B, 2, h, w)`` CAMs of the mixed images
+    for their two labels, ``y`` and ``y[params.perm]`` (``"mixed"``).
 
     Shape:
         - images: ``(B, C, H, W)`` float (not modified).
@@ -286,52 +293,6 @@ class SnapMix(Mix):
 
     def check_params(self, params: object, batch_size: int) -> None:
         _check_box_params(params, batch_size, SnapMixParams)
-
-    def sample(
-        self,
-        batch_size: int,
-        height: int,
-        width: int,
-        *,
-        cams: torch.Tensor | None = None,
-        device: torch.device | str | None = None,
-    ) -> SnapMixParams:
-        """Draw the partner permutation, the boxes and the coin for a batch, with this generator.
-
-        Convention:
-            ``λ_a, λ_b ~ Beta(α, α)`` independently give the sizes of box A (in the image) and
-            box B (in its partner). Draws on the host take their Beta variates from numpy, seeded
-            from the generator; draws on an accelerator stay in torch.
-
-        Args:
-            batch_size: ``B`` ≥ 1.
-            height: image height ``H`` ≥ 1.
-            width: image width ``W`` ≥ 1.
-            cams: not used (SnapMix's draws do not depend on the CAMs).
-            device: where to draw (default: the generator's device, else the host). Draws on the
-                host with ``box_mode="batch"`` record the shared box as host ints.
-
-        Returns:
-            A [`SnapMixParams`][camkit.SnapMixParams] on ``device``.
-        """
-        return super().sample(batch_size, height, width, cams=cams, device=device)
-
-    def targets(
-        self,
-        labels: torch.Tensor,
-        cams: torch.Tensor,
-        params: SnapMixParams,
-        size: tuple[int, int],
-        *,
-        validate_args: bool = True,
-    ) -> torch.Tensor:
-        """Soft targets ``(B, K)`` of the draws ``params`` for images of ``size`` ``(H, W)``.
-
-        ``cams``: ``(B, h, w)`` CAMs of the un-mixed images for ``cam_source="unmixed"``;
-        ``(B, 2, h, w)`` CAMs of the mixed images for their two labels (``y`` and
-        ``y[params.perm]``) for ``"mixed"``.
-        """
-        return super().targets(labels, cams, params, size, validate_args=validate_args)
 
     def extra_repr(self) -> str:
         c = self.config
