@@ -39,8 +39,8 @@ import torch.nn.functional as F
 import camkit
 from benchmarks.plots import shrink_png
 from benchmarks.reproduce import TABLES, block_recipe
-from benchmarks.runner.io import atomic_write_text, load_checkpoint
-from benchmarks.runner.loop import checkpoint_path, make_tta
+from benchmarks.runner.io import atomic_write_text
+from benchmarks.runner.loop import make_tta, selected_weights
 from benchmarks.runner.models import create_model, tta_geometry
 from benchmarks.runner.recipes import RECIPES, RunConfig
 from benchmarks.runner.run import Runner
@@ -90,7 +90,7 @@ def best_seed(rows: list[dict], method: str, epochs: int) -> int:
 
 
 def _model(cfg: RunConfig, num_classes: int):
-    state = load_checkpoint(checkpoint_path(cfg), required=("best_state",))["best_state"]
+    state = selected_weights(cfg)
     return create_model(cfg.recipe, num_classes, torch.device("cpu"), state=state).eval()
 
 

@@ -403,7 +403,7 @@ def bench_tta(cfg: dict, device: torch.device, args: argparse.Namespace) -> dict
     import timm
 
     from benchmarks.runner.data import data_root
-    from benchmarks.runner.loop import checkpoint_path
+    from benchmarks.runner.loop import selected_weights
     from benchmarks.runner.models import create_model
     from benchmarks.runner.recipes import RECIPES, RunConfig
     from benchmarks.runner.run import Runner
@@ -440,7 +440,7 @@ def bench_tta(cfg: dict, device: torch.device, args: argparse.Namespace) -> dict
     elif c["epochs"] > 0 and root is not None:
         log(f"[tta] the site-B baseline of the runner: resnet18 at {size}², {c['epochs']} epochs")
         rows = runner.run(run)
-        state = load_checkpoint(checkpoint_path(run), required=("best_state",))["best_state"]
+        state = selected_weights(run)
         model = create_model(recipe, 2, device, state=state).eval()
         info["model"] = (
             f"resnet18 trained here from scratch by the runner (site-B baseline recipe, "

@@ -3,7 +3,6 @@
 Usage (from the repository root; ``make figures`` runs it)::
 
     python benchmarks/plots.py                 # reads benchmarks/results, writes docs/figures
-    python benchmarks/plots.py --gallery runs/figures   # also the example figures, shrunk
 
 - ``results_ablation.png``: accuracy per method and dataset from ``reproduce_cpu.json``, the bar
   at the mean over seeds, the whisker ± one standard deviation, each seed a dot;
@@ -11,8 +10,10 @@ Usage (from the repository root; ``make figures`` runs it)::
   the validation splits (what the recipe is chosen on) and on each test set, mean and 95 % CI;
 - ``perf_ratios.png``: the cost ratios of ``perf_cpu.json`` (and ``perf_cuda.json`` when present)
   against their targets;
-- with ``--gallery``, the figures the examples wrote for their trained models (``--figures``),
-  copied as small PNGs (``gallery_*.png``) for the gallery and the API pages.
+- ``results_pretrained.png`` and ``results_pretrained_paired.png``: the same two plots of the
+  pretrained table (``pretrained_cpu.json``), a panel per schedule.
+
+The gallery's figures come from ``benchmarks/figures.py``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _accuracies(entry: dict) -> list[float]:
     return [float(v) for v in values]
 
 
-def ablation_figure(results: dict, recommended: str | None = None):
+def ablation_figure(results: dict, recommended: str | None = None, title: str | None = None):
     """One panel per dataset: mean ± std accuracy per method, each seed a dot; the baseline grey,
     the recommended recipe green."""
     from matplotlib.figure import Figure
@@ -80,10 +81,20 @@ def ablation_figure(results: dict, recommended: str | None = None):
         low = min((v for a in accs for v in a), default=0.0)
         ax.set_ylim(max(0.0, low - 10), min(100.0, max(means) + max(stds) + 8))
     fig.suptitle(
-        "Ablations from scratch on the CPU: mean ± std over seeds, dots = seeds"
+        (title or "Ablations from scratch on the CPU")
+        + ": mean ± std over seeds, dots = seeds"
         + ("; green = the recommended recipe" if recommended else "")
     )
     return fig
+
+
+def pretrained_results(rows: list[dict]) -> dict:
+    """The pretrained table as ``{panel: {method: {"acc": [...]}}}``, a panel per schedule."""
+    out: dict = {}
+    for r in rows:
+        panel = f"site-B, {r['epochs']} epochs (test)"
+        out.setdefault(panel, {}).setdefault(r["method"], {}).setdefault("acc", []).append(r["acc"])
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0].split(", ")[1].split()[0])))
 
 
 def perf_figure(runs: dict[str, dict]):
@@ -141,7 +152,7 @@ def paired_figure(rows: list[dict], recommended: str | None):
                 acc.setdefault(panel, {}).setdefault(r["method"], {})[r["seed"]] = r[key]
     panels = [p for p in acc if "baseline" in acc[p]]
     methods = list(dict.fromkeys(m for p in panels for m in acc[p] if m != "baseline"))
-    fig = Figure(figsize=(2.6 * len(panels) + 1.5, 0.4 * len(methods) + 1.6), layout="constrained")
+    fig = Figure(figsize=(3.4 * len(panels) + 1.8, 0.5 * len(methods) + 2.0), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, panel in zip(axes, panels, strict=True):
         base = acc[panel]["baseline"]
@@ -159,7 +170,7 @@ def paired_figure(rows: list[dict], recommended: str | None):
         ax.axvline(0.0, color="tab:gray", linestyle="--", linewidth=1)
         ax.set_title(f"{panel[0]} {panel[1]}", fontsize=9)
         ax.set_xlabel("acc − baseline (points)", fontsize=8)
-        ax.set_xlim(*_clipped(ax.get_xlim(), 15.0))
+        ax.set_xlim(*_clipped(ax.get_xlim(), 40.0))
     axes[0].set_yticks(range(len(methods)), methods, fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(
@@ -171,18 +182,9 @@ def paired_figure(rows: list[dict], recommended: str | None):
 
 
 def _clipped(limits: tuple[float, float], span: float) -> tuple[float, float]:
-    """At most ``span`` points on either side of 0 (one wild CI would flatten the others)."""
+    """At most ``span`` points on either side of 0 (one wild CI would flatten the others; the
+    collapsed runs of a paper-form CPE lose up to 25 points, so 40 keeps every interval)."""
     return max(limits[0], -span), min(limits[1], span)
-
-
-GALLERY = {  # docs/figures name: the example's figure (runs of `make figures`)
-    "gallery_covid_cams.png": "covid/figures/B_snapmix_cpe_seed0_cams.png",
-    "gallery_covid_snapmix.png": "covid/figures/B_snapmix_cpe_seed0_snapmix.png",
-    "gallery_covid_tta.png": "covid/figures/B_snapmix_cpe_seed0_tta.png",
-    "gallery_covid_deletion.png": "covid/figures/B_snapmix_cpe_seed0_deletion.png",
-    "gallery_digits_cams.png": "digits/figures/mnist_snapmix_cpe_seed0_cams.png",
-    "gallery_digits_tta.png": "digits/figures/mnist_snapmix_cpe_seed0_tta.png",
-}
 
 
 def shrink_png(src: Path, dst: Path, max_width: int = 720) -> Path:
@@ -209,22 +211,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=FIGURES)
-    parser.add_argument(
-        "--gallery",
-        type=Path,
-        help="folder of the example runs of `make figures`: copy their figures into --out",
-    )
     args = parser.parse_args(argv)
     written = []
-    if args.gallery is not None:
-        missing = [str(args.gallery / src) for src in GALLERY.values()]
-        missing = [m for m in missing if not Path(m).is_file()]
-        if missing:
-            raise SystemExit(
-                f"--gallery: these figures are missing (run `make figures`): {missing}"
-            )
-        for name, src in GALLERY.items():
-            written.append(shrink_png(args.gallery / src, args.out / name))
     reproduce = args.results / "reproduce_cpu.json"
     recommended = None
     if reproduce.is_file():
@@ -238,6 +226,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
             data = nest(data["rows"])
         fig = ablation_figure(data, recommended)
         written.append(save_figure(fig, args.out / "results_ablation.png", dpi=90))
+    pretrained = args.results / "pretrained_cpu.json"
+    if pretrained.is_file():
+        data = json.loads(pretrained.read_text())
+        chosen = data.get("recommended")
+        rows = [r for r in data["rows"] if r["dataset"] == "site-B"]
+        fig = ablation_figure(pretrained_results(rows), chosen, "Site B fine-tuned from ImageNet")
+        written.append(save_figure(fig, args.out / "results_pretrained.png", dpi=90))
+        panels = [{**r, "dataset": f"site-B {r['epochs']} ep"} for r in rows]
+        fig = paired_figure(panels, chosen)
+        written.append(save_figure(fig, args.out / "results_pretrained_paired.png", dpi=90))
     runs = {}
     for device in ("cpu", "cuda"):
         path = args.results / f"perf_{device}.json"

@@ -215,6 +215,9 @@ def test_the_digits_draw_is_fixed_disjoint_and_a_stream_run_resumes_exactly(tmp_
     assert data.tests["mnist-mnistm"][0].shape[1] == 3
     cfg = RunConfig("digits", "snapmix", 0, recipe, tmp_path / "straight")
     straight = loop.train(cfg, data, torch.device("cpu"), lambda _: None)
+    # the last epoch is the one reported: what a reader of the checkpoint gets too
+    weights = loop.selected_weights(cfg)
+    assert all(torch.equal(weights[k], v) for k, v in straight["best_state"].items())
     real_save = loop.atomic_save
 
     def crash(obj, path):
@@ -226,6 +229,8 @@ def test_the_digits_draw_is_fixed_disjoint_and_a_stream_run_resumes_exactly(tmp_
     resumed_cfg = RunConfig("digits", "snapmix", 0, recipe, tmp_path / "resumed")
     with pytest.raises(_Interrupt):
         loop.train(resumed_cfg, data, torch.device("cpu"), lambda _: None)
+    with pytest.raises(ValueError, match=r"stopped at epoch 1 of 2; resume it"):
+        loop.selected_weights(resumed_cfg)
     monkeypatch.setattr(loop, "atomic_save", real_save)
     resumed = loop.train(resumed_cfg, data, torch.device("cpu"), lambda _: None)
     assert resumed["losses"] == straight["losses"]  # the random streams were restored

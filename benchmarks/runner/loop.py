@@ -54,6 +54,18 @@ def checkpoint_path(cfg: RunConfig) -> Path:
     return Path(cfg.out) / f"{cfg.dataset}_{training_name(cfg.method)}_seed{cfg.seed}.pt"
 
 
+def selected_weights(cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """The weights a finished run reports: the epoch chosen on validation, else the last one."""
+    path = checkpoint_path(cfg)
+    ckpt = load_checkpoint(path, required=("model", "best_state", "epoch", "epochs"))
+    if ckpt["epoch"] < ckpt["epochs"]:
+        raise ValueError(
+            f"{path}: the run stopped at epoch {ckpt['epoch']} of {ckpt['epochs']}; resume it "
+            "before reading its weights"
+        )
+    return ckpt["best_state"] if ckpt["best_state"] is not None else ckpt["model"]
+
+
 def _weights_id(path: str | None) -> str | None:
     """A weights file as its name and content hash, so that rows agree across machines."""
     if path in (None, "timm"):

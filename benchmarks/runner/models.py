@@ -70,7 +70,12 @@ def input_stats(model_name: str, pretrained: str | None) -> tuple[tuple, tuple] 
 
 
 def create_model(recipe, num_classes: int, device: torch.device, state=None) -> nn.Module:
-    """The recipe's model on ``device``: ``state`` when given, else its (pretrained) weights."""
+    """The recipe's model on ``device``: ``state`` when given, else its (pretrained) weights.
+
+    ``state`` is a state dict or ``None`` (not given); an empty one is refused rather than
+    leaving the weights at their initialisation."""
+    if state is not None and not state:
+        raise ValueError("state: expected a state dict of the model's weights, got an empty one")
     kwargs = dict(recipe.model_kwargs)
     if state is not None or recipe.pretrained is None:
         model = timm.create_model(recipe.model, pretrained=False, num_classes=num_classes, **kwargs)
