@@ -176,3 +176,21 @@ def test_a_table_refuses_rows_of_different_settings(tmp_path):
     path.write_text(json.dumps({"site-B": {"baseline": {"acc": [1.0]}}}))
     with pytest.raises(ValueError, match=r"expected a results file \{'rows'"):
         _quiet(report)
+
+
+def test_the_pretrained_choice_reads_the_digits_too_once_they_are_there(tmp_path):
+    rows = []
+    for seed in range(3):
+        for method, val in (("baseline", 60.0), ("cutmix", 61.0), ("snapmix", 60.5)):
+            rows.append(_row("site-B", method, seed, 70.0, val + seed))
+        for dataset in ("mnist-usps", "mnist-mnistm"):
+            for method, val in (("baseline", 90.0), ("cutmix", 88.0), ("snapmix", 91.0)):
+                rows.append(_row(dataset, method, seed, 80.0, val, 5))
+    merge_results(tmp_path / "pretrained_cpu.json", rows, key=reproduce.ROW_KEY)
+    _quiet(["--table", "pretrained", "--report-only", "--results", str(tmp_path)])
+    data = json.loads((tmp_path / "pretrained_cpu.json").read_text())
+    # CutMix gains most on site B but loses 2 points on the digits: SnapMix loses least anywhere
+    assert data["recommended"] == "snapmix"
+    assert data["recommended_detail"]["val_delta"] == pytest.approx({"site-B": 0.5, "digits": 1.0})
+    md = (tmp_path / "pretrained_cpu.md").read_text()
+    assert "## mnist-usps: MNIST → USPS" in md and "| cutmix | 3 | 88.00 ± 0.00 | 80.00" in md
