@@ -660,7 +660,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 cfg = RunConfig(
                     block.dataset, method, seed, recipe, args.out / block.folder, options
                 )
-                runner.run(cfg, reevaluate=args.reevaluate)
+                study = method in block.vote_study  # the vote rules at once where asked for
+                runner.run(cfg, reevaluate=args.reevaluate, vote_study=study)
         publish()
         rows = merge_results(json_path, [], key=ROW_KEY)
         chosen = choose(rows, present(rows), **selection)["recommended"]
