@@ -22,7 +22,7 @@ from camkit.mix._snapmix import Box, BoxMode, SnapMixParams, _check_box_params
 
 
 class CutMixParams(NamedTuple):
-    """The random draws of one CutMix call ([`CutMix.sample`][camkit.CutMix.sample]).
+    """The random draws of one CutMix call ([`CutMix.sample`][camkit.Mix.sample]).
 
     Attributes:
         perm: ``(B,)`` partner index of each image.
@@ -40,7 +40,7 @@ class CutMixParams(NamedTuple):
 
 
 class MixupParams(NamedTuple):
-    """The random draws of one Mixup call ([`Mixup.sample`][camkit.Mixup.sample]).
+    """The random draws of one Mixup call ([`Mixup.sample`][camkit.Mix.sample]).
 
     Attributes:
         perm: ``(B,)`` partner index of each image.
