@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import DATA, needs_digits, needs_site_b
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-ALLOWED = {"camkit", "timm", "torch", "torchvision", "kornia", "tqdm"}
+ALLOWED = {"camkit", "timm", "torch", "torchvision", "kornia", "tqdm", "numpy"}
 ALLOWED |= {"argparse", "copy", "os", "pathlib", "__future__"}  # the standard library they use
 
 
