@@ -12,7 +12,7 @@ examples use) with the CPE in the paper's form (Eq. 1, ``normalize=False, temper
 - ``full_fast``: ``TrainStep(model, mix=SnapMix(2, cam_source="mixed"), cpe=...)``: SnapMix
   without the extra forward (label weights from the training forward's CAMs of the mixed batch)
 - ``full_fast_collated``: the same step given a batch mixed beforehand (as by
-  ``camkit.SnapMixCollate`` in a DataLoader worker): ``step(xm, y, mixed_params=params)``; the
+  ``camkit.MixCollate`` in a DataLoader worker): ``step(xm, y, mixed_params=params)``; the
   host paste is not timed, as it runs in the workers
 - ``full_hand``: the same step written by hand from the parts, as the README did before
   ``TrainStep`` existed (``cams = ext.forward_frozen(x, y).cams; xm, soft = mix(x, y, cams);
@@ -38,7 +38,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-from camkit import CAMExtractor, ContrastivePatchLoss, SnapMix, SnapMixCollate, TrainStep
+from camkit import CAMExtractor, ContrastivePatchLoss, MixCollate, SnapMix, TrainStep
 
 STEP_VARIANTS = (
     "plain",
@@ -93,8 +93,8 @@ class StepBench:
         self.y = (torch.arange(batch) % num_classes)[torch.randperm(batch, generator=gen)].to(
             device
         )
-        # a batch mixed beforehand for `full_fast_collated` (what SnapMixCollate hands the step)
-        collate = SnapMixCollate(SnapMix(num_classes, cam_source="mixed"))
+        # a batch mixed beforehand for `full_fast_collated` (what MixCollate hands the step)
+        collate = MixCollate(SnapMix(num_classes, cam_source="mixed"))
         xm, ym, self.premixed_params = collate(list(zip(self.x.cpu(), self.y.cpu(), strict=True)))
         self.premixed = (xm.to(device), ym.to(device))
         # given CAMs for `snapmix_op`, at the model's feature resolution

@@ -602,7 +602,7 @@ def test_load_digits_npz_roundtrip(tmp_path):
         ({"x_test": np.zeros((4, 16, 16), np.uint8)}, r"'x_test': expected images of shape"),
         ({"y_train": np.zeros(5, np.uint8)}, r"'y_train': expected shape \(6,\) to match"),
         ({"y_train": np.zeros(6, np.float32)}, r"'y_train': expected an integer dtype"),
-        ({"y_test": -np.ones(4, np.int64)}, r"'y_test': expected labels >= 0"),
+        ({"y_test": -np.ones(4, np.int64)}, r"'y_test': expected labels in \[0, 9\]"),
     ],
 )
 def test_load_digits_npz_invalid(tmp_path, change, message):

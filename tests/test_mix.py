@@ -206,7 +206,7 @@ def test_attentive_cutmix_pastes_the_partners_top_cells():
 
 
 def test_mix_argument_errors_name_the_argument():
-    with pytest.raises(ValueError, match="alpha: expected a value > 0"):
+    with pytest.raises(ValueError, match="alpha: expected a finite value > 0"):
         CutMix(K, alpha=0.0)
     with pytest.raises(ValueError, match=r"mode: expected one of 'batch', 'sample'"):
         Mixup(K, mode="elem")
