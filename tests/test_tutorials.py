@@ -20,7 +20,7 @@ ALLOWED |= {"argparse", "copy", "os", "pathlib", "__future__"}  # the standard l
 @pytest.mark.parametrize("name", ["covid_ct.py", "mnist_usps.py"])
 def test_a_tutorial_is_short_and_imports_only_the_libraries_it_teaches(name):
     source = (EXAMPLES / name).read_text()
-    assert len(source.splitlines()) <= 190
+    assert len(source.splitlines()) <= 200
     imported = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
