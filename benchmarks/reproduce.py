@@ -110,7 +110,13 @@ TABLES = {
     "pretrained": (
         "pretrained_cpu",
         [
-            Block("site-B", (*PRETRAINED, ("epochs", 10)), PRETRAINED_METHODS, "pretrained_ep10"),
+            Block(
+                "site-B",
+                (*PRETRAINED, ("epochs", 10)),
+                PRETRAINED_METHODS,
+                "pretrained_ep10",
+                vote_study=("baseline", "recommended"),
+            ),
             Block(
                 "site-B",
                 (*PRETRAINED, ("epochs", 30)),
