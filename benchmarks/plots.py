@@ -82,8 +82,9 @@ def ablation_figure(results: dict, recommended: str | None = None, title: str | 
         ax.set_ylim(max(0.0, low - 10), min(100.0, max(means) + max(stds) + 8))
     fig.suptitle(
         (title or "Ablations from scratch on the CPU")
-        + ": mean ± std over seeds, dots = seeds"
-        + ("; green = the recommended recipe" if recommended else "")
+        + "\nmean ± std over seeds, dots = seeds"
+        + ("; green = the recommended recipe" if recommended else ""),
+        fontsize=10,
     )
     return fig
 
@@ -135,9 +136,10 @@ def perf_figure(runs: dict[str, dict]):
     return fig
 
 
-def paired_figure(rows: list[dict], recommended: str | None):
+def paired_figure(rows: list[dict], recommended: str | None, columns: int | None = None):
     """Each method's paired difference to the baseline (mean and 95 % CI; dots = seeds), on the
-    validation split the recipe is chosen on and on each test set, from ``reproduce_cpu.json``."""
+    validation split the recipe is chosen on and on each test set, from ``reproduce_cpu.json``;
+    ``columns`` panels a row (default: all in one row)."""
     from matplotlib.figure import Figure
 
     from benchmarks.runner.report import paired_ci
@@ -152,9 +154,15 @@ def paired_figure(rows: list[dict], recommended: str | None):
                 acc.setdefault(panel, {}).setdefault(r["method"], {})[r["seed"]] = r[key]
     panels = [p for p in acc if "baseline" in acc[p]]
     methods = list(dict.fromkeys(m for p in panels for m in acc[p] if m != "baseline"))
-    fig = Figure(figsize=(3.4 * len(panels) + 1.8, 0.5 * len(methods) + 2.0), layout="constrained")
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, panel in zip(axes, panels, strict=True):
+    cols = min(columns or len(panels), len(panels))
+    grid = -(-len(panels) // cols)
+    fig = Figure(
+        figsize=(3.4 * cols + 1.8, grid * (0.5 * len(methods) + 1.4) + 0.6), layout="constrained"
+    )
+    axes = fig.subplots(grid, cols, sharey=True, squeeze=False).flatten()
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax, panel in zip(axes, panels, strict=False):
         base = acc[panel]["baseline"]
         for y, m in enumerate(methods):
             seeds = sorted(set(acc[panel].get(m, {})) & set(base))
@@ -173,10 +181,12 @@ def paired_figure(rows: list[dict], recommended: str | None):
         ax.set_xlim(*_clipped(ax.get_xlim(), 40.0))
     axes[0].set_yticks(range(len(methods)), methods, fontsize=8)
     axes[0].invert_yaxis()
+    for ax in axes:
+        ax.tick_params(labelsize=8)
     fig.suptitle(
-        "Paired difference to the baseline, mean and 95 % CI over seeds (dots = seeds; green = "
+        "Paired difference to the baseline, mean and 95 % CI over seeds\n(dots = seeds; green = "
         "the recommended recipe, chosen on the validation panels only)",
-        fontsize=9,
+        fontsize=10,
     )
     return fig
 
@@ -234,7 +244,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         fig = ablation_figure(pretrained_results(rows), chosen, "Site B fine-tuned from ImageNet")
         written.append(save_figure(fig, args.out / "results_pretrained.png", dpi=90))
         panels = [{**r, "dataset": f"site-B {r['epochs']} ep"} for r in rows]
-        fig = paired_figure(panels, chosen)
+        fig = paired_figure(panels, chosen, columns=2)
         written.append(save_figure(fig, args.out / "results_pretrained_paired.png", dpi=90))
     runs = {}
     for device in ("cpu", "cuda"):

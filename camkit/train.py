@@ -105,6 +105,11 @@ class TrainStep(nn.Module):
     a mix nor CPE it is a plain (soft-target) cross-entropy step. The inputs are checked once, at
     the step's entry; the parts are then called with ``validate_args=False``.
 
+    Two recipes are named throughout the docs: the recommended recipe,
+    ``TrainStep(model, cpe=ContrastivePatchLoss())`` (chosen on validation data, see the results
+    page), and the paper's recipe,
+    ``TrainStep(model, mix=SnapMix(num_classes=2), cpe=ContrastivePatchLoss.paper())``.
+
     The optimiser step stays outside (as with timm's tasks): ``out.loss.backward()`` then
     ``optimizer.step()``. Autocast, gradient scaling, accumulation and EMA are the loop's, and
     work as they do for a plain model: the criterion and CPE are computed in float32 under

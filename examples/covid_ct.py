@@ -57,6 +57,8 @@ p.add_argument("--out", type=Path, default=Path("runs/demo"))
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--quiet", action="store_true", help="no progress bars")
 args = p.parse_args()
+if not timm.is_model(args.model):
+    p.error(f"--model {args.model}: not a timm model (timm.list_models() names them)")
 if not 0 < args.lr < float("inf"):
     p.error(f"--lr: expected a finite value > 0, got {args.lr}")
 torch.manual_seed(args.seed)

@@ -47,6 +47,8 @@ for name in ("train_digits", "test_digits", "epochs"):
     )
     if value is not None and value < least:
         p.error(f"--{name.replace('_', '-')}: expected an int >= {least}, got {value}")
+if not timm.is_model(args.model):
+    p.error(f"--model {args.model}: not a timm model (timm.list_models() names them)")
 torch.manual_seed(args.seed)
 
 # 1. Data: MNIST digits to train on; USPS (framed as MNIST frames its digits) and MNIST-M to test

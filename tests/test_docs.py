@@ -59,3 +59,79 @@ def test_docs_build_strict(tmp_path):
     # Only the public API is rendered: no private helper or private module shows.
     private = sorted(a for a in anchors if any(part.startswith("_") for part in a.split(".")))
     assert not private, f"private objects in the API reference: {private}"
+
+
+# --- one recipe story across the pages (issue 20) ---------------------------------------------
+RECOMMENDED = "TrainStep(model, cpe=ContrastivePatchLoss())"
+PAPER = "TrainStep(model, mix=SnapMix(num_classes=2), cpe=ContrastivePatchLoss.paper())"
+VOTE = "CAMMaskingTTA(model, k=31, theta=0.2)"
+# the code of each benchmark method the docs may name as the recommended recipe
+RECIPE_CODE = {"cpe_norm": RECOMMENDED}
+# what each page must say, word for word
+PAGES = {
+    "README.md": ("the recommended recipe", RECOMMENDED, "the paper's recipe", PAPER, VOTE),
+    "docs/index.md": ("The recommended recipe", RECOMMENDED, "The paper's recipe", PAPER, VOTE),
+    "docs/getting-started.md": ("the recommended recipe", RECOMMENDED, "the paper's recipe", PAPER),
+    "docs/results.md": ("The recommended recipe", RECOMMENDED, "the paper's recipe", PAPER, VOTE),
+    "docs/method.md": ("the recommended recipe", RECOMMENDED, "ContrastivePatchLoss.paper()"),
+    "docs/gallery.md": ("the recommended recipe", RECOMMENDED),
+    "docs/timm.md": ("the paper's recipe", "ContrastivePatchLoss.paper()"),
+}
+# phrases of former APIs and scripts that must not come back
+STALE = (
+    "snapmix=", "SnapMixTask.from_model", "--demo", "camkit.io", "format_table", "evidence.py",
+    "normalize=False, temperature=1.0)", "--no-cpe-normalize", "SnapMixCollate(",
+)  # fmt: skip
+
+
+def _page(name: str) -> str:
+    return " ".join((ROOT / name).read_text(encoding="utf-8").split())  # line breaks as spaces
+
+
+@pytest.mark.parametrize("name", sorted(PAGES))
+def test_every_page_names_the_recipes_the_same_way(name):
+    text = _page(name)
+    missing = [phrase for phrase in PAGES[name] if phrase not in text]
+    assert not missing, f"{name} does not say: {missing}"
+
+
+def test_no_page_uses_former_names():
+    pages = ["README.md", *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md"))]
+    found = [(page, s) for page in pages for s in STALE if s in _page(page)]
+    assert not found, found
+
+
+def test_the_published_recommendation_is_the_documented_one():
+    path = ROOT / "benchmarks" / "results" / "pretrained_cpu.json"
+    if not path.is_file():
+        pytest.skip("benchmarks/results/pretrained_cpu.json is not published")
+    import json
+
+    method = json.loads(path.read_text())["recommended"]
+    assert RECIPE_CODE.get(method) == RECOMMENDED, (
+        f"the pretrained table recommends {method!r}; the docs say {RECOMMENDED}"
+    )
+
+
+def test_the_tutorial_defaults_are_the_recommended_recipe():
+    text = (ROOT / "examples" / "covid_ct.py").read_text(encoding="utf-8")
+    mix = re.search(r'"--mix", choices=\([^)]*\), default="(\w+)"', text)
+    cpe = re.search(r'"--cpe", choices=\([^)]*\), default="(\w+)"', text)
+    assert mix and cpe, "the tutorial's --mix/--cpe options were not found"
+    assert (mix[1], cpe[1]) == ("none", "norm"), (mix[1], cpe[1])  # RECOMMENDED: no mix, CPE L2
+    assert "ContrastivePatchLoss()" in text and '"norm": ContrastivePatchLoss()' in text
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "examples/covid_ct.py $(DEMO_ARGS)" in makefile  # the demo keeps the defaults
+
+
+def test_code_blocks_fit_the_page():
+    too_long = []
+    for page in ["README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        path = ROOT / page
+        inside = False
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.lstrip().startswith("```"):
+                inside = not inside
+            elif inside and len(line) > 96:
+                too_long.append(f"{path.relative_to(ROOT)}:{number}: {len(line)} characters")
+    assert not too_long, "\n".join(too_long)

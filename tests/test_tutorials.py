@@ -75,3 +75,13 @@ def test_the_digits_tutorial_trains_on_mnist_and_tests_on_two_targets(tmp_path):
     )  # fmt: skip
     assert "| USPS | 32 |" in out and "| MNIST-M | 32 |" in out
     assert (tmp_path / "digits" / "usps_cams.png").is_file()
+
+
+@pytest.mark.parametrize("name", ["covid_ct.py", "mnist_usps.py"])
+def test_a_tutorial_refuses_an_unknown_model_in_one_line(name, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), "--model", "not_a_model"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    last = proc.stderr.splitlines()[-1]
+    assert proc.returncode == 2 and "--model not_a_model: not a timm model" in last, proc.stderr
