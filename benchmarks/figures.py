@@ -8,10 +8,10 @@ Which model each figure shows is decided by a rule written here, never by lookin
   the highest *validation* accuracy (ties: the lowest seed), its checkpoint in ``--runs``;
 - digits: seed 0 of the digits benchmark's best method on validation, trained by the runner if
   its checkpoint is missing (the runner reproduces the benchmark's models bit for bit);
-- the tiles: the first four test images of each class in the official list order; the SnapMix
-  pair: the first training image whose partner has the other class; the TTA figure: the first
-  test image whose vote was decided by the fewest supporting votes; the deletion curves: the
-  first two test images of each class.
+- the tiles: the first four test images of each class in the official list order (digits: the
+  first of each class); the SnapMix pair: the first training image whose partner has the other
+  class; the TTA figure: the tile whose vote was closest (the smallest margin between votes for
+  and against; the first such); the deletion curves: the first two test images of each class.
 
 It also measures, per method and seed of the pretrained table and for a from-scratch site-B
 baseline (trained here by the runner, the published recipe), the **share of CAM mass inside the
@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 FIGURES = ROOT / "docs" / "figures"
 DARK = 0.15
+RAW = ROOT / "runs" / "figures" / "raw"  # the full-size figures, not committed
 
 
 def body_mask(images: torch.Tensor) -> torch.Tensor:
@@ -151,7 +152,7 @@ def gallery(cfg: RunConfig, data, out: Path, stem: str, names: list[str]) -> lis
     )
     written = []
     for name, fig in figures.items():
-        raw = camkit.save_figure(fig, out / "raw" / f"gallery_{stem}_{name}.png")
+        raw = camkit.save_figure(fig, RAW / f"gallery_{stem}_{name}.png")
         written.append(shrink_png(raw, out / f"gallery_{stem}_{name}.png", max_width=1000))
     return written
 
