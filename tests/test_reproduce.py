@@ -157,7 +157,7 @@ def test_the_recommendation_is_tested_against_the_baseline_on_every_dataset(tmp_
     assert "| 80.00 ± 0.00 | 79.50 ± 0.00 (vote argmax) | -0.50 [-0.50, -0.50] |" in usps
     assert "loses to the baseline" in usps
     site = next(line for line in md.splitlines() if line.startswith("| site-B | 3 |"))
-    assert "(plain: vote threshold not measured)" in site and "+2.00 [" in site
+    assert "(plain: vote threshold measured on 0 of" in site and "+2.00 [" in site
 
 
 def test_a_table_refuses_rows_of_different_settings(tmp_path):
