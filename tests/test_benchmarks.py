@@ -115,26 +115,50 @@ def test_released_tta_reference_matches_camkit_full_vote():
     assert torch.equal(got, result.labels)
 
 
-def test_result_plots_show_the_committed_numbers(tmp_path):
+def _result_rows(epochs: int = 20) -> list[dict]:
+    """Rows as reproduce.py writes them: two datasets, three methods, three seeds."""
+    rows = []
+    for d, dataset in enumerate(("site-B", "mnist-usps")):
+        for m, method in enumerate(("baseline", "snapmix", "cpe_norm")):
+            for seed in range(3):
+                acc = 60.0 + 10 * d + 2.0 * m + seed
+                rows.append(dict(dataset=dataset, method=method, seed=seed, acc=acc,
+                                 val_acc=acc + 1, epochs=epochs))  # fmt: skip
+    return rows
+
+
+def test_result_plots_show_the_numbers_of_the_results_files(tmp_path):
     import statistics
 
     from benchmarks import plots
+    from benchmarks.reproduce import nest
 
-    results = json.loads((plots.RESULTS / "reproduce_cpu.json").read_text())
-    if "rows" in results:  # reproduce.py's merged rows
-        from benchmarks.reproduce import nest
-
-        results = nest(results["rows"])
-    fig = plots.ablation_figure(results)
-    ax = fig.axes[0]
-    dataset = next(iter(results))
-    heights = [patch.get_height() for patch in ax.patches]
-    means = [statistics.fmean(row["acc"]) for row in results[dataset].values()]
-    assert heights == pytest.approx(means)
-    written = plots.main(["--out", str(tmp_path)])
-    names = {"results_ablation.png", "results_paired.png", "perf_ratios.png"}
-    assert {p.name for p in written} == names
+    rows = _result_rows()
+    fig = plots.ablation_figure(nest(rows))
+    heights = [patch.get_height() for patch in fig.axes[0].patches]
+    by: dict = {}
+    for r in rows:
+        if r["dataset"] == "site-B":
+            by.setdefault(r["method"], []).append(r["acc"])
+    assert heights == pytest.approx([statistics.fmean(v) for v in by.values()])
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "reproduce_cpu.json").write_text(json.dumps({"rows": rows}))
+    written = plots.main(["--results", str(results), "--out", str(tmp_path)])
+    assert {p.name for p in written} == {"results_ablation.png", "results_paired.png"}
+    pretrained = [r for r in _result_rows(10) + _result_rows(30) if r["dataset"] == "site-B"]
+    data = {"rows": pretrained, "recommended": "cpe_norm"}
+    (results / "pretrained_cpu.json").write_text(json.dumps(data))
+    written = plots.main(["--results", str(results), "--out", str(tmp_path)])
+    assert {"results_pretrained.png", "results_pretrained_paired.png"} <= {p.name for p in written}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    fig = plots.paired_figure(
+        [{**r, "dataset": f"site-B {r['epochs']} ep"} for r in pretrained], "cpe_norm", columns=2
+    )
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == [
+        f"site-B {e} ep {split}" for e in (10, 30) for split in ("validation", "test")
+    ]
 
 
 def test_paired_plot_marks_each_methods_mean_paired_difference():
