@@ -125,13 +125,16 @@ def test_the_tutorial_defaults_are_the_recommended_recipe():
 
 
 def test_code_blocks_fit_the_page():
+    """No code line wraps: 86 characters fit a docs code block at 1280 px (checked in headless
+    Chromium), 96 one of the README on a repository page."""
     too_long = []
     for page in ["README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         path = ROOT / page
+        limit = 96 if path.name == "README.md" else 86
         inside = False
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.lstrip().startswith("```"):
                 inside = not inside
-            elif inside and len(line) > 96:
+            elif inside and len(line) > limit:
                 too_long.append(f"{path.relative_to(ROOT)}:{number}: {len(line)} characters")
     assert not too_long, "\n".join(too_long)
