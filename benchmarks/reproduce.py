@@ -491,6 +491,18 @@ def write_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
     atomic_write_text("\n".join(lines), path)
 
 
+def method_groups(sel: list[dict], chosen: dict):
+    """Per method of ``sel`` in row order: its name as the table prints it (bold when
+    recommended), its rows by seed, and its paired test-accuracy difference to the baseline."""
+    base = by_seed(r for r in sel if r["method"] == "baseline").get("baseline", {})
+    for method in dict.fromkeys(r["method"] for r in sel):
+        group = sorted((r for r in sel if r["method"] == method), key=lambda r: r["seed"])
+        acc = {r["seed"]: r["acc"] for r in group}
+        delta = "—" if method == "baseline" else ci_cell(paired_diffs(acc, base))
+        name = f"**{method}**" if chosen.get("recommended") == method else method
+        yield method, name, group, delta
+
+
 def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
     """The pretrained table: every method at each schedule, paired CIs, the recommendation."""
     digits = [r for r in rows if r["dataset"] in DIGITS_TARGETS]
@@ -529,7 +541,6 @@ def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
         lines += recommended_section(main_rows + digits, chosen)
     for epochs in schedules:
         sel = [r for r in rows if r["epochs"] == epochs]
-        base = by_seed(r for r in sel if r["method"] == "baseline").get("baseline", {})
         lines += [
             f"## {epochs} epochs",
             "",
@@ -537,10 +548,7 @@ def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
             "| recall | F1 | best val epochs | train s/run | paper acc |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for method in dict.fromkeys(r["method"] for r in sel):
-            group = sorted((r for r in sel if r["method"] == method), key=lambda r: r["seed"])
-            acc = {r["seed"]: r["acc"] for r in group}
-            delta = "—" if method == "baseline" else ci_cell(paired_diffs(acc, base))
+        for method, name, group, delta in method_groups(sel, chosen):
             cells = [mean_sd([r[k] for r in group if k in r]) for k in ("val_acc", "acc")]
             cells.append(delta)
             cells += [mean_sd([r[k] for r in group]) for k in ("precision", "recall", "f1")]
@@ -548,7 +556,6 @@ def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
             cells.append(f"{statistics.fmean(r['train_seconds'] for r in group):.0f}")
             paper = PAPER["site-B"].get(method, (None, None))[0]
             cells.append("-" if paper is None else f"{paper:.2f}")
-            name = f"**{method}**" if chosen.get("recommended") == method else method
             lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
         accs = by_seed(sel)
         if "snapmix" in accs and "cutmix" in accs:
@@ -558,7 +565,8 @@ def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
         if flips:
             counts = ", ".join(str(r["tta_flipped"]) for r in flips)
             forwards = statistics.fmean(r["tta_forwards"] for r in flips)
-            lines += ["", f"`full` TTA: labels flipped per seed [{counts}] of 203, "
+            n = flips[0]["n_test"]
+            lines += ["", f"`full` TTA: labels flipped per seed [{counts}] of {n}, "
                       f"{forwards:.1f} forwards per image."]  # fmt: skip
         lines.append("")
     if len(schedules) > 1:
@@ -591,7 +599,6 @@ def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
         sel = [r for r in digits if r["dataset"] == dataset]
         if not sel:
             continue
-        base = by_seed(r for r in sel if r["method"] == "baseline").get("baseline", {})
         lines += [
             f"## {dataset}: MNIST → {'USPS' if dataset.endswith('usps') else 'MNIST-M'}, "
             f"{sel[0]['settings'].get('model')} at {sel[0]['settings'].get('img_size')}², "
@@ -603,12 +610,8 @@ def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
             "| method | seeds | val acc | accuracy | Δ acc vs baseline [95 % CI] |",
             "|---|---|---|---|---|",
         ]
-        for method in dict.fromkeys(r["method"] for r in sel):
-            group = sorted((r for r in sel if r["method"] == method), key=lambda r: r["seed"])
-            acc = {r["seed"]: r["acc"] for r in group}
-            delta = "—" if method == "baseline" else ci_cell(paired_diffs(acc, base))
-            cells = [mean_sd([r["val_acc"] for r in group]), mean_sd(list(acc.values())), delta]
-            name = f"**{method}**" if chosen.get("recommended") == method else method
+        for _, name, group, delta in method_groups(sel, chosen):
+            cells = [mean_sd([r[k] for r in group]) for k in ("val_acc", "acc")] + [delta]
             lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
         lines.append("")
     rows_trained = rows + [r for r in digits if r["dataset"] == DIGITS_TARGETS[0]]

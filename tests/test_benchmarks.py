@@ -121,7 +121,7 @@ def _result_rows(epochs: int = 20) -> list[dict]:
     for d, dataset in enumerate(("site-B", "mnist-usps")):
         for m, method in enumerate(("baseline", "snapmix", "cpe_norm")):
             for seed in range(3):
-                acc = 60.0 + 10 * d + 2.0 * m + seed
+                acc = 60.0 + 10 * d + 2.0 * m + seed * (1 + m)  # paired differences vary
                 rows.append(dict(dataset=dataset, method=method, seed=seed, acc=acc,
                                  val_acc=acc + 1, epochs=epochs))  # fmt: skip
     return rows
@@ -166,8 +166,8 @@ def test_paired_plot_marks_each_methods_mean_paired_difference():
 
     from benchmarks import plots
 
-    data = json.loads((plots.RESULTS / "reproduce_cpu.json").read_text())
-    fig = plots.paired_figure(data["rows"], data.get("recommended"))
+    data = {"rows": _result_rows(), "recommended": "cpe_norm"}
+    fig = plots.paired_figure(data["rows"], data["recommended"])
     titles = [ax.get_title() for ax in fig.axes]
     assert "mnist-usps test" in titles and "site-B validation" in titles
     usps = fig.axes[titles.index("mnist-usps test")]
@@ -182,6 +182,7 @@ def test_paired_plot_marks_each_methods_mean_paired_difference():
         if m != "baseline"
     ]
     assert sorted(means) == pytest.approx(sorted(expected))
+    assert sorted(means) == pytest.approx([3.0, 6.0])  # snapmix: 2 + seed, cpe_norm: 4 + 2·seed
 
 
 def test_a_partial_perf_run_keeps_the_other_benchmarks(tmp_path):
