@@ -105,10 +105,18 @@ def test_the_pretrained_table_chooses_on_its_main_schedule_and_reports_the_facto
     assert "## 10 epochs" in md and "## 30 epochs" in md
     assert "| **cutmix** | 5 |" in md and "+1.00 [+1.00, +1.00]" in md
     assert "SnapMix − CutMix (paired seeds): +2.00 [+2.00, +2.00]" in md
+    long = md.split("## 30 epochs")[1].split("##")[0]  # the paired validation column too
+    snapmix_30 = next(line for line in long.splitlines() if line.startswith("| snapmix |"))
+    assert snapmix_30.split(" | ")[3:6] == [
+        "+8.00 [+8.00, +8.00]",
+        "75.10 ± 0.74",
+        "+3.00 [+3.00, +3.00]",
+    ]
     assert "`full` TTA: labels flipped per seed [0, 1, 2, 3, 4] of 203" in md
     factor = md.split("## The schedule as a factor: 30 against 10 epochs")[1]
     factor = next(line for line in factor.splitlines() if line.startswith("| snapmix |"))
     assert factor.startswith("| snapmix | +9.50 [") and "| +2.00 [" in factor  # val, then test
+    assert "over the 30-epoch rows alone (only the methods run there) chooses `snapmix`" in md
     assert "Training all the models above took 0.42 h" in md  # 25 trainings of 60 s
 
 
