@@ -549,13 +549,14 @@ def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
             "| train s/run | paper acc |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        base_val = by_seed(sel, "val_acc").get("baseline", {})
+        val = by_seed(sel, "val_acc")
         for method, name, group, delta in method_groups(sel, chosen):
-            val = {r["seed"]: r["val_acc"] for r in group if "val_acc" in r}
-            val_delta = ci_cell(paired_diffs(val, base_val)) if val else ""
-            val_delta = "—" if method == "baseline" else val_delta
-            cells = [mean_sd([r[k] for r in group if k in r]) for k in ("val_acc",)]
-            cells += [val_delta, mean_sd([r["acc"] for r in group]), delta]
+            cells = [mean_sd([r["val_acc"] for r in group if "val_acc" in r])]
+            cells.append(
+                "—" if method == "baseline"
+                else ci_cell(paired_diffs(val.get(method, {}), val.get("baseline", {})))
+            )  # fmt: skip
+            cells += [mean_sd([r["acc"] for r in group]), delta]
             cells += [mean_sd([r[k] for r in group]) for k in ("precision", "recall", "f1")]
             cells.append(", ".join(str(r["best_epoch"]) for r in group))
             cells.append(f"{statistics.fmean(r['train_seconds'] for r in group):.0f}")
