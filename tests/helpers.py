@@ -92,3 +92,7 @@ needs_digits = data_marker(
     DATA is not None and all((DATA / n).exists() for n in ("mnist.npz", "usps.npz", "BSDS500")),
     "needs mnist.npz, usps.npz and BSDS500 in shared/data (or CAMKIT_DATA); not found",
 )
+needs_site_a = data_marker(
+    DATA is not None and (DATA / "SARS-CoV-2-CT").is_dir(),
+    "needs SARS-CoV-2-CT in shared/data above the repository (or CAMKIT_DATA); not found",
+)

@@ -22,7 +22,6 @@ from camkit.datasets import (
     COVIDCT,
     COVIDxCT,
     DigitsDataset,
-    SARSCoV2CT,
     build_mnist_m,
     load_digits_npz,
     mnist,
@@ -257,121 +256,6 @@ def test_covidct_image_deleted_after_construction(tmp_path):
     (root / "CT_COVID" / "c3.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"c3\.png"):
         ds[1]
-
-
-# ------------------------------------------------------------------------------------------
-# SARS-CoV-2 CT (generated tree)
-# ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sars_root(tmp_path) -> Path:
-    root = tmp_path / "SARS-CoV-2"
-    for k in range(1, 14):
-        _png(root / "COVID" / f"Covid ({k}).png", size=(8, 6), value=k)
-    for k in range(1, 11):
-        _png(root / "non-COVID" / f"Non-Covid ({k}).png", size=(8, 6), value=100 + k)
-    (root / "COVID" / "notes.txt").write_text("not an image")
-    (root / "non-COVID" / ".DS_Store").write_bytes(b"\0")
-    return root
-
-
-def _names(ds: SARSCoV2CT) -> set[str]:
-    return {f"{p.parent.name}/{p.name}" for p, _ in ds.samples}
-
-
-def test_sars_split_sizes_stratified(sars_root):
-    train = SARSCoV2CT(sars_root, split="train")
-    test = SARSCoV2CT(sars_root, split="test")
-    # round(0.75 * 13) = 10, round(0.75 * 10) = round(7.5) = 8
-    assert (train.targets.count(1), train.targets.count(0)) == (10, 8)
-    assert (test.targets.count(1), test.targets.count(0)) == (3, 2)
-    assert train.classes == ["non-COVID", "COVID"]
-    for path, label in train.samples + test.samples:
-        assert path.parent.name == ("COVID" if label == 1 else "non-COVID")
-        assert path.suffix == ".png"
-    assert not _names(train) & _names(test)
-    assert len(_names(train) | _names(test)) == 23
-
-
-def test_sars_split_follows_documented_recipe(sars_root):
-    seed = 7
-    rng = np.random.default_rng(seed)
-    want_train, want_test = [], []
-    for label, folder in enumerate(["non-COVID", "COVID"]):
-        names = sorted(p.name for p in (sars_root / folder).glob("*.png"))
-        perm = rng.permutation(len(names))
-        k = round(0.75 * len(names))
-        want_train += [(sars_root / folder / names[i], label) for i in sorted(perm[:k])]
-        want_test += [(sars_root / folder / names[i], label) for i in sorted(perm[k:])]
-    assert SARSCoV2CT(sars_root, "train", seed=seed).samples == want_train
-    assert SARSCoV2CT(sars_root, "test", seed=seed).samples == want_test
-
-
-def test_sars_split_deterministic_and_seed_dependent(sars_root):
-    a = SARSCoV2CT(sars_root, split="train", seed=3)
-    b = SARSCoV2CT(sars_root, split="train", seed=3)
-    c = SARSCoV2CT(sars_root, split="train", seed=4)
-    assert a.samples == b.samples
-    assert _names(a) != _names(c)
-    assert len(a) == len(c)
-
-
-def test_sars_train_fraction(sars_root):
-    train = SARSCoV2CT(sars_root, split="train", train_fraction=0.5)
-    # round(6.5) = 6 (half to even), round(5.0) = 5
-    assert (train.targets.count(1), train.targets.count(0)) == (6, 5)
-    assert len(SARSCoV2CT(sars_root, split="test", train_fraction=0.5)) == 12
-
-
-def test_sars_items_and_transform(sars_root):
-    ds = SARSCoV2CT(sars_root, split="test", transform=lambda im: np.asarray(im))
-    x, y = ds[0]
-    assert x.shape == (6, 8, 3) and x.dtype == np.uint8 and y == 0
-    assert repr(ds) == "SARSCoV2CT(split='test', seed=0, 5 images: non-COVID=2, COVID=3)"
-
-
-def test_sars_errors(sars_root, tmp_path):
-    with pytest.raises(ValueError, match=r"split: expected one of 'train', 'test', got 'val'"):
-        SARSCoV2CT(sars_root, split="val")
-    with pytest.raises(FileNotFoundError, match="root") as err:
-        SARSCoV2CT(tmp_path / "missing")
-    assert str(tmp_path / "missing") in str(err.value)
-    for bad in (0.0, 1.0, 1.5, -0.1):
-        with pytest.raises(ValueError, match=r"^train_fraction: expected a (number|value) in"):
-            SARSCoV2CT(sars_root, train_fraction=bad)
-    for bad in (True, "0.5"):
-        with pytest.raises(TypeError, match=r"^train_fraction: expected a number"):
-            SARSCoV2CT(sars_root, train_fraction=bad)
-    with pytest.raises(ValueError, match=r"^seed: expected an int >= 0, got -1"):
-        SARSCoV2CT(sars_root, seed=-1)
-    for bad_seed in (1.5, None):
-        with pytest.raises(TypeError, match=r"^seed: expected an int >= 0"):
-            SARSCoV2CT(sars_root, seed=bad_seed)
-    assert SARSCoV2CT(sars_root, seed=np.int64(3)).seed == 3  # numpy ints are ints
-
-
-def test_sars_missing_or_empty_class_folder(tmp_path):
-    root = tmp_path / "sars"
-    _png(root / "COVID" / "a.png")
-    with pytest.raises(FileNotFoundError) as err:
-        SARSCoV2CT(root)
-    assert str(root / "non-COVID") in str(err.value)
-    (root / "non-COVID").mkdir()
-    (root / "non-COVID" / "readme.txt").write_text("x")
-    with pytest.raises(ValueError, match="found none") as err:
-        SARSCoV2CT(root)
-    assert str(root / "non-COVID") in str(err.value)
-
-
-def test_sars_empty_split(tmp_path):
-    root = tmp_path / "sars"
-    _png(root / "COVID" / "a.png")
-    _png(root / "non-COVID" / "b.png")
-    assert len(SARSCoV2CT(root, split="train")) == 2  # round(0.75 * 1) = 1 per class
-    with pytest.raises(ValueError, match="'test' is empty") as err:
-        SARSCoV2CT(root, split="test")
-    assert str(root) in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------

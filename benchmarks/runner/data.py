@@ -4,7 +4,8 @@ A dataset is a function ``load(recipe, cache) -> Data`` registered in `DATASETS`
 is trained with by default (`recipes.py`). Adding one is a function here and a recipe there:
 
 - ``site-B``: COVID-CT, the official train/val/test split (``camkit.datasets.COVIDCT``);
-- ``site-A``: the SARS-CoV-2 CT-scan dataset with camkit's seeded split (no validation split);
+- ``site-A``: the SARS-CoV-2 CT-scan dataset split in contiguous blocks of file numbers (patients
+  kept apart; ``Recipe.split``), 5 folds, the fold chosen by the run's seed;
 - ``covidx``: COVIDx-CT from its list files (three classes);
 - ``digits``: MNIST (10,000 training digits, 5,000 validation digits, a fixed draw) tested on
   USPS (framed like MNIST) and MNIST-M.
@@ -206,7 +207,25 @@ def load_site_b(recipe, options, cache_dir: Path, device, log) -> Data:
     return _ct_data(datasets, "site-B", classes, recipe, cache, device, {"root": str(root)})
 
 
-def load_site_a(recipe, options, cache_dir: Path, device, log) -> Data:
+def parse_split(split: str | None, seed: int) -> dict[str, Any]:
+    """``"SCHEME:FOLDS"`` and a seed → ``SARSCoV2CT``'s split arguments (the fold: seed mod FOLDS).
+
+    The seed also seeds ``"leaky-random"``'s shuffle, so each of its folds is its own draw.
+    """
+    scheme, _, folds = (split or "patient-blocks:5").partition(":")
+    if scheme not in ("patient-blocks", "leaky-random") or not folds.isdigit() or int(folds) < 3:
+        raise ValueError(
+            f"--split: expected patient-blocks:FOLDS or leaky-random:FOLDS with FOLDS >= 3, "
+            f"got {split!r}"
+        )
+    out: dict[str, Any] = {"scheme": scheme, "folds": int(folds), "fold": seed % int(folds)}
+    if scheme == "leaky-random":
+        out["seed"] = seed
+    return out
+
+
+def load_site_a(recipe, options, cache_dir: Path, device, log, seed: int = 0) -> Data:
+    """Site A split by `parse_split` (``recipe.split``; the fold is ``seed`` mod the folds)."""
     from camkit.datasets import SARSCoV2CT
 
     root = data_folder(options.get("data"), "SARS-CoV-2-CT", "--data")
@@ -215,11 +234,13 @@ def load_site_a(recipe, options, cache_dir: Path, device, log) -> Data:
             f"--data: the SARS-CoV-2 CT-scan dataset (site A) is not at {root}; download it "
             "(COVID/, non-COVID/) and pass --data"
         )
-    log(f"site A: {root}")
-    datasets = {s: SARSCoV2CT(root, split=s, seed=0) for s in ("train", "test")}
+    split = parse_split(recipe.split, seed)
+    log(f"site A: {root} ({split})")
+    datasets = {s: SARSCoV2CT(root, split=s, **split) for s in ("train", "val", "test")}
     cache = _cache(cache_dir, "A", recipe, log)
     classes = ("NonCOVID", "COVID")
-    return _ct_data(datasets, "site-A", classes, recipe, cache, device, {"root": str(root)})
+    info = {"root": str(root), "split": split}
+    return _ct_data(datasets, "site-A", classes, recipe, cache, device, info)
 
 
 def load_covidx(recipe, options, cache_dir: Path, device, log) -> Data:

@@ -56,6 +56,11 @@ class Recipe:
     tta_rule: str = "threshold"  # the rule of the "+tta" rows
     tta_images: int | None = None  # vote-rule study: the first N images of each split
     deletion_images: int = 0  # deletion AUC of the CAM on the first N images of the first test
+    # how a dataset without an official split is split: "SCHEME:FOLDS" (site-A:
+    # "patient-blocks:5" or "leaky-random:5", the fold is the seed mod FOLDS); None where the
+    # dataset has one split, and then it is left out of the settings (rows measured before the
+    # field existed keep their settings)
+    split: str | None = None
 
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
@@ -64,13 +69,15 @@ class Recipe:
         """The fields as JSON values (tuples as lists), for the result rows."""
         out = dataclasses.asdict(self)
         out["model_kwargs"] = dict(self.model_kwargs)
+        if out["split"] is None:
+            del out["split"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
 CT = Recipe()
 RECIPES: dict[str, Recipe] = {
     "site-B": CT.replace(model="resnet18", img_size=112, epochs=20),
-    "site-A": CT.replace(model="resnet18", img_size=112, epochs=20, selection="last"),
+    "site-A": CT.replace(model="resnet18", img_size=112, epochs=20, split="patient-blocks:5"),
     "covidx": CT.replace(model="resnet18", img_size=112, epochs=20),
     "digits": Recipe(
         model="resnet10t",

@@ -25,7 +25,7 @@ from typing import Any
 import timm
 import torch
 
-from benchmarks.runner.data import DATASETS, Data
+from benchmarks.runner.data import DATASETS, Data, parse_split
 from benchmarks.runner.io import clean_stale_temps, merge_results
 from benchmarks.runner.loop import checkpoint_path, evaluate_run, run_settings, train
 from benchmarks.runner.methods import METHODS, training_name
@@ -58,13 +58,15 @@ class Runner:
     def data(self, cfg: RunConfig) -> Data:
         r = cfg.recipe
         fields = (r.img_size, r.train_subset, r.test_subset, r.mean, r.std, r.train_digits)
+        split = {"seed": cfg.seed} if r.split else {}  # a split dataset: the fold is the seed's
         key = json.dumps(
-            [cfg.dataset, *fields, r.val_digits, sorted(cfg.options.items())], default=str
+            [cfg.dataset, *fields, r.val_digits, r.split, split, sorted(cfg.options.items())],
+            default=str,
         )
         if key not in self._data:
             self._data = {}  # one dataset in memory at a time
             self._data[key] = DATASETS[cfg.dataset](
-                r, cfg.options, Path(cfg.out), self.device, self.log
+                r, cfg.options, Path(cfg.out), self.device, self.log, **split
             )
         return self._data[key]
 
@@ -115,7 +117,8 @@ def parse_recipe(args: argparse.Namespace) -> Recipe:
     recipe = RECIPES[args.dataset]
     changes: dict[str, Any] = {}
     for name in ("model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "head_init",
-                 "train_subset", "test_subset", "tta_images", "pretrained_lr_scale"):  # fmt: skip
+                 "train_subset", "test_subset", "tta_images", "pretrained_lr_scale",
+                 "split"):  # fmt: skip
         if getattr(args, name, None) is not None:
             changes[name] = getattr(args, name)
     if args.pretrained or args.pretrained_file:
@@ -149,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--pretrained-lr-scale", type=float)
     add("--weight-decay", type=float)
     add("--head-init", choices=("timm", "zero"), help="the new classifier's initial weights")
+    add(
+        "--split",
+        metavar="SCHEME:FOLDS",
+        help="site-A: patient-blocks:5 (default) or "
+        "leaky-random:5 (leaks patients); the fold is the seed mod FOLDS",
+    )
     add("--train-subset", type=int, metavar="N")
     add("--test-subset", type=int, metavar="N")
     add("--tta-images", type=int, metavar="N", help="vote-rule study: first N images per split")
@@ -184,6 +193,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         value = getattr(args, name)
         if value is not None and not (value >= 0 and value == value and value != float("inf")):
             parser.error(f"--{name.replace('_', '-')}: expected a finite value >= 0, got {value}")
+    if args.split is not None:
+        if not RECIPES[args.dataset].split:
+            parser.error(f"--split: {args.dataset} has one split of its own; --split is for site-A")
+        try:
+            parse_split(args.split, 0)
+        except ValueError as err:
+            parser.error(str(err))
     if args.pretrained and args.pretrained_file:
         parser.error("--pretrained and --pretrained-file: give one (the hub, or a file)")
     if args.model is not None and not timm.is_model(args.model):

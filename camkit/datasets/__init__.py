@@ -4,7 +4,8 @@ Image datasets follow the torchvision convention: ``dataset[i]`` returns ``(imag
 ``image`` is a PIL RGB image passed through ``transform`` when one is given.
 
 - `COVIDCT`: UCSD COVID-CT ("site B") with its official train/val/test lists.
-- `SARSCoV2CT`: the SARS-CoV-2 CT-scan dataset ("site A") with a seeded, stratified split.
+- `SARSCoV2CT`: the SARS-CoV-2 CT-scan dataset ("site A"), split in contiguous blocks of file
+  numbers so that patients stay on one side (5 folds).
 - `COVIDxCT`: COVIDx-CT, read from its ``<file> <class> <box>`` list files.
 - `load_digits_npz`, `DigitsDataset`, `mnist`, `usps`: digit datasets as float tensors in
   ``[0, 1]``; `frame_like_mnist` puts USPS digits in MNIST's 20-in-28 frame.
@@ -19,9 +20,10 @@ silently. An image that cannot be decoded raises ``OSError`` naming the file whe
 """
 
 from camkit.datasets._io import IMAGE_EXTENSIONS
-from camkit.datasets.covid import COVIDCT, COVIDxCT, SARSCoV2CT
+from camkit.datasets.covid import COVIDCT, COVIDxCT
 from camkit.datasets.digits import DigitsDataset, frame_like_mnist, load_digits_npz, mnist, usps
 from camkit.datasets.mnist_m import build_mnist_m, mnist_m
+from camkit.datasets.sars import SARSCoV2CT
 
 __all__ = [
     "COVIDCT",

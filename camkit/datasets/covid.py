@@ -1,4 +1,4 @@
-"""The COVID-19 CT datasets: COVID-CT (site B), SARS-CoV-2 CT (site A) and COVIDx-CT."""
+"""The COVID-19 CT datasets: COVID-CT (site B) and COVIDx-CT (site A: `camkit.datasets.sars`)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from camkit._checks import check_choice, check_probability
+from camkit._checks import check_choice
 from camkit.datasets._io import (
-    IMAGE_EXTENSIONS,
     PathLike,
     as_path,
     check_no_duplicates,
-    check_seed,
     files_in,
-    image_files,
     missing_error,
     open_rgb,
     read_lines,
@@ -26,7 +22,7 @@ from camkit.datasets._io import (
     require_file,
 )
 
-__all__ = ["COVIDCT", "COVIDxCT", "SARSCoV2CT"]
+__all__ = ["COVIDCT", "COVIDxCT"]
 
 
 class _ImageFolderDataset(Dataset[tuple[Any, int]]):
@@ -153,111 +149,6 @@ class COVIDCT(_ImageFolderDataset):
 
     def _describe(self) -> str:
         return f"split={self.split!r}, "
-
-
-class SARSCoV2CT(_ImageFolderDataset):
-    """SARS-CoV-2 CT-scan dataset ("site A", Soares et al. 2020) with a seeded, stratified split.
-
-    Expected layout under ``root`` (the public Kaggle release):
-
-    ```text
-    COVID/        COVID-19 positive images
-    non-COVID/    negative images
-    ```
-
-    Files whose suffix is in [`IMAGE_EXTENSIONS`][camkit.IMAGE_EXTENSIONS]
-    (case-insensitive, not hidden) are the images; other files in these folders are ignored.
-
-    The dataset has no official split, so one is made here, per class, in label order (non-COVID
-    first, then COVID), with a single generator ``rng = numpy.random.default_rng(seed)``:
-
-    1. sort the class's file names (plain string order);
-    2. ``perm = rng.permutation(n)``;
-    3. the first ``round(train_fraction * n)`` entries of ``perm`` (Python ``round``: halves go
-       to the even number) index the train images, the rest the test images.
-
-    Train and test from the same ``seed`` and ``train_fraction`` are therefore disjoint and
-    together cover every image. Within a split, samples are ordered non-COVID first, then COVID,
-    each by file name.
-
-    Args:
-        root: the dataset folder.
-        split: ``"train"`` or ``"test"``.
-        transform: called on the PIL RGB image; its result is returned in place of the image.
-        seed: seed of the split (a non-negative int).
-        train_fraction: share of each class that goes to train, in ``(0, 1)``.
-
-    Attributes:
-        samples: ``(path, label)`` pairs.
-        targets: the labels, ``1`` = COVID, ``0`` = non-COVID.
-        classes: ``["non-COVID", "COVID"]``, indexed by label.
-        class_to_idx: ``{"non-COVID": 0, "COVID": 1}``.
-
-    Raises:
-        FileNotFoundError: ``root`` or a class folder is missing.
-        TypeError: ``seed`` is not an int or ``train_fraction`` not a number.
-        ValueError: unknown ``split``, a negative ``seed``, ``train_fraction`` outside ``(0, 1)``,
-            a class folder with no images, or a split that comes out empty.
-
-    Examples:
-        >>> import tempfile, pathlib
-        >>> from PIL import Image
-        >>> from camkit.datasets import SARSCoV2CT
-        >>> root = pathlib.Path(tempfile.mkdtemp())
-        >>> for folder in ("COVID", "non-COVID"):
-        ...     (root / folder).mkdir()
-        ...     for k in range(4):
-        ...         Image.new("L", (8, 8)).save(root / folder / f"{k}.png")
-        >>> train = SARSCoV2CT(root, split="train", seed=0)
-        >>> test = SARSCoV2CT(root, split="test", seed=0)
-        >>> len(train), len(test), sorted(set(train.targets))
-        (6, 2, [0, 1])
-    """
-
-    splits: tuple[str, ...] = ("train", "test")
-    folders: tuple[str, ...] = ("non-COVID", "COVID")
-
-    def __init__(
-        self,
-        root: PathLike,
-        split: str = "train",
-        transform: Callable[[Image.Image], Any] | None = None,
-        seed: int = 0,
-        train_fraction: float = 0.75,
-    ) -> None:
-        self.root = as_path(root, "root")
-        self.split = str(check_choice(split, "split", self.splits))
-        self.transform = transform
-        self.seed = check_seed(seed)
-        self.train_fraction = check_probability(train_fraction, "train_fraction")
-        if self.train_fraction in (0.0, 1.0):  # either split would be empty
-            raise ValueError(f"train_fraction: expected a number in (0, 1), got {train_fraction!r}")
-        self.classes = list(self.folders)
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        require_dir(self.root, "root", "the SARS-CoV-2 CT folder (with COVID/ and non-COVID/)")
-
-        rng = np.random.default_rng(self.seed)
-        self.samples = []
-        for label, name in enumerate(self.folders):
-            folder = self.root / name
-            require_dir(folder, "root", f"the {name} image folder")
-            names = image_files(folder)
-            if not names:
-                exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-                raise ValueError(f"{folder}: expected image files ({exts}), found none")
-            perm = rng.permutation(len(names))
-            n_train = round(self.train_fraction * len(names))
-            chosen = perm[:n_train] if split == "train" else perm[n_train:]
-            self.samples.extend((folder / names[i], label) for i in sorted(chosen.tolist()))
-        if not self.samples:
-            raise ValueError(
-                f"split: {split!r} is empty for {self.root} with "
-                f"train_fraction={self.train_fraction}; expected at least one image"
-            )
-        self.targets = [label for _, label in self.samples]
-
-    def _describe(self) -> str:
-        return f"split={self.split!r}, seed={self.seed}, "
 
 
 class COVIDxCT(_ImageFolderDataset):
