@@ -164,8 +164,10 @@ def train(
             mix_gen.set_state(ckpt["rng"]["mix"])
             order_gen.set_state(ckpt["rng"]["order"])
         run = {key: ckpt[key] for key in run}
+        run["val_curve"] = list(ckpt.get("val_curve", []))  # absent from older checkpoints
         log(f"  resuming {path.name} from epoch {run['epoch']}/{recipe.epochs}")
 
+    run.setdefault("val_curve", [])  # validation accuracy after each epoch, in percent
     for epoch in range(run["epoch"], recipe.epochs):
         if recipe.seeding == "epoch":
             torch.manual_seed(seed * EPOCH_SEED + epoch)  # the augmentation's draws
@@ -204,6 +206,7 @@ def train(
         if recipe.selection == "val" and data.val is not None:
             model.eval()
             acc = plain_metrics(cfg, data, model, *data.val)["accuracy"]
+            run["val_curve"] = [*run["val_curve"], 100 * acc]
             if acc > run["best_val"]:
                 state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 run.update(best_val=acc, best_epoch=epoch + 1, best_state=state)
@@ -317,6 +320,8 @@ def evaluate_run(
         row.update(epochs=run["epochs"], best_epoch=run["best_epoch"], train_losses=run["losses"])
         if val_acc is not None:
             row["val_acc"] = val_acc
+        if run.get("val_curve"):
+            row["val_curve"] = run["val_curve"]
         if tta is not None:
             row.update(tta_forwards=values["tta_forwards"], tta_flipped=values["tta_flipped"])
         if vote_study and not method.tta:
