@@ -8,7 +8,9 @@ is trained with by default (`recipes.py`). Adding one is a function here and a r
   kept apart; ``Recipe.split``), 5 folds, the fold chosen by the run's seed;
 - ``covidx``: COVIDx-CT from its list files (three classes);
 - ``digits``: MNIST (10,000 training digits, 5,000 validation digits, a fixed draw) tested on
-  USPS (framed like MNIST) and MNIST-M.
+  USPS (framed like MNIST) and MNIST-M;
+- ``folder:PATH``: a user's images, ``PATH/{train,val,test}/<class>/<image>``, read and trained
+  as the CT sites (`dataset_loader`).
 
 Images are decoded once into uint8 tensors (CT: cached in the run folder, keyed by size, path,
 length and mtime) and stay on the device; `Data.to_input` turns a batch into the model input.
@@ -21,6 +23,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -322,9 +325,43 @@ def load_digits(recipe, options, cache_dir: Path, device, log) -> Data:
     )
 
 
+# -- a user's folder ---------------------------------------------------------------------------
+
+FOLDER = "folder:"  # --dataset folder:PATH
+
+
+def load_folder(recipe, options, cache_dir: Path, device, log, *, path: str) -> Data:
+    """``PATH/{train,val,test}/<class>/<image>`` (``camkit.datasets.SplitImageFolder``), as CT.
+
+    The rows' dataset is ``folder:<name of PATH>``; with two classes the second (sorted) class
+    folder is the positive class of precision, recall and F1.
+    """
+    from camkit.datasets import SplitImageFolder
+
+    root = Path(path).expanduser()
+    log(f"folder: {root}")
+    datasets = {s: SplitImageFolder(root, split=s) for s in ("train", "val", "test")}
+    classes = tuple(datasets["train"].classes)
+    cache = _cache(cache_dir, "folder", recipe, log)
+    name = f"{FOLDER}{root.resolve().name}"
+    return _ct_data(datasets, name, classes, recipe, cache, device, {"root": str(root)})
+
+
 DATASETS: dict[str, Callable[..., Data]] = {
     "site-B": load_site_b,
     "site-A": load_site_a,
     "covidx": load_covidx,
     "digits": load_digits,
 }
+
+
+def dataset_loader(name: str) -> Callable[..., Data]:
+    """The loader of a dataset name: one of `DATASETS`, or ``folder:PATH`` (`load_folder`)."""
+    if name.startswith(FOLDER) and len(name) > len(FOLDER):
+        return partial(load_folder, path=name[len(FOLDER) :])
+    if name not in DATASETS:
+        raise ValueError(
+            f"--dataset: expected one of {', '.join(sorted(DATASETS))} or folder:PATH "
+            f"(PATH/train, val, test/<class>/), got {name!r}"
+        )
+    return DATASETS[name]

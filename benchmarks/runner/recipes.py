@@ -100,6 +100,14 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+RECIPES["folder"] = RECIPES["site-B"]  # a user's folder (--dataset folder:PATH): the CT recipe
+
+
+def recipe_for(dataset: str) -> Recipe:
+    """The default recipe of a dataset name (``folder:PATH`` names take ``RECIPES["folder"]``)."""
+    return RECIPES["folder" if dataset.startswith("folder:") else dataset]
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One run: a dataset, a method and a seed under a recipe, written to ``out``."""

@@ -25,12 +25,12 @@ from typing import Any
 import timm
 import torch
 
-from benchmarks.runner.data import DATASETS, Data, parse_split
+from benchmarks.runner.data import DATASETS, Data, dataset_loader, parse_split
 from benchmarks.runner.io import clean_stale_temps, merge_results
 from benchmarks.runner.loop import checkpoint_path, evaluate_run, run_settings, train
 from benchmarks.runner.methods import METHODS, training_name
 from benchmarks.runner.models import feature_grid, input_stats, resolve_pretrained
-from benchmarks.runner.recipes import RECIPES, Recipe, RunConfig
+from benchmarks.runner.recipes import Recipe, RunConfig, recipe_for
 
 ROW_KEY = ("dataset", "method", "seed", "settings")
 
@@ -65,7 +65,7 @@ class Runner:
         )
         if key not in self._data:
             self._data = {}  # one dataset in memory at a time
-            self._data[key] = DATASETS[cfg.dataset](
+            self._data[key] = dataset_loader(cfg.dataset)(
                 r, cfg.options, Path(cfg.out), self.device, self.log, **split
             )
         return self._data[key]
@@ -114,7 +114,7 @@ class Runner:
 
 def parse_recipe(args: argparse.Namespace) -> Recipe:
     """The dataset's recipe with the options given on the command line."""
-    recipe = RECIPES[args.dataset]
+    recipe = recipe_for(args.dataset)
     changes: dict[str, Any] = {}
     for name in ("model", "img_size", "epochs", "batch_size", "lr", "weight_decay", "head_init",
                  "train_subset", "test_subset", "tta_images", "pretrained_lr_scale",
@@ -132,6 +132,14 @@ def parse_recipe(args: argparse.Namespace) -> Recipe:
     return recipe
 
 
+def _dataset_name(name: str) -> str:
+    try:
+        dataset_loader(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--dataset: ")) from None
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.runner", description=__doc__.split("\n\n")[0]
@@ -139,7 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train and evaluate runs, merge their rows")
     add = t.add_argument
-    add("--dataset", choices=sorted(DATASETS), default="site-B")
+    add(
+        "--dataset",
+        type=_dataset_name,
+        default="site-B",
+        metavar="{" + ",".join(sorted(DATASETS)) + ",folder:PATH}",
+        help="a named dataset, or folder:PATH for PATH/{train,val,test}/<class>/<image>",
+    )
     add("--methods", nargs="+", choices=sorted(METHODS), default=["baseline"])
     add("--seeds", type=int, nargs="+", default=[0])
     add("--model", help="timm model name (default: the dataset's recipe)")
@@ -194,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         if value is not None and not (value >= 0 and value == value and value != float("inf")):
             parser.error(f"--{name.replace('_', '-')}: expected a finite value >= 0, got {value}")
     if args.split is not None:
-        if not RECIPES[args.dataset].split:
+        if not recipe_for(args.dataset).split:
             parser.error(f"--split: {args.dataset} has one split of its own; --split is for site-A")
         try:
             parse_split(args.split, 0)

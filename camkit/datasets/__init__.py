@@ -7,6 +7,7 @@ Image datasets follow the torchvision convention: ``dataset[i]`` returns ``(imag
 - `SARSCoV2CT`: the SARS-CoV-2 CT-scan dataset ("site A"), split in contiguous blocks of file
   numbers so that patients stay on one side (5 folds).
 - `COVIDxCT`: COVIDx-CT, read from its ``<file> <class> <box>`` list files.
+- `SplitImageFolder`: your own images, ``root/{train,val,test}/<class>/<image>``.
 - `load_digits_npz`, `DigitsDataset`, `mnist`, `usps`: digit datasets as float tensors in
   ``[0, 1]``; `frame_like_mnist` puts USPS digits in MNIST's 20-in-28 frame.
 - `build_mnist_m`, `mnist_m`: MNIST-M built from MNIST and BSDS500 photographs.
@@ -22,6 +23,7 @@ silently. An image that cannot be decoded raises ``OSError`` naming the file whe
 from camkit.datasets._io import IMAGE_EXTENSIONS
 from camkit.datasets.covid import COVIDCT, COVIDxCT
 from camkit.datasets.digits import DigitsDataset, frame_like_mnist, load_digits_npz, mnist, usps
+from camkit.datasets.folder import SplitImageFolder
 from camkit.datasets.mnist_m import build_mnist_m, mnist_m
 from camkit.datasets.sars import SARSCoV2CT
 
@@ -31,6 +33,7 @@ __all__ = [
     "COVIDxCT",
     "DigitsDataset",
     "SARSCoV2CT",
+    "SplitImageFolder",
     "build_mnist_m",
     "frame_like_mnist",
     "load_digits_npz",
