@@ -70,6 +70,14 @@ PAPER = {
         "snapmix_cpe": (87.02, 86.95),
         "full": (88.76, 88.25),
     },
+    # Table 1 (site-A, the same model and schedule, Wang et al.'s patient split)
+    "site-A": {
+        "baseline": (89.68, 89.13),
+        "cpe": (91.71, 90.03),
+        "snapmix": (92.38, 91.92),
+        "snapmix_cpe": (95.73, 95.59),
+        "full": (95.90, 95.87),
+    },
     "mnist-usps": {"baseline": (98.13, None), "snapmix": (98.11, None), "full": (98.25, None)},
     "mnist-mnistm": {"baseline": (98.70, None), "snapmix": (98.65, None), "full": (98.92, None)},
 }
@@ -106,6 +114,12 @@ PRETRAINED_METHODS = (
 PRETRAINED_DIGITS = (("model", "tf_efficientnet_lite0"), ("pretrained", "lite0"))
 PRETRAINED_DIGITS += (("img_size", 64), ("head_init", "zero"), ("tta_images", 200))
 DIGITS_METHODS = ("baseline", "cutmix", "mixup", "snapmix", "cpe_norm")
+# site A: the same fine-tuning, the schedule and lr chosen on the baseline's validation accuracy
+# (fold 0, `site-a-recipe`); the folds of the patient-block split are the paired units
+SITE_A_RECIPE = (*PRETRAINED[:3], ("batch_size", 32), ("head_init", "zero"))
+SITE_A = (*SITE_A_RECIPE, ("lr", 0.03), ("epochs", 12))
+SITE_A_METHODS = (*PRETRAINED_METHODS[:-1], "snapmix_cpe", "full")
+SITE_A_LRS = (0.01, 0.03, 0.1)
 TABLES = {
     "pretrained": (
         "pretrained_cpu",
@@ -133,6 +147,28 @@ TABLES = {
             ),
         ],
     ),
+    "site-a": (
+        "site_a_cpu",
+        [
+            Block(
+                "site-A", SITE_A, SITE_A_METHODS, "site_a", vote_study=("baseline", "recommended")
+            ),
+            Block("site-A", (*SITE_A, ("split", "leaky-random:5")), ("baseline",), "site_a_leaky"),
+        ],
+    ),
+    "site-a-recipe": (
+        "site_a_recipe_cpu",
+        [
+            Block(
+                "site-A",
+                (*SITE_A_RECIPE, ("lr", lr), ("epochs", 20)),
+                ("baseline",),
+                f"site_a_recipe_lr{lr}",
+                seeds=(0,),
+            )
+            for lr in SITE_A_LRS
+        ],
+    ),
     "scratch": (
         "reproduce_cpu",
         [
@@ -141,7 +177,8 @@ TABLES = {
         ],
     ),
 }
-SEEDS = {"pretrained": [0, 1, 2, 3, 4], "scratch": [0, 1, 2]}
+SEEDS = {"pretrained": [0, 1, 2, 3, 4], "site-a": [0, 1, 2, 3, 4], "scratch": [0, 1, 2]}
+SEEDS["site-a-recipe"] = [0]
 
 
 def block_recipe(block: Block):
@@ -503,6 +540,43 @@ def method_groups(sel: list[dict], chosen: dict):
         yield method, name, group, delta
 
 
+def method_table(sel: list[dict], chosen: dict, paper: dict) -> list[str]:
+    """One dataset's rows as a table: per method validation and test accuracy with the paired
+    differences to the baseline, precision, recall, F1, the chosen epochs, the CPU time and the
+    paper's accuracy; then SnapMix against CutMix and the TTA's flips, where the rows have them."""
+    lines = [
+        "| method | seeds | val acc | Δ val vs baseline [95 % CI] | accuracy "
+        "| Δ acc vs baseline [95 % CI] | precision | recall | F1 | best val epochs "
+        "| train s/run | paper acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    val = by_seed(sel, "val_acc")
+    for method, name, group, delta in method_groups(sel, chosen):
+        cells = [mean_sd([r["val_acc"] for r in group if "val_acc" in r])]
+        cells.append(
+            "—" if method == "baseline"
+            else ci_cell(paired_diffs(val.get(method, {}), val.get("baseline", {})))
+        )  # fmt: skip
+        cells += [mean_sd([r["acc"] for r in group]), delta]
+        cells += [mean_sd([r[k] for r in group]) for k in ("precision", "recall", "f1")]
+        cells.append(", ".join(str(r["best_epoch"]) for r in group))
+        cells.append(f"{statistics.fmean(r['train_seconds'] for r in group):.0f}")
+        cells.append("-" if method not in paper else f"{paper[method][0]:.2f}")
+        lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
+    accs = by_seed(sel)
+    if "snapmix" in accs and "cutmix" in accs:
+        lines += ["", f"SnapMix − CutMix (paired seeds): "
+                  f"{ci_cell(paired_diffs(accs['snapmix'], accs['cutmix']))}"]  # fmt: skip
+    flips = [r for r in sel if "tta_flipped" in r]
+    if flips:
+        counts = ", ".join(str(r["tta_flipped"]) for r in flips)
+        forwards = statistics.fmean(r["tta_forwards"] for r in flips)
+        n = flips[0]["n_test"]
+        lines += ["", f"`full` TTA: labels flipped per seed [{counts}] of {n}, "
+                  f"{forwards:.1f} forwards per image."]  # fmt: skip
+    return lines
+
+
 def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
     """The pretrained table: every method at each schedule, paired CIs, the recommendation."""
     digits = [r for r in rows if r["dataset"] in DIGITS_TARGETS]
@@ -541,40 +615,7 @@ def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
         lines += recommended_section(main_rows + digits, chosen)
     for epochs in schedules:
         sel = [r for r in rows if r["epochs"] == epochs]
-        lines += [
-            f"## {epochs} epochs",
-            "",
-            "| method | seeds | val acc | Δ val vs baseline [95 % CI] | accuracy "
-            "| Δ acc vs baseline [95 % CI] | precision | recall | F1 | best val epochs "
-            "| train s/run | paper acc |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        val = by_seed(sel, "val_acc")
-        for method, name, group, delta in method_groups(sel, chosen):
-            cells = [mean_sd([r["val_acc"] for r in group if "val_acc" in r])]
-            cells.append(
-                "—" if method == "baseline"
-                else ci_cell(paired_diffs(val.get(method, {}), val.get("baseline", {})))
-            )  # fmt: skip
-            cells += [mean_sd([r["acc"] for r in group]), delta]
-            cells += [mean_sd([r[k] for r in group]) for k in ("precision", "recall", "f1")]
-            cells.append(", ".join(str(r["best_epoch"]) for r in group))
-            cells.append(f"{statistics.fmean(r['train_seconds'] for r in group):.0f}")
-            paper = PAPER["site-B"].get(method, (None, None))[0]
-            cells.append("-" if paper is None else f"{paper:.2f}")
-            lines.append(f"| {name} | {len(group)} | " + " | ".join(cells) + " |")
-        accs = by_seed(sel)
-        if "snapmix" in accs and "cutmix" in accs:
-            lines += ["", f"SnapMix − CutMix (paired seeds): "
-                      f"{ci_cell(paired_diffs(accs['snapmix'], accs['cutmix']))}"]  # fmt: skip
-        flips = [r for r in sel if "tta_flipped" in r]
-        if flips:
-            counts = ", ".join(str(r["tta_flipped"]) for r in flips)
-            forwards = statistics.fmean(r["tta_forwards"] for r in flips)
-            n = flips[0]["n_test"]
-            lines += ["", f"`full` TTA: labels flipped per seed [{counts}] of {n}, "
-                      f"{forwards:.1f} forwards per image."]  # fmt: skip
-        lines.append("")
+        lines += [f"## {epochs} epochs", "", *method_table(sel, chosen, PAPER["site-B"]), ""]
     if len(schedules) > 1:
         short, long = schedules[0], schedules[-1]
         lines += [
@@ -640,6 +681,114 @@ def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
     atomic_write_text("\n".join(lines), path)
 
 
+def _split(row: dict) -> str:
+    return row["settings"].get("split") or "patient-blocks:5"
+
+
+def site_a_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
+    """The site-A table: every method on the patient-block folds, the leaking split's baseline,
+    how validation and test relate, the vote rules, the CPU time."""
+    blocks = [r for r in rows if r["dataset"] == "site-A" and _split(r).startswith("patient")]
+    leaky = [r for r in rows if r["dataset"] == "site-A" and _split(r).startswith("leaky")]
+    shared = shared_settings("site-A", blocks) if blocks else {}
+    keep = ("model", "pretrained", "img_size", "epochs", "batch_size", "lr", "pretrained_lr_scale")
+    keep += ("weight_decay", "head_init", "schedule", "selection", "split", "tta_k")
+    lines = [
+        "# Site A fine-tuned from ImageNet weights, patients kept apart (CPU)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} "
+        f"{platform.release()}, Python {platform.python_version()}, torch {torch.__version__}.",
+        "",
+        "    python benchmarks/reproduce.py --table site-a --publish",
+        "",
+        "The SARS-CoV-2 CT-scan dataset (2,481 slices), split by `camkit.datasets.SARSCoV2CT`:",
+        "each class in numeric file order cut into 5 contiguous blocks (consecutive numbers are",
+        "one patient's slices, so only a patient straddling a block edge can be shared); seed `s`",
+        "tests block `s` and validates on block `s + 1` (mod 5), so the 5 seeds are 5 folds and",
+        "every image is tested once. Train 1,488–1,489, validation 495–497, test 495–497 images.",
+        "The same fine-tuning as site B's table (EfficientNet-Lite0 from ImageNet, 128²); the lr",
+        "and the schedule were chosen on the baseline's validation accuracy of fold 0 before any",
+        "method ran (`site_a_recipe_cpu.md`). Test metrics in percent, mean ± std over the folds;",
+        "`Δ`: mean paired difference over the folds both rows have, with its 95 % t-interval.",
+        "",
+        "Settings of every row: "
+        + ", ".join(f"{k} {shared[k]}" for k in keep if k in shared)
+        + ".",
+        "",
+        "## Every method, 5 patient-block folds",
+        "",
+        *(method_table(blocks, chosen, PAPER["site-A"]) if blocks else ["(not run yet)"]),
+        "",
+    ]
+    base = [r for r in blocks if r["method"] == "baseline"]
+    if leaky and base:
+        cells = []
+        for key in ("val_acc", "acc"):
+            a = by_seed(leaky, key).get("baseline", {})
+            cells += [
+                mean_sd(list(a.values())),
+                ci_cell(paired_diffs(a, by_seed(base, key)["baseline"])),
+            ]
+        lines += [
+            "## What a random split of the slices does",
+            "",
+            "The baseline on `leaky-random:5` (each class's files shuffled, then the same",
+            "60 / 20 / 20 blocks): one patient's slices land in train, validation and test alike.",
+            "",
+            "| split | folds | val acc | Δ val vs patient blocks | test acc "
+            "| Δ test vs patient blocks |",
+            "|---|---|---|---|---|---|",
+            f"| leaky-random | {len(leaky)} | " + " | ".join(cells) + " |",
+            f"| patient-blocks | {len(base)} | {mean_sd([r['val_acc'] for r in base])} | — "
+            f"| {mean_sd([r['acc'] for r in base])} | — |",
+            "",
+        ]  # fmt: skip
+    pairs = [(r["val_acc"], r["acc"]) for r in blocks if "val_acc" in r]
+    if len(pairs) > 2:
+        gaps = [v - t for v, t in pairs]
+        r_val = statistics.correlation(*zip(*pairs, strict=True))
+        lines += [
+            "## Validation as a proxy for test",
+            "",
+            f"Over the {len(pairs)} models above: validation − test accuracy "
+            f"{_mean_sd(gaps)} points (largest {max(gaps, key=abs):+.2f}), Pearson r between them "
+            f"{r_val:.2f}. The folds differ in which patients they hold, and that moves both.",
+            "",
+        ]
+    if any("tta_rules" in r for r in blocks):
+        lines += tta_section(blocks)
+    hours = sum(r["train_seconds"] for r in blocks + leaky if not METHODS[r["method"]].tta) / 3600
+    lines += ["## CPU time", "", f"Training the models above took {hours:.2f} h of this machine "
+              "(evaluation not counted; `full` reuses the `snapmix_cpe` models).", ""]  # fmt: skip
+    atomic_write_text("\n".join(lines), path)
+
+
+def site_a_recipe_markdown(rows: list[dict], path: Path) -> None:
+    """The recipe choice: the baseline's validation curve of fold 0 at each lr."""
+    rows = sorted(rows, key=lambda r: r["settings"]["lr"])
+    lines = [
+        "# Site A: the fine-tuning recipe, chosen on the baseline's validation accuracy (CPU)",
+        "",
+        "    python benchmarks/reproduce.py --table site-a-recipe --publish",
+        "",
+        "The baseline only, fold 0 (seed 0) of the patient-block split, EfficientNet-Lite0 from",
+        "ImageNet at 128², batch 32, SGD with the step schedule (×0.1 after 40, 75 and 90 % of",
+        "the epochs), 20 epochs; validation accuracy after each epoch. Test accuracy is not read",
+        "for the choice and is not shown.",
+        "",
+        "| lr (backbone × 0.1) | best val acc | at epoch | val acc by epoch |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        curve = r.get("val_curve", [])
+        lines.append(
+            f"| {r['settings']['lr']:g} | {r['val_acc']:.2f} | {r['best_epoch']} | "
+            + " ".join(f"{v:.1f}" for v in curve)
+            + " |"
+        )
+    atomic_write_text("\n".join([*lines, ""]), path)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run (or report) a table; return every row of its results file afterwards."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -680,6 +829,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = merge_results(json_path, [], key=ROW_KEY, extra=chosen)
         if args.table == "pretrained":
             pretrained_markdown(rows, md_path, chosen)
+        elif args.table == "site-a":
+            site_a_markdown(rows, md_path, chosen)
+        elif args.table == "site-a-recipe":
+            site_a_recipe_markdown(rows, md_path)
         else:
             write_markdown(rows, md_path, chosen)
         return rows

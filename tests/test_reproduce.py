@@ -202,3 +202,43 @@ def test_the_pretrained_choice_reads_the_digits_too_once_they_are_there(tmp_path
     assert data["recommended_detail"]["val_delta"] == pytest.approx({"site-B": 0.5, "digits": 1.0})
     md = (tmp_path / "pretrained_cpu.md").read_text()
     assert "## mnist-usps: MNIST → USPS" in md and "| cutmix | 3 | 88.00 ± 0.00 | 80.00" in md
+
+
+def test_the_site_a_table_reports_folds_the_leaking_split_and_the_proxy(tmp_path):
+    blocks = {"split": "patient-blocks:5"}
+    rows = []
+    for fold, shift in enumerate((0.0, 2.0, -2.0, 1.0, -1.0)):
+        rows += [
+            _row("site-A", "baseline", fold, 80 + shift, 85 + shift, settings=blocks),
+            _row("site-A", "cutmix", fold, 79 + shift, 84 + shift,
+                 settings={**blocks, "mix": "cutmix"}),
+            _row("site-A", "snapmix", fold, 81 + shift, 86 + 2 * shift,
+                 settings={**blocks, "mix": "snapmix"}),
+            _row("site-A", "baseline", fold, 95 + shift, 96, settings={"split": "leaky-random:5"}),
+        ]  # fmt: skip
+    merge_results(tmp_path / "site_a_cpu.json", rows, key=reproduce.ROW_KEY)
+    _quiet(["--table", "site-a", "--report-only", "--results", str(tmp_path)])
+    md = (tmp_path / "site_a_cpu.md").read_text()
+    table = md.split("## Every method, 5 patient-block folds")[1].split("##")[0]
+    snapmix = next(line for line in table.splitlines() if line.startswith("| **snapmix** |"))
+    assert snapmix.split(" | ")[4:6] == ["81.00 ± 1.58", "+1.00 [+1.00, +1.00]"]
+    assert snapmix.endswith("| 92.38 |")  # the paper's site-A accuracy
+    assert "SnapMix − CutMix (paired seeds): +2.00 [+2.00, +2.00]" in table
+    leak = md.split("## What a random split of the slices does")[1].split("##")[0]
+    assert "| leaky-random | 5 | 96.00 ± 0.00 | +11.00 [" in leak
+    assert "| 95.00 ± 1.58 | +15.00 [+15.00, +15.00] |" in leak
+    proxy = md.split("## Validation as a proxy for test")[1]
+    assert "Over the 15 models above: validation − test accuracy 5.00 ± " in proxy
+    assert "Training the models above took 0.33 h" in md  # 20 trainings of 60 s
+
+
+def test_the_site_a_recipe_report_shows_the_validation_curves(tmp_path):
+    rows = [
+        _row("site-A", "baseline", 0, 80, curve[-1], 20, settings={"lr": lr}, val_curve=curve)
+        for lr, curve in ((0.1, [70.0, 84.0]), (0.01, [60.0, 75.5]))
+    ]
+    merge_results(tmp_path / "site_a_recipe_cpu.json", rows, key=reproduce.ROW_KEY)
+    _quiet(["--table", "site-a-recipe", "--report-only", "--results", str(tmp_path)])
+    md = (tmp_path / "site_a_recipe_cpu.md").read_text()
+    assert "| 0.01 | 75.50 | 3 | 60.0 75.5 |\n| 0.1 | 84.00 | 3 | 70.0 84.0 |" in md
+    assert "80.00" not in md  # test accuracy is not shown
