@@ -9,7 +9,9 @@ so that outputs can be compared to rounding.
 
 - `loop_snapmix` / `loop_snapmix_apply`: SnapMix as one would first write it, one sample at a
   time on host integers: for each image, crop the partner's box, ``F.interpolate`` it to the
-  receiving box, paste it, and sum the CAM distributions inside the boxes.
+  receiving box (``align_corners=True``, as the SnapMix authors' code), paste it, and sum the CAM
+  distributions inside the boxes; a constant CAM is uniform (camkit) or takes the authors'
+  fallback (``constant_cam="released"``).
 - `reference_cpe`: the contrastive patch embedding loss (Eq. 1, generalised to ``n`` cells, a
   temperature and L2 normalisation), one image and one pair at a time in float64, differentiable.
 - `reference_cams`: CAMs of a timm classifier from ``forward_features``/``forward_head`` and
@@ -39,7 +41,8 @@ Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open
 
 
 def _cutmix_box(lam: float, height: int, width: int, rng: np.random.Generator) -> Box:
-    """CutMix box with side ratio sqrt(1 - lam), uniform centre, clipped (camkit's convention)."""
+    """CutMix box with side ratio sqrt(1 - lam), uniform centre, ``cut // 2`` on each side,
+    clipped (the SnapMix authors' ``rand_bbox``, SnapMix's boxes in camkit)."""
     ratio = math.sqrt(min(max(1.0 - lam, 0.0), 1.0))
     cut_h, cut_w = math.floor(height * ratio), math.floor(width * ratio)
     cy, cx = int(rng.integers(height)), int(rng.integers(width))
@@ -87,14 +90,21 @@ def loop_snapmix_apply(
     box_b: list[Box],
     apply: list[bool],
     num_classes: int,
+    *,
+    align_corners: bool = True,
+    constant_cam: str = "uniform",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix a batch one sample at a time with given draws (host integers).
 
     ``mixed[i]`` is ``images[i]`` with ``box_a[i]`` replaced by the bilinear resize
-    (``align_corners=False``) of ``images[perm[i]]``'s ``box_b[i]``; the CAM of every image is
-    shifted by its minimum, upsampled to the image size, shifted by its minimum again and divided by
-    its sum (uniform when constant); ``ρ_a = 1 − ΣS_i(box_a)``, ``ρ_b = ΣS_perm[i](box_b)``;
-    un-mixed images keep their one-hot label.
+    (``align_corners=True`` as the SnapMix authors' code, or ``False``) of ``images[perm[i]]``'s
+    ``box_b[i]``; the CAM of every image is shifted by its minimum, upsampled to the image size,
+    shifted by its minimum again and divided by its sum; ``ρ_a = 1 − ΣS_i(box_a)``,
+    ``ρ_b = ΣS_perm[i](box_b)``; un-mixed images keep their one-hot label. A constant CAM (no
+    mass after the shift) is the uniform distribution (``constant_cam="uniform"``, camkit's
+    convention: ``ρ`` is then the box's area share) or, as the authors' code (its ``0/0`` is NaN,
+    replaced afterwards), gives ``ρ_a = 1 − |A|/(H·W)`` and ``ρ_b = |A|/(H·W)``, box A's area
+    share for the partner too (``constant_cam="released"``).
     """
     b, _, h, w = images.shape
     dists = []
@@ -105,7 +115,7 @@ def loop_snapmix_apply(
         up = F.interpolate(cam[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         shifted = up - up.min()
         total = shifted.sum()
-        dists.append(shifted / total if total > 0 else torch.full_like(up, 1.0 / (h * w)))
+        dists.append(shifted / total if total > 0 else None)
     mixed = images.clone()
     soft = torch.zeros(b, num_classes, device=images.device)
     label_list = labels.tolist()
@@ -116,10 +126,14 @@ def loop_snapmix_apply(
         if apply[i]:
             crop = images[j : j + 1, :, yb0:yb1, xb0:xb1]
             mixed[i, :, ya0:ya1, xa0:xa1] = F.interpolate(
-                crop, size=(ya1 - ya0, xa1 - xa0), mode="bilinear", align_corners=False
+                crop, size=(ya1 - ya0, xa1 - xa0), mode="bilinear", align_corners=align_corners
             )[0]
-            rho_a = 1.0 - dists[i][ya0:ya1, xa0:xa1].sum()
-            rho_b = dists[j][yb0:yb1, xb0:xb1].sum()
+            share_a = (ya1 - ya0) * (xa1 - xa0) / (h * w)
+            share_b = (yb1 - yb0) * (xb1 - xb0) / (h * w)
+            if constant_cam == "released":
+                share_b = share_a  # the partner's NaN weight replaced by box A's share
+            rho_a = 1.0 - (share_a if dists[i] is None else dists[i][ya0:ya1, xa0:xa1].sum())
+            rho_b = share_b if dists[j] is None else dists[j][yb0:yb1, xb0:xb1].sum()
         else:
             rho_a, rho_b = 1.0, 0.0
         soft[i, label_list[i]] += rho_a

@@ -12,12 +12,17 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
+    "check_boxes",
     "check_choice",
     "check_finite",
+    "check_in_range",
+    "check_input_layer",
     "check_int",
     "check_labels",
+    "check_permutation",
     "check_positive",
     "check_probability",
+    "check_size",
     "check_tensor",
     "flagged_rows",
 ]
@@ -120,6 +125,20 @@ def check_choice(value: object, name: str, allowed: Sequence[object]) -> object:
     return value
 
 
+def _require(ok: torch.Tensor, x: torch.Tensor, name: str, expected: str, got) -> None:
+    """Raise ``ValueError("{name}: expected {expected}, got {got()}")`` unless ``ok`` is all true.
+
+    On the CPU the check runs at once; on an accelerator (or under ``torch.compile``) reading
+    ``ok`` back would stall the stream, so it is queued with ``torch._assert_async`` and fails at
+    the next synchronisation (the message then says only what was expected).
+    """
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(ok.all()):
+            raise ValueError(f"{name}: expected {expected}, got {got()}")
+    else:
+        torch._assert_async(ok.all(), f"{name}: expected {expected}")
+
+
 def check_labels(labels: object, name: str, num_classes: int, *, batch: int | None = None) -> None:
     """Check ``(B,)`` integer class labels in ``[0, num_classes)`` without a host sync on CUDA.
 
@@ -131,18 +150,13 @@ def check_labels(labels: object, name: str, num_classes: int, *, batch: int | No
     assert isinstance(labels, torch.Tensor)
     if labels.numel() == 0:
         return
-    if labels.device.type == "cpu" and not torch.compiler.is_compiling():
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"{name}: expected class indices in [0, {num_classes - 1}], got values in "
-                f"[{lo}, {hi}] in a {_describe(labels)}"
-            )
-    else:
-        torch._assert_async(
-            ((labels >= 0) & (labels < num_classes)).all(),
-            f"{name}: expected class indices in [0, {num_classes - 1}]",
-        )
+    _require(
+        (labels >= 0) & (labels < num_classes),
+        labels,
+        name,
+        f"class indices in [0, {num_classes - 1}]",
+        lambda: f"values in [{int(labels.min())}, {int(labels.max())}] in a {_describe(labels)}",
+    )
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
@@ -150,17 +164,111 @@ def check_finite(x: torch.Tensor, name: str) -> None:
 
     On the CPU the check runs at once and the error counts the bad values; on an accelerator (or
     under ``torch.compile``) it is queued with ``torch._assert_async`` and fails at the next
-    synchronisation. Not for a step's hot path: the training step checks what it is given once.
+    synchronisation. It reads ``x`` once (an elementwise test and a reduction): the training
+    step runs it once per batch, unless it is built with ``check_finite=False``.
     """
-    if x.device.type == "cpu" and not torch.compiler.is_compiling():
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            raise ValueError(
-                f"{name}: expected finite values, got {int(bad.sum())} NaN or infinite of "
-                f"{x.numel()} in a {_describe(x)}"
-            )
-    else:
-        torch._assert_async(torch.isfinite(x).all(), f"{name}: expected finite values")
+    ok = torch.isfinite(x)
+    _require(
+        ok,
+        x,
+        name,
+        "finite values",
+        lambda: f"{int((~ok).sum())} NaN or infinite of {x.numel()} in a {_describe(x)}",
+    )
+
+
+def check_in_range(x: torch.Tensor, name: str, low: float, high: float) -> None:
+    """Refuse values of ``x`` outside ``[low, high]`` (NaN included), naming the first one.
+
+    No host sync on an accelerator (see `check_finite`).
+    """
+
+    def got() -> str:
+        bad = ~((x >= low) & (x <= high))
+        index = tuple(bad.nonzero()[0].tolist())
+        where = f"[{index[0]}]" if len(index) == 1 else str(list(index))
+        return (
+            f"{int(bad.sum())} value(s) outside it, e.g. {x[index].item()} at {where}, in a "
+            f"{_describe(x)}"
+        )
+
+    _require((x >= low) & (x <= high), x, name, f"values in [{low}, {high}]", got)
+
+
+def check_permutation(perm: torch.Tensor, name: str) -> None:
+    """Refuse a ``(B,)`` integer tensor that is not a permutation of ``0 … B−1``.
+
+    No host sync on an accelerator (see `check_finite`).
+    """
+    n = perm.shape[0]
+    if n == 0:
+        return
+    ok = perm.sort().values == torch.arange(n, device=perm.device, dtype=perm.dtype)
+
+    def got() -> str:
+        shown = perm.tolist()
+        text = ", ".join(str(v) for v in shown[:12]) + (", ..." if n > 12 else "")
+        return f"[{text}]"
+
+    _require(ok, perm, name, f"a permutation of 0 … {n - 1} (each image's partner)", got)
+
+
+def check_boxes(boxes: torch.Tensor, name: str, size: tuple[int, int]) -> None:
+    """Refuse ``(N, 4)`` half-open boxes ``(y0, x0, y1, x1)`` that leave an ``(H, W)`` image.
+
+    No host sync on an accelerator (see `check_finite`).
+    """
+    height, width = size
+    y0, x0, y1, x1 = boxes.unbind(1)
+    ok = (y0 >= 0) & (y0 <= y1) & (y1 <= height) & (x0 >= 0) & (x0 <= x1) & (x1 <= width)
+
+    def got() -> str:
+        count, rows = flagged_rows(~ok, limit=3)
+        first = tuple(boxes[int((~ok).nonzero()[0, 0])].tolist())
+        return (
+            f"{first} in rows {rows} ({count} of {boxes.shape[0]}); were the draws made for "
+            "another image size?"
+        )
+
+    expected = (
+        f"boxes (y0, x0, y1, x1) inside the {height}×{width} image, 0 ≤ y0 ≤ y1 ≤ {height} and "
+        f"0 ≤ x0 ≤ x1 ≤ {width}"
+    )
+    _require(ok, boxes, name, expected, got)
+
+
+def check_size(size: object, name: str) -> tuple[int, int]:
+    """Check an image size ``(H, W)`` of two ints ≥ 1; returns it as a tuple."""
+    if (
+        not isinstance(size, (tuple, list, torch.Size))
+        or len(size) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size)
+    ):
+        raise ValueError(f"{name}: expected (H, W), two ints >= 1, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def check_input_layer(
+    images: torch.Tensor, name: str, layer: torch.nn.Module | None, owner: str
+) -> None:
+    """``images``' channels and dtype against the model's input convolution ``layer``.
+
+    The dtype must be the layer weights' outside ``torch.autocast``. ``layer`` ``None`` (no input
+    convolution found) checks nothing; ``owner`` names the model in the message.
+    """
+    if layer is None:
+        return
+    if images.shape[1] != layer.in_channels:
+        raise ValueError(
+            f"{name}: expected {layer.in_channels} channels (the input layer of {owner}), got a "
+            f"{_describe(images)}"
+        )
+    weight_dtype = layer.weight.dtype
+    if images.dtype != weight_dtype and not torch.is_autocast_enabled(images.device.type):
+        raise TypeError(
+            f"{name}: expected dtype {weight_dtype} (the model's weights; cast the images or run "
+            f"under torch.autocast), got a {_describe(images)}"
+        )
 
 
 def flagged_rows(flags: torch.Tensor, limit: int = 10) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from torch import nn
 from camkit._checks import check_choice, check_finite, check_int, check_positive, check_tensor
 from camkit._config import config_setting
 
-__all__ = ["ContrastivePatchLoss", "contrastive_patch_loss"]
+__all__ = ["ContrastivePatchLoss", "contrastive_patch_loss", "soft_cross_entropy"]
 
 Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS = ("mean", "sum", "none")
@@ -286,3 +286,31 @@ class ContrastivePatchLoss(nn.Module):
             f"num_patches={c.num_patches}, normalize={c.normalize}, "
             f"temperature={c.temperature}, reduction={c.reduction!r}"
         )
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``−Σ_k targets_k · log softmax(logits)_k``, in float32 at least.
+
+    The same value as timm's ``SoftTargetCrossEntropy``; SnapMix targets need not sum to 1
+    (``ρ_a + ρ_b ≠ 1``) and are used as they are. ``targets`` must have the logits' shape
+    ``(B, K)`` (a ``ValueError`` says so otherwise, instead of a broadcast or a shape error
+    deep inside), and ``B ≥ 1``: an empty batch is refused rather than averaged into NaN.
+
+    Examples:
+        >>> soft_cross_entropy(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])).item()  # ln 2
+        0.6931...
+    """
+    if logits.ndim == 2 and logits.shape[0] == 0:
+        raise ValueError(
+            "logits: expected at least one row (B >= 1), got shape "
+            f"{tuple(logits.shape)}: the mean over an empty batch is NaN"
+        )
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"targets: expected the logits' shape {tuple(logits.shape)} (B, K), got "
+            f"{tuple(targets.shape)}; a mix or one-hot built for another class count than the "
+            f"model's {logits.shape[-1]}? (e.g. SnapMix(num_classes={logits.shape[-1]}))"
+        )
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    log_p = F.log_softmax(logits.to(dtype), dim=-1)
+    return -(targets.to(dtype) * log_p).sum(-1).mean()

@@ -20,19 +20,13 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from camkit._checks import (
-    check_choice,
-    check_labels,
-    check_positive,
-    check_probability,
-    check_tensor,
-)
+from camkit._checks import check_choice, check_labels, check_positive, check_probability
+from camkit._step_checks import check_step_inputs, train_forward
 from camkit.cam import CAM_METHODS, CAMExtractor
-from camkit.cam._contract import check_device, refuse_wrappers
-from camkit.losses import ContrastivePatchLoss
+from camkit.cam._contract import input_layer, model_name, refuse_wrappers
+from camkit.losses import ContrastivePatchLoss, soft_cross_entropy
 from camkit.mix import Mix
 
 __all__ = ["TrainStep", "TrainStepOutput", "soft_cross_entropy"]
@@ -62,29 +56,6 @@ class TrainStepOutput(NamedTuple):
     inputs: torch.Tensor
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ``−Σ_k targets_k · log softmax(logits)_k``, in float32 at least.
-
-    The same value as timm's ``SoftTargetCrossEntropy``; SnapMix targets need not sum to 1
-    (``ρ_a + ρ_b ≠ 1``) and are used as they are. ``targets`` must have the logits' shape
-    ``(B, K)`` (a ``ValueError`` says so otherwise, instead of a broadcast or a shape error
-    deep inside).
-
-    Examples:
-        >>> soft_cross_entropy(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])).item()  # ln 2
-        0.6931...
-    """
-    if logits.shape != targets.shape:
-        raise ValueError(
-            f"targets: expected the logits' shape {tuple(logits.shape)} (B, K), got "
-            f"{tuple(targets.shape)}; a mix or one-hot built for another class count than the "
-            f"model's {logits.shape[-1]}? (e.g. SnapMix(num_classes={logits.shape[-1]}))"
-        )
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-    log_p = F.log_softmax(logits.to(dtype), dim=-1)
-    return -(targets.to(dtype) * log_p).sum(-1).mean()
-
-
 class TrainStep(nn.Module):
     """One training step as a module: ``step(images, labels).loss``; any mix, CE, CPE.
 
@@ -103,7 +74,18 @@ class TrainStep(nn.Module):
     contrastive patch loss on the training forward's features, the cells ranked by the CAM of each
     image's dominant target class. Without a mix the targets are the one-hot labels; with neither
     a mix nor CPE it is a plain (soft-target) cross-entropy step. The inputs are checked once, at
-    the step's entry; the parts are then called with ``validate_args=False``.
+    the step's entry, the same way for every variant (a tensor ``(B, C, H, W)`` with ``B ≥ 1``, on
+    the model's device, with the channels and dtype of the model's first convolution, labels in
+    ``[0, K)``, finite pixels, and ``mixed_params`` that are the mix's draws for the batch); the
+    parts are then called with ``validate_args=False``.
+
+    Finiteness: a NaN or infinite pixel would train on NaN targets and losses, so the step
+    refuses it, without a host sync: on the CPU at once (the message counts the bad values), on
+    an accelerator with ``torch._assert_async`` (a device-side assert: the step returns at once
+    and the error surfaces at the next synchronisation, e.g. ``loss.item()``; on CUDA a failed
+    device assert ends the process's CUDA context, as any device-side assert does). The check
+    reads the batch once; its measured cost is in the benchmarks (``finite`` rows of
+    ``perf.py``). ``check_finite=False`` skips it.
 
     Two recipes are named throughout the docs: the recommended recipe,
     ``TrainStep(model, cpe=ContrastivePatchLoss())`` (chosen on validation data, see the results
@@ -147,6 +129,7 @@ class TrainStep(nn.Module):
             [`soft_cross_entropy`][camkit.soft_cross_entropy], timm's ``SoftTargetCrossEntropy``).
         cpe_weight: weight ``λ ≥ 0`` of the CPE term (paper: 1).
         label_smoothing: ``ε`` in ``[0, 1)``; targets become ``(1 − ε)·t + ε/K``.
+        check_finite: refuse NaN or infinite images (default; see above).
         snapmix: deprecated name of ``mix`` (kept for one release; warns).
 
     Attributes:
@@ -163,7 +146,10 @@ class TrainStep(nn.Module):
             ``torch.compile`` (the message says what to wrap instead), or ``mix``/``cpe`` is of
             the wrong type.
         ValueError: ``mix.num_classes`` differs from the model's class count, ``cam_method``
-            differs from a passed extractor's, or an argument is out of range.
+            differs from a passed extractor's, an argument is out of range, or CAMs or CPE are
+            asked of a model on the ``meta`` device. A call raises ``ValueError`` for an empty
+            batch, NaN or infinite images, labels outside ``[0, K)``, draws that are not the
+            mix's for the batch, or a batch of one that train-mode BatchNorm cannot normalise.
 
     Examples:
         >>> import timm, torch
@@ -189,6 +175,7 @@ class TrainStep(nn.Module):
         criterion: SoftCriterion | None = None,
         cpe_weight: float = 1.0,
         label_smoothing: float = 0.0,
+        check_finite: bool = True,
         snapmix: Mix | None = None,
     ) -> None:
         super().__init__()
@@ -231,12 +218,24 @@ class TrainStep(nn.Module):
         check_probability(label_smoothing, "label_smoothing")
         if label_smoothing >= 1.0:
             raise ValueError(f"label_smoothing: expected a value in [0, 1), got {label_smoothing}")
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite: expected a bool, got {type(check_finite).__name__}")
 
         self.model = model
         needs_maps = cpe is not None or (mix is not None and mix.needs_cams != "none")
+        param = next(model.parameters(), None)
+        if needs_maps and param is not None and param.device.type == "meta":
+            raise ValueError(
+                f"model: the parameters of {model_name(model)} are on the meta device (shapes "
+                "without values); CAMs and CPE need real weights: materialise them first "
+                "(model.to_empty(device=...) then load a state dict)"
+            )
         extractor = CAMExtractor(model, cam_method) if needs_maps else None
         # not registered as a submodule: it shares ``model`` and would duplicate its state_dict keys
         object.__setattr__(self, "extractor", extractor)
+        # the input layer whose channels and dtype a CAM-free step checks (the extractor checks
+        # its own): the model's first convolution, as the extractor's
+        object.__setattr__(self, "_input_layer", input_layer(model) if extractor is None else None)
         num_classes = extractor.num_classes if extractor is not None else None
         if num_classes is None:
             count = getattr(model, "num_classes", None)
@@ -254,6 +253,7 @@ class TrainStep(nn.Module):
         self.criterion: SoftCriterion = criterion if criterion is not None else soft_cross_entropy
         self.cpe_weight = float(cpe_weight)
         self.label_smoothing = float(label_smoothing)
+        self.check_finite = check_finite
         self._warned_eval = False
 
     @property
@@ -265,44 +265,6 @@ class TrainStep(nn.Module):
         if self.label_smoothing == 0.0:
             return targets
         return targets * (1.0 - self.label_smoothing) + self.label_smoothing / targets.shape[1]
-
-    def _check_inputs(self, images: object, labels: object, mixed_params: object) -> None:
-        """Everything the step's parts would check, once."""
-        if self.extractor is not None:
-            self.extractor.check_inputs(images, None)
-        else:
-            check_tensor(images, "images", ndim=4, floating=True)
-            check_device(self.model, images, "images")
-        batch = images.shape[0]
-        if isinstance(labels, torch.Tensor) and labels.device.type not in (
-            "cpu",
-            images.device.type,
-        ):
-            raise ValueError(
-                f"labels: on {labels.device}, expected the images' device ({images.device}) or "
-                "the host"
-            )
-        if not self.model.training and not self._warned_eval:
-            self._warned_eval = True
-            warnings.warn(
-                "TrainStep: the model is in eval mode, so BatchNorm uses (and keeps) its running "
-                "statistics and dropout is off; call model.train() before training (as timm's "
-                "train.py does)",
-                UserWarning,
-                stacklevel=3,
-            )
-        if self.num_classes is not None:
-            check_labels(labels, "labels", self.num_classes, batch=batch)
-        else:
-            check_tensor(labels, "labels", shape=(batch,), floating=False)
-        if mixed_params is not None:
-            if self.mix is None or self.mix.needs_cams == "unmixed":
-                raise ValueError(
-                    "mixed_params: images mixed in the DataLoader (camkit.MixCollate) need a step "
-                    "whose mix needs no model to mix (needs_cams 'none' or 'mixed', e.g. CutMix, "
-                    f"Mixup or SnapMix(cam_source='mixed')); this step has mix={self.mix!r}"
-                )
-            self.mix.check_params(mixed_params, batch)
 
     def forward(
         self,
@@ -317,7 +279,7 @@ class TrainStep(nn.Module):
         [`MixCollate`][camkit.MixCollate] already mixed ``images`` (a mix with ``needs_cams``
         ``"none"`` or ``"mixed"``); the step then only weighs the labels.
         """
-        self._check_inputs(images, labels, mixed_params)
+        check_step_inputs(self, images, labels, mixed_params)
         # int64 for the one-hot and the mixes' scatters; non_blocking: a pageable host-to-device
         # copy would otherwise synchronise the stream
         labels = labels.to(images.device, torch.long, non_blocking=True)
@@ -329,7 +291,8 @@ class TrainStep(nn.Module):
         else:
             cams = None
             if mix.needs_cams == "unmixed":
-                cams = self.extractor.forward_frozen(images, labels, validate_args=False).cams
+                frozen = self.extractor.forward_frozen
+                cams = train_forward(self, frozen, images, target=labels, validate_args=False).cams
             if mixed_params is None:
                 inputs, params = mix.mix_images(images, cams=cams, validate_args=False)
             else:
@@ -339,11 +302,15 @@ class TrainStep(nn.Module):
 
         cpe_loss = None
         if self.cpe is not None:  # one forward: logits and CAMs
-            out = self.extractor(inputs, target=cam_target, validate_args=False)
+            out = train_forward(
+                self, self.extractor, inputs, target=cam_target, validate_args=False
+            )
             logits = out.logits
             cpe_loss = self.cpe(out.features, out.cams, validate_args=False)
         else:
-            logits = self.model(inputs)
+            logits = train_forward(self, self.model, inputs)
+        if targets is None and self.num_classes is None:  # a model without num_classes
+            check_labels(labels, "labels", logits.shape[-1])
         if targets is None:  # one-hot by scatter: F.one_hot range-checks with a host sync on CUDA
             targets = logits.new_zeros(logits.shape, dtype=torch.float32)
             targets.scatter_(1, labels[:, None], 1.0)
@@ -360,7 +327,7 @@ class TrainStep(nn.Module):
             inputs = images
         partner = labels[params.perm.to(labels.device, non_blocking=True)]
         both = torch.stack([labels, partner], 1)
-        out = self.extractor(inputs, target=both, validate_args=False)
+        out = train_forward(self, self.extractor, inputs, target=both, validate_args=False)
         pair = out.cams.detach().float()
         targets = mix.targets(labels, pair, params, tuple(inputs.shape[-2:]), validate_args=False)
         cpe_loss = None
@@ -396,4 +363,5 @@ class TrainStep(nn.Module):
         return (
             f"num_classes={self.num_classes}, cam_method={self.cam_method!r}, "
             f"cpe_weight={self.cpe_weight}, label_smoothing={self.label_smoothing}"
+            + ("" if self.check_finite else ", check_finite=False")
         )

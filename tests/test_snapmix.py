@@ -16,7 +16,8 @@ def draw(batch, height, width, seed, **settings):
 
 
 def reference_snapmix(images, labels, cams, params, num_classes, same_label_bonus=False):
-    """Per-sample loop in float64: crop, F.interpolate, paste; CAM shares by explicit sums."""
+    """Per-sample loop in float64: crop, F.interpolate (the authors' align_corners=True), paste;
+    CAM shares by explicit sums."""
     b, _, h, w = images.shape
     mixed = images.clone().double()
     soft = torch.zeros(b, num_classes, dtype=torch.float64)
@@ -32,7 +33,7 @@ def reference_snapmix(images, labels, cams, params, num_classes, same_label_bonu
             continue
         crop = images[j : j + 1, :, yb0:yb1, xb0:xb1].double()
         mixed[i, :, ya0:ya1, xa0:xa1] = F.interpolate(
-            crop, size=(ya1 - ya0, xa1 - xa0), mode="bilinear", align_corners=False
+            crop, size=(ya1 - ya0, xa1 - xa0), mode="bilinear", align_corners=True
         )[0]
         sa = up[i] - up[i].min()
         sb = up[j] - up[j].min()

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from camkit._checks import check_int, check_probability, check_tensor
+from camkit._checks import check_int, check_permutation, check_probability, check_tensor
 from camkit._config import config_setting
 from camkit.mix._base import Mix
 from camkit.mix._ops import soft_targets
@@ -125,11 +125,18 @@ class AttentiveCutMix(Mix):
         share = mask.flatten(1).double().mean(1)
         return soft_targets(labels, params.perm, 1.0 - share, share, self.num_classes, dtype=dtype)
 
-    def check_params(self, params: object, batch_size: int) -> None:
+    def check_params(self, params: object, batch_size: int, size: tuple[int, int]) -> None:
         if not isinstance(params, CellMixParams):
             raise TypeError(f"params: expected a CellMixParams, got {type(params).__name__}")
         check_tensor(params.perm, "params.perm", shape=(batch_size,), floating=False)
         check_tensor(params.cells, "params.cells", shape=(batch_size, None, None), dtype=torch.bool)
+        check_permutation(params.perm, "params.perm")
+        h, w = params.cells.shape[1:]
+        if h > size[0] or w > size[1]:  # a cell must cover at least one pixel
+            raise ValueError(
+                f"params.cells: expected a grid no finer than the {size[0]}×{size[1]} image, got "
+                f"a {h}×{w} grid"
+            )
 
     def extra_repr(self) -> str:
         c = self.config

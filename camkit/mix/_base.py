@@ -7,9 +7,18 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from camkit._checks import check_finite, check_int, check_labels, check_tensor
+from camkit._checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_labels,
+    check_size,
+    check_tensor,
+)
 
 CamNeed = Literal["none", "unmixed", "mixed"]
+CAM_NEEDS = ("none", "unmixed", "mixed")
+_HOOKS = ("_draw", "_apply", "_weigh", "check_params")
 
 
 class Mix(nn.Module):
@@ -31,9 +40,12 @@ class Mix(nn.Module):
     ``forward`` are the two compositions users call. Public calls check their inputs; the
     training step checks its own inputs once and passes ``validate_args=False``.
 
-    Adding a mix is one subclass: set ``needs_cams`` (and ``draws_need_cams``), and implement
-    ``_draw`` (the draws, no checks), ``_apply``, ``_weigh`` and ``check_params``; the docs'
-    method notes show one.
+    Adding a mix is one subclass: set ``needs_cams`` (and ``draws_need_cams``), call
+    ``super().__init__(config, generator)``, and implement ``_draw`` (the draws, no checks),
+    ``_apply``, ``_weigh`` and ``check_params``; the docs' method notes show one. A subclass
+    missing one of these, with another ``needs_cams`` than ``"none"``, ``"unmixed"`` or
+    ``"mixed"``, or whose ``__init__`` skips ``super().__init__`` is refused with an error that
+    names what is missing.
 
     Args:
         config: the mix's settings, a frozen dataclass validated when built, with a
@@ -44,14 +56,38 @@ class Mix(nn.Module):
     needs_cams: ClassVar[CamNeed] = "none"
     draws_need_cams: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        need = cls.__dict__.get("needs_cams")
+        if isinstance(need, str):  # a class attribute (a property is checked per instance)
+            check_choice(need, f"{cls.__name__}.needs_cams", CAM_NEEDS)
+
     def __init__(self, config: Any, generator: torch.Generator | None = None) -> None:
         super().__init__()
+        cls = type(self)
+        missing = [hook for hook in _HOOKS if getattr(cls, hook) is getattr(Mix, hook)]
+        if missing:
+            raise TypeError(
+                f"{cls.__name__}: a camkit.Mix implements _draw, _apply, _weigh and "
+                f"check_params; missing: {', '.join(missing)} (see camkit.Mix)"
+            )
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(
                 f"generator: expected a torch.Generator or None, got {type(generator).__name__}"
             )
         self.config = config
         self.generator = generator
+        check_choice(self.needs_cams, f"{cls.__name__}.needs_cams", CAM_NEEDS)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails; a Module whose __init__ never ran has no
+        # _parameters, and would otherwise fail on some internal attribute of nn.Module
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(
+                f"{type(self).__name__}: the mix was never initialised (no {name!r} yet): its "
+                "__init__ must call super().__init__(config, generator) (camkit.Mix)"
+            )
+        return super().__getattr__(name)
 
     @property
     def num_classes(self) -> int:
@@ -74,10 +110,16 @@ class Mix(nn.Module):
         device: torch.device,
         generator: torch.Generator | None,
     ) -> Any:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}._draw(batch_size, height, width, cams, device, generator): "
+            "not implemented (a camkit.Mix hook: return the draws, a params NamedTuple)"
+        )
 
     def _apply(self, images: torch.Tensor, params: Any) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}._apply(images, params): not implemented (a camkit.Mix hook: "
+            "return the mixed batch)"
+        )
 
     def _weigh(
         self,
@@ -87,12 +129,23 @@ class Mix(nn.Module):
         size: tuple[int, int],
         dtype: torch.dtype,
     ) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}._weigh(labels, cams, params, size, dtype): not implemented "
+            "(a camkit.Mix hook: return the (B, K) soft targets)"
+        )
 
-    def check_params(self, params: Any, batch_size: int) -> None:
+    def check_params(self, params: Any, batch_size: int, size: tuple[int, int]) -> None:
         """Raise ``TypeError``/``ValueError`` unless ``params`` are this mix's draws for
-        ``batch_size`` images (their type, shapes and dtypes)."""
-        raise NotImplementedError
+        ``batch_size`` images of ``size = (H, W)``: their type, shapes and dtypes, and their
+        values (weights in range, partners a permutation, boxes inside the image, ...).
+
+        On an accelerator the value checks are queued with ``torch._assert_async`` (no host
+        sync) and fail at the next synchronisation.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__}.check_params(params, batch_size, size): not implemented (a "
+            "camkit.Mix hook: refuse draws that are not this mix's for the batch)"
+        )
 
     def _check_cams(self, cams: object, batch_size: int, name: str = "cams") -> None:
         """``(B, h, w)`` maps of the un-mixed batch, or ``(B, 2, h, w)`` of the mixed one."""
@@ -175,14 +228,19 @@ class Mix(nn.Module):
         """The mixed batch for the draws ``params`` (``images`` is not modified).
 
         Args:
-            images: ``(B, C, H, W)`` float batch.
-            params: draws of this mix for ``B`` images.
+            images: ``(B, C, H, W)`` float batch, finite.
+            params: draws of this mix for ``B`` images of this size.
             validate_args: check the inputs (the training step checks once and passes False).
         """
         if validate_args:
-            check_tensor(images, "images", ndim=4, floating=True)
-            self.check_params(params, images.shape[0])
+            self._check_images(images)
+            self.check_params(params, images.shape[0], tuple(images.shape[-2:]))
         return self._apply(images, params)
+
+    @staticmethod
+    def _check_images(images: object) -> None:
+        check_tensor(images, "images", ndim=4, floating=True)
+        check_finite(images, "images")  # a NaN pixel would be pasted into its partner too
 
     def targets(
         self,
@@ -201,12 +259,13 @@ class Mix(nn.Module):
                 un-mixed images for their labels (``"unmixed"``), or ``(B, 2, h, w)`` maps of the
                 mixed images for ``labels`` and ``labels[params.perm]`` (``"mixed"``).
             params: draws of this mix for ``B`` images.
-            size: the image size ``(H, W)``.
+            size: the image size ``(H, W)`` the draws were made for.
             validate_args: check the inputs (the training step checks once and passes False).
         """
         if validate_args:
             batch = labels.shape[0] if isinstance(labels, torch.Tensor) else -1
-            self.check_params(params, batch)
+            size = check_size(size, "size")
+            self.check_params(params, batch, size)
             check_labels(labels, "labels", self.num_classes, batch=params.perm.shape[0])
             self._check_cams(cams, params.perm.shape[0])
         labels = labels.long()  # uint8/int32 labels are valid; the scatters need int64
@@ -228,7 +287,7 @@ class Mix(nn.Module):
         ``cams``: the un-mixed maps, for a mix whose draws depend on them.
         """
         if validate_args:
-            check_tensor(images, "images", ndim=4, floating=True)
+            self._check_images(images)
         b, _, h, w = images.shape
         if params is None:
             device = self.draw_device(images)
@@ -237,7 +296,7 @@ class Mix(nn.Module):
             else:
                 params = self._draw(b, h, w, cams, device, self.generator)
         elif validate_args:
-            self.check_params(params, b)
+            self.check_params(params, b, (h, w))
         return self._apply(images, params), params
 
     def forward(
@@ -259,12 +318,16 @@ class Mix(nn.Module):
                 "only the training forward has: use camkit.TrainStep, or call mix_images() and "
                 "then targets() with the CAMs of the mixed batch"
             )
-        check_tensor(images, "images", ndim=4, floating=True)
-        b = images.shape[0]
+        self._check_images(images)
+        b, _, h, w = images.shape
         self._check_cams(cams, b)
         if cams is not None:
             cams = cams.to(images.device)
-        mixed, params = self.mix_images(images, params, cams=cams)
+        if params is None:
+            params = self.sample(b, h, w, cams=cams, device=self.draw_device(images))
+        else:
+            self.check_params(params, b, (h, w))
+        mixed = self._apply(images, params)
         # after the draws: under torch.compile a check before them would be a graph of its own;
         # on an accelerator the range check is queued (torch._assert_async), no host sync
         check_labels(labels, "labels", self.num_classes, batch=b)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
+from camkit._checks import check_finite, check_tensor
 from camkit.mix._base import Mix
 
 
@@ -67,7 +68,9 @@ class MixCollate:
                 f"{type(images).__name__}"
                 + (f" and shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else "")
             )
-        labels = torch.as_tensor(labels).long()
+        labels = _class_indices(labels, images.shape[0])
+        if images.is_floating_point():
+            check_finite(images, "images")  # the host's check: the step then gets a clean batch
         generator = self.mix.generator if get_worker_info() is None else None
         if generator is not None and generator.device.type != "cpu":
             generator = None
@@ -77,6 +80,24 @@ class MixCollate:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.mix!r})"
+
+
+def _class_indices(labels: object, batch: int) -> torch.Tensor:
+    """The batch's labels as ``(B,)`` int64, refusing what ``.long()`` would truncate."""
+    labels = torch.as_tensor(labels)
+    check_tensor(labels, "labels", shape=(batch,))
+    if labels.is_floating_point() or labels.is_complex():
+        whole = torch.isfinite(labels) & (labels == labels.round())
+        if not bool(whole.all()):
+            bad = labels[~whole][:5].tolist()
+            raise ValueError(
+                f"labels: expected integer class indices, got {int((~whole).sum())} that are "
+                f"not whole numbers (e.g. {bad}) among the samples' labels of dtype "
+                f"{labels.dtype}; MixCollate does not round soft labels: give class indices"
+            )
+    elif labels.dtype == torch.bool:
+        raise TypeError("labels: expected integer class indices, got bool labels")
+    return labels.long()
 
 
 class SnapMixCollate(MixCollate):

@@ -1,9 +1,15 @@
 """CutMix (Yun et al., ICCV 2019) and Mixup (Zhang et al., ICLR 2018): the mixes without CAMs.
 
 Both equal timm's ``Mixup`` (``mixup_alpha=0, cutmix_alpha=α`` and ``mixup_alpha=α,
-cutmix_alpha=0``, ``label_smoothing=0``) on the same draws, which ``tests/test_mix.py`` pins;
-they differ from timm in how the partner is drawn (a random permutation of the batch, as in
-SnapMix, where timm pairs the batch with its reverse, ``x.flip(0)``).
+cutmix_alpha=0``, ``label_smoothing=0``, ``correct_lam=True``) on the same draws, bit for bit,
+images and targets: ``mode="batch"`` is timm's ``mode="batch"`` and ``mode="sample"`` its
+``mode="elem"`` (``tests/test_mix.py`` pins both, on several image sizes). They differ from timm
+in how the partner is drawn: a random permutation of the batch (as in SnapMix), where timm pairs
+the batch with its reverse (``x.flip(0)``); draws with ``perm = arange(B).flip(0)`` reproduce
+timm's batch. Not offered: timm's ``mode="pair"`` (each pair of reversed images swaps its boxes
+with one draw: a pairing that only the reversed-batch partner defines) and
+``correct_lam=False`` (the label weight from the drawn λ even where the box was clipped at the
+image border, so that the targets misstate the pasted area; timm's default is ``True``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,15 @@ from typing import NamedTuple
 
 import torch
 
-from camkit._checks import check_choice, check_int, check_positive, check_probability, check_tensor
+from camkit._checks import (
+    check_choice,
+    check_in_range,
+    check_int,
+    check_permutation,
+    check_positive,
+    check_probability,
+    check_tensor,
+)
 from camkit._config import config_setting
 from camkit.mix._base import Mix
 from camkit.mix._ops import paste, soft_targets
@@ -109,19 +123,23 @@ class CutMix(_TimmLikeMix):
     """CutMix: a box of the partner image pasted at the same place, labels weighed by area.
 
     Convention:
-        ``λ ~ Beta(α, α)``; the box has side ratio ``sqrt(1 − λ)`` and a uniform centre, clipped
-        to the image (the boxes of SnapMix, and of timm's ``rand_bbox``); ``mixed[i]`` is
-        ``images[perm[i]]`` inside ``box[i]`` and ``images[i]`` outside; the target is
-        ``(1 − a)·onehot(y_i) + a·onehot(y_perm[i])`` with ``a`` the box's share of the image
-        (timm's ``correct_lam``). ``mode="batch"`` draws one box and one coin for the batch (timm's
-        default), ``"sample"`` one per image.
+        ``λ ~ Beta(α, α)``; the box is timm's ``rand_bbox``: sides ``cut = floor(H·sqrt(1 − λ))``
+        (and ``W``), a uniform centre ``c``, rows ``c − cut // 2`` to ``c + (cut + 1) // 2``
+        (half-open), clipped to the image; ``mixed[i]`` is ``images[perm[i]]`` inside ``box[i]``
+        and ``images[i]`` outside, copied pixel for pixel; the target is
+        ``λ'·onehot(y_i) + (1 − λ')·onehot(y_perm[i])`` with ``1 − λ'`` the box's share of the
+        image (timm's ``correct_lam=True``), computed as timm does: in float64 for
+        ``mode="batch"`` (one box and one coin for the batch, timm's default), with ``λ'`` first
+        rounded to the targets' dtype for ``"sample"`` (one per image, timm's ``"elem"``, whose
+        per-image λ are float32). SnapMix's boxes are the SnapMix authors' ``rand_bbox``, whose
+        far edge is ``c + cut // 2``: one pixel shorter where ``cut`` is odd.
 
     Args:
         num_classes: ``K``.
         alpha: Beta parameter α > 0 (timm's and the CutMix paper's default: 1).
         prob: probability that a batch (``"batch"``) or an image (``"sample"``) is mixed.
         generator: random generator of the draws (a CPU one for ``mode="batch"``).
-        mode: ``"batch"`` or ``"sample"``.
+        mode: ``"batch"`` or ``"sample"`` (timm's ``"elem"``; timm's ``"pair"`` is not offered).
 
     ``sample`` draws a [`CutMixParams`][camkit.CutMixParams] (on the host by default, where a
     batch-wide box is also kept as host ints, so the paste is a slice copy); it reads no CAMs.
@@ -146,15 +164,14 @@ class CutMix(_TimmLikeMix):
         return paste(images, _as_snapmix(params))
 
     def _weigh(self, labels, cams, params, size, dtype) -> torch.Tensor:
-        params = _as_snapmix(params)
-        box = params.box_a.to(labels.device, non_blocking=True)
+        box = params.box.to(labels.device, non_blocking=True)
         share = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).double() / (size[0] * size[1])
         apply = params.apply.to(labels.device, non_blocking=True)
-        rho_b = torch.where(apply, share, 0.0)
-        return soft_targets(labels, params.perm, 1.0 - rho_b, rho_b, self.num_classes, dtype=dtype)
+        lam = torch.where(apply, 1.0 - share, 1.0)
+        return _pair_targets(self, labels, params.perm, lam, dtype)
 
-    def check_params(self, params: object, batch_size: int) -> None:
-        _check_box_params(params, batch_size, CutMixParams)
+    def check_params(self, params: object, batch_size: int, size: tuple[int, int]) -> None:
+        _check_box_params(params, batch_size, CutMixParams, size)
 
 
 @torch.compiler.disable  # host-side draws: one opaque call under torch.compile
@@ -162,7 +179,7 @@ def _sample_cutmix(config: _MixConfig, b, h, w, generator, device) -> CutMixPara
     draws = 1 if config.mode == "batch" else b
     perm = torch.randperm(b, generator=generator, device=device)
     lam = _beta(config, draws, generator, device)
-    box = _sample_boxes(lam, h, w, generator)
+    box = _sample_boxes(lam, h, w, generator, far_edge_up=True)
     coin = torch.rand(draws, generator=generator, device=device) < config.prob
     apply = coin & ((box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1]))
     shared = None
@@ -174,6 +191,15 @@ def _sample_cutmix(config: _MixConfig, b, h, w, generator, device) -> CutMixPara
         apply=apply.expand(b).contiguous(),
         shared_box=shared,
     )
+
+
+def _pair_targets(mix: _TimmLikeMix, labels, perm, lam: torch.Tensor, dtype) -> torch.Tensor:
+    """``λ·onehot(y) + (1 − λ)·onehot(y[perm])`` in timm's arithmetic: ``1 − λ`` in float64 for
+    ``mode="batch"`` (timm's Python float), in ``dtype`` after rounding ``λ`` for ``"sample"``
+    (timm's float32 per-image λ)."""
+    if mix.config.mode == "sample":
+        lam = lam.to(dtype)
+    return soft_targets(labels, perm, lam, 1.0 - lam, mix.num_classes, dtype=dtype)
 
 
 def _as_snapmix(params: CutMixParams) -> SnapMixParams:
@@ -192,14 +218,15 @@ class Mixup(_TimmLikeMix):
         ``λ ~ Beta(α, α)``; ``mixed[i] = λ_i·images[i] + (1 − λ_i)·images[perm[i]]`` and the
         target ``λ_i·onehot(y_i) + (1 − λ_i)·onehot(y_perm[i])``; images the ``prob`` coin leaves
         un-mixed have ``λ_i = 1``. ``mode="batch"``: one ``λ`` and one coin for the batch (timm's
-        default), ``"sample"``: one per image.
+        default), ``"sample"``: one per image (timm's ``"elem"``; the targets then round ``λ_i``
+        to their dtype before ``1 − λ_i``, as timm's float32 per-image λ).
 
     Args:
         num_classes: ``K``.
         alpha: Beta parameter α > 0 (timm's ``Mixup`` default: 1).
         prob: probability that a batch (``"batch"``) or an image (``"sample"``) is mixed.
         generator: random generator of the draws (a CPU one for ``mode="batch"``).
-        mode: ``"batch"`` or ``"sample"``.
+        mode: ``"batch"`` or ``"sample"`` (timm's ``"elem"``; timm's ``"pair"`` is not offered).
 
     ``sample`` draws a [`MixupParams`][camkit.MixupParams] (on the host by default, where a
     batch-wide ``λ`` is also kept as a host float); it reads neither the image size nor CAMs.
@@ -232,13 +259,25 @@ class Mixup(_TimmLikeMix):
 
     def _weigh(self, labels, cams, params, size, dtype) -> torch.Tensor:
         lam = params.lam.to(labels.device, non_blocking=True)
-        return soft_targets(labels, params.perm, lam, 1.0 - lam, self.num_classes, dtype=dtype)
+        return _pair_targets(self, labels, params.perm, lam, dtype)
 
-    def check_params(self, params: object, batch_size: int) -> None:
+    def check_params(self, params: object, batch_size: int, size: tuple[int, int]) -> None:
         if not isinstance(params, MixupParams):
             raise TypeError(f"params: expected a MixupParams, got {type(params).__name__}")
         check_tensor(params.perm, "params.perm", shape=(batch_size,), floating=False)
         check_tensor(params.lam, "params.lam", shape=(batch_size,), floating=True)
+        check_permutation(params.perm, "params.perm")
+        check_in_range(params.lam, "params.lam", 0.0, 1.0)  # NaN is outside too
+        shared = params.shared_lam
+        if shared is not None:
+            if isinstance(shared, bool) or not isinstance(shared, float):
+                raise TypeError(
+                    f"params.shared_lam: expected None or a float, got {type(shared).__name__}"
+                )
+            if not 0.0 <= shared <= 1.0:
+                raise ValueError(f"params.shared_lam: expected a value in [0, 1], got {shared}")
+            # the images would be blended with shared_lam and the targets weighed with lam
+            check_in_range(params.lam, "params.lam (equal to params.shared_lam)", shared, shared)
 
 
 @torch.compiler.disable  # host-side draws: one opaque call under torch.compile

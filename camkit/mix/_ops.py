@@ -39,19 +39,29 @@ def _box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return in_rows[:, :, None] & in_cols[:, None, :]
 
 
-def _paste_grid(box_a: torch.Tensor, box_b: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def _paste_grid(
+    box_a: torch.Tensor, box_b: torch.Tensor, height: int, width: int, align_corners: bool
+) -> torch.Tensor:
     """``grid_sample`` grid mapping each pixel of box A onto box B (bilinear resize geometry).
 
-    Matches ``F.interpolate(crop_b, size=box_a_size, mode="bilinear", align_corners=False)``:
-    source = ``b0 + (dst − a0 + 0.5)·len_b/len_a − 0.5``, clamped to the crop.
+    Matches ``F.interpolate(crop_b, size=box_a_size, mode="bilinear",
+    align_corners=align_corners)``: source = ``b0 + (dst − a0)·(len_b − 1)/(len_a − 1)``
+    (``b0`` when ``len_a`` is 1) with ``align_corners``, else
+    ``b0 + (dst − a0 + 0.5)·len_b/len_a − 0.5``; clamped to the crop.
     """
     dtype = torch.float32
 
     def axis(a0, a1, b0, b1, size):
         pos = torch.arange(size, device=box_a.device, dtype=dtype)
-        len_a = (a1 - a0).clamp_min(1).to(dtype)[:, None]
-        len_b = (b1 - b0).clamp_min(1).to(dtype)[:, None]
-        src = b0.to(dtype)[:, None] + (pos - a0.to(dtype)[:, None] + 0.5) * len_b / len_a - 0.5
+        offset = pos - a0.to(dtype)[:, None]
+        if align_corners:
+            len_a, len_b = (a1 - a0)[:, None], (b1 - b0)[:, None]
+            scale = (len_b - 1).clamp_min(0).to(dtype) / (len_a - 1).clamp_min(1).to(dtype)
+            src = b0.to(dtype)[:, None] + offset * torch.where(len_a > 1, scale, 0.0)
+        else:
+            len_a = (a1 - a0).clamp_min(1).to(dtype)[:, None]
+            len_b = (b1 - b0).clamp_min(1).to(dtype)[:, None]
+            src = b0.to(dtype)[:, None] + (offset + 0.5) * len_b / len_a - 0.5
         src = torch.minimum(src.clamp_min(0.0), (b1 - 1).clamp_min(0).to(dtype)[:, None])
         src = torch.maximum(src, b0.to(dtype)[:, None])
         return (2.0 * src + 1.0) / size - 1.0
@@ -64,13 +74,16 @@ def _paste_grid(box_a: torch.Tensor, box_b: torch.Tensor, height: int, width: in
     )
 
 
-def paste(images: torch.Tensor, params: SnapMixParams) -> torch.Tensor:
+def paste(
+    images: torch.Tensor, params: SnapMixParams, *, align_corners: bool = True
+) -> torch.Tensor:
     """The mixed batch: box A of each image replaced by the resized box B of its partner.
 
     Convention:
         ``mixed[i] = images[i]`` outside ``box_a[i]``; inside, the bilinear resize
-        (``align_corners=False``) of ``images[perm[i]]``'s ``box_b[i]``; images with
-        ``apply[i] == False`` are unchanged.
+        (``F.interpolate(..., align_corners=align_corners)``; ``True``: the SnapMix authors'
+        code) of ``images[perm[i]]``'s ``box_b[i]``; images with ``apply[i] == False`` are
+        unchanged. CutMix's draws (one box tensor for both boxes) are copied, not resampled.
 
     With ``params.shared_box`` (one box pair drawn on the host) this is one batch copy and a slice
     write: only the partners' crops are gathered and resized, and a batch the coin leaves un-mixed
@@ -78,12 +91,14 @@ def paste(images: torch.Tensor, params: SnapMixParams) -> torch.Tensor:
 
     Args:
         images: ``(B, C, H, W)`` float batch (not modified).
-        params: the draws (shapes checked by the caller).
+        params: the draws (checked by the caller).
+        align_corners: the resize's geometry (see above).
 
     Returns:
         ``(B, C, H, W)`` mixed batch, ``images``' dtype.
     """
     b, c, h, w = images.shape
+    same_boxes = params.box_a is params.box_b  # CutMix's draws (one box tensor)
     params = _params_on(params, images.device)
     autograd = torch.is_grad_enabled() and images.requires_grad
     if params.shared_box is not None:
@@ -106,12 +121,18 @@ def paste(images: torch.Tensor, params: SnapMixParams) -> torch.Tensor:
         if direct and not torch.compiler.is_compiling():  # dynamo refuses a strided out=
             # written straight into the box of the copy (B·C planes: a view of the box)
             out = box.view(b * c, 1, *size)
-            torch.ops.aten.upsample_bilinear2d.out(planes, size, False, out=out)
+            torch.ops.aten.upsample_bilinear2d.out(planes, size, align_corners, out=out)
         else:
-            resized = F.interpolate(planes.float(), size=size, mode="bilinear", align_corners=False)
+            resized = F.interpolate(
+                planes.float(), size=size, mode="bilinear", align_corners=align_corners
+            )
             box.copy_(resized.view(b, c, *size))
         return mixed
-    grid = _paste_grid(params.box_a, params.box_b, h, w)
+    inside = _box_masks(params.box_a, h, w) & params.apply[:, None, None]
+    if same_boxes:
+        # CutMix's boxes: the partner's pixels copied as they are, no resampling
+        return torch.where(inside[:, None], images.index_select(0, params.perm), images)
+    grid = _paste_grid(params.box_a, params.box_b, h, w, align_corners)
     pasted = F.grid_sample(
         images[params.perm].float(),
         grid,
@@ -119,7 +140,6 @@ def paste(images: torch.Tensor, params: SnapMixParams) -> torch.Tensor:
         padding_mode="border",
         align_corners=False,
     ).to(images.dtype)
-    inside = _box_masks(params.box_a, h, w) & params.apply[:, None, None]
     if autograd:
         return torch.where(inside[:, None], pasted, images)
     # in place: one batch-sized allocation less (out= takes no part in autograd)

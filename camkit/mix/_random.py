@@ -72,21 +72,30 @@ def _sample_beta_host(
 
 
 def _sample_boxes(
-    lam: torch.Tensor, height: int, width: int, generator: torch.Generator | None
+    lam: torch.Tensor,
+    height: int,
+    width: int,
+    generator: torch.Generator | None,
+    *,
+    far_edge_up: bool = False,
 ) -> torch.Tensor:
     """CutMix boxes: side ratio ``sqrt(1 − λ)``, uniform centre, clipped to the image.
 
     Convention:
         Boxes are ``(y0, x0, y1, x1)`` int64 pixel indices, half-open (rows ``y0 … y1−1``).
         ``cut_h = floor(H·sqrt(1−λ))``, centre ``cy ~ U{0 … H−1}``,
-        ``y0 = clip(cy − cut_h // 2, 0, H)``, ``y1 = clip(cy + cut_h // 2, 0, H)``; the same for x.
-        A box may be empty (``y0 == y1`` or ``x0 == x1``).
+        ``y0 = clip(cy − cut_h // 2, 0, H)`` and ``y1 = clip(cy + cut_h // 2, 0, H)`` (the CutMix
+        and SnapMix authors' ``rand_bbox``: an odd cut loses a pixel), or, with
+        ``far_edge_up``, ``y1 = clip(cy + (cut_h + 1) // 2, 0, H)`` (timm's ``rand_bbox``: the
+        unclipped box is ``cut_h`` long); the same for x. A box may be empty (``y0 == y1`` or
+        ``x0 == x1``).
 
     Args:
         lam: ``(N,)`` values in [0, 1].
         height: image height ``H``.
         width: image width ``W``.
         generator: random generator on ``lam``'s device (``None``: the global one).
+        far_edge_up: timm's far edge (see above).
 
     Returns:
         ``(N, 4)`` int64 boxes on ``lam``'s device.
@@ -97,8 +106,9 @@ def _sample_boxes(
     centre = torch.rand((lam.shape[0], 2), generator=generator, device=lam.device)
     cy = torch.floor(centre[:, 0] * height).long().clamp(max=height - 1)
     cx = torch.floor(centre[:, 1] * width).long().clamp(max=width - 1)
+    up = 1 if far_edge_up else 0
     y0 = (cy - cut_h // 2).clamp(0, height)
-    y1 = (cy + cut_h // 2).clamp(0, height)
+    y1 = (cy + (cut_h + up) // 2).clamp(0, height)
     x0 = (cx - cut_w // 2).clamp(0, width)
-    x1 = (cx + cut_w // 2).clamp(0, width)
+    x1 = (cx + (cut_w + up) // 2).clamp(0, width)
     return torch.stack([y0, x0, y1, x1], dim=1)

@@ -8,11 +8,15 @@ from typing import Literal, NamedTuple
 import torch
 
 from camkit._checks import (
+    _require,
+    check_boxes,
     check_choice,
     check_int,
+    check_permutation,
     check_positive,
     check_probability,
     check_tensor,
+    flagged_rows,
 )
 from camkit._config import config_setting
 from camkit.mix._base import Mix
@@ -58,6 +62,7 @@ class _SnapMixConfig:
     label_weights: LabelWeights = "cam"
     same_label_bonus: bool = False
     cam_source: CamSource = "unmixed"
+    align_corners: bool = True
 
     def __post_init__(self) -> None:
         check_int(self.num_classes, "num_classes", minimum=1)
@@ -68,6 +73,10 @@ class _SnapMixConfig:
         check_choice(self.label_weights, "label_weights", ("cam", "area"))
         set_(self, "same_label_bonus", bool(self.same_label_bonus))
         check_choice(self.cam_source, "cam_source", ("unmixed", "mixed"))
+        if not isinstance(self.align_corners, bool):
+            raise TypeError(
+                f"align_corners: expected True or False, got {type(self.align_corners).__name__}"
+            )
 
 
 @torch.compiler.disable  # host-side draws (numpy, Python ints): one opaque call under compile
@@ -104,17 +113,75 @@ def _sample_snapmix_params(
     )
 
 
-def _check_box_params(params: object, batch: int, kind: type, name: str = "params") -> None:
-    """``params`` is a ``kind`` of box draws for ``batch`` images (shapes and dtypes)."""
+def _check_box_params(
+    params: object,
+    batch: int,
+    kind: type,
+    size: tuple[int, int],
+    *,
+    nonempty: bool = False,
+    name: str = "params",
+) -> None:
+    """``params`` is a ``kind`` of box draws for ``batch`` images of ``size``: shapes, dtypes and
+    values (``perm`` a permutation, boxes inside the image, non-empty where applied when
+    ``nonempty``, a ``shared_box`` that agrees with the tensors)."""
     if not isinstance(params, kind):
         raise TypeError(f"{name}: expected a {kind.__name__}, got {type(params).__name__}")
     check_tensor(params.perm, f"{name}.perm", shape=(batch,), floating=False)
     check_tensor(params.apply, f"{name}.apply", shape=(batch,), dtype=torch.bool)
-    for field in params._fields:
-        if field.startswith("box"):
-            check_tensor(
-                getattr(params, field), f"{name}.{field}", shape=(batch, 4), floating=False
+    fields = [field for field in params._fields if field.startswith("box")]
+    for field in fields:
+        check_tensor(getattr(params, field), f"{name}.{field}", shape=(batch, 4), floating=False)
+    check_permutation(params.perm, f"{name}.perm")
+    for field in fields:
+        boxes = getattr(params, field)
+        check_boxes(boxes, f"{name}.{field}", size)
+        if nonempty:  # a mixed image whose box is empty would be weighed as if it were pasted
+            empty = params.apply & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+            _require(
+                ~empty,
+                boxes,
+                f"{name}.{field}",
+                "a non-empty box wherever apply is True",
+                lambda empty=empty: f"empty boxes in the mixed rows {flagged_rows(empty)[1]}",
             )
+    if params.shared_box is not None:
+        _check_shared_box(params, fields, size, name)
+
+
+def _check_shared_box(params: object, fields: list[str], size: tuple[int, int], name: str) -> None:
+    """The host copy of a batch-wide draw: ``(box, ..., mixed)``, equal to every tensor row."""
+    shared = params.shared_box
+    want = f"({', '.join(['(y0, x0, y1, x1)'] * len(fields))}, mixed) of host ints and a bool"
+    if (
+        not isinstance(shared, tuple)
+        or len(shared) != len(fields) + 1
+        or not isinstance(shared[-1], bool)
+        or any(
+            not isinstance(box, tuple) or len(box) != 4 or not all(type(v) is int for v in box)
+            for box in shared[:-1]
+        )
+    ):
+        raise TypeError(f"{name}.shared_box: expected None or {want}, got {shared!r}")
+    for field, box in zip(fields, shared[:-1], strict=True):
+        check_boxes(torch.tensor([box]), f"{name}.shared_box", size)
+        rows = getattr(params, field)
+        _require(
+            (rows == torch.tensor(box, device=rows.device, dtype=rows.dtype)).all(1),
+            rows,
+            f"{name}.shared_box",
+            f"the box of every row of {name}.{field} ({box}); after editing the tensors, set "
+            "shared_box=None",
+            lambda rows=rows, field=field: f"rows {tuple(rows[0].tolist())}, ... in {name}.{field}",
+        )
+    _require(
+        params.apply == shared[-1],
+        params.apply,
+        f"{name}.shared_box",
+        f"mixed = {shared[-1]} in every row of {name}.apply; after editing the tensors, set "
+        "shared_box=None",
+        lambda: f"apply = {params.apply.tolist()}",
+    )
 
 
 def snapmix(
@@ -128,6 +195,7 @@ def snapmix(
     box_mode: BoxMode = "batch",
     label_weights: LabelWeights = "cam",
     same_label_bonus: bool = False,
+    align_corners: bool = True,
     generator: torch.Generator | None = None,
     params: SnapMixParams | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +223,7 @@ def snapmix(
         box_mode=box_mode,
         label_weights=label_weights,
         same_label_bonus=same_label_bonus,
+        align_corners=align_corners,
     )
     return mix(images, labels, cams, params)
 
@@ -174,11 +243,13 @@ class SnapMix(Mix):
 
     Convention:
         ``mixed[i] = images[i]`` outside ``box_a[i]``; inside, the bilinear resize
-        (``align_corners=False``) of ``images[perm[i]]``'s ``box_b[i]``.
+        (``align_corners=True``, as the SnapMix authors' code) of ``images[perm[i]]``'s
+        ``box_b[i]``.
         ``S = normalize_cams(upsample_cams(cams, (H, W)), "distribution")`` (computed at the CAMs'
         resolution); ``ρ_a = 1 − ΣS_i(box_a)``, ``ρ_b = ΣS_{perm[i]}(box_b)``; ``ρ_a + ρ_b``
         need not be 1. Un-mixed images keep ``onehot(y_i)``. Box sizes: ``λ ~ Beta(α, α)``, side
-        ratio ``sqrt(1 − λ)``, uniform centre, clipped to the image (CutMix); ``box_mode="batch"``
+        ratio ``sqrt(1 − λ)``, uniform centre, ``cut // 2`` on each side of it, clipped to the
+        image (the CutMix authors' and the SnapMix authors' ``rand_bbox``); ``box_mode="batch"``
         draws one box pair and one coin for the batch (the released code), ``"sample"`` one per
         image; an image with an empty box is not mixed; self-pairs are allowed.
         ``label_weights="area"`` uses uniform maps (CutMix area ratios). ``same_label_bonus=True``
@@ -194,6 +265,11 @@ class SnapMix(Mix):
         box_mode: ``"batch"`` or ``"sample"``.
         label_weights: ``"cam"`` (SnapMix) or ``"area"``.
         same_label_bonus: the released code's weighting of same-label pairs (off by default).
+        align_corners: the geometry of the bilinear resize of box B into box A: ``True`` (the
+            default) as the SnapMix authors' code (``F.interpolate(..., align_corners=True)``:
+            the corner pixels of box B land on the corner pixels of box A); ``False``: the
+            half-pixel geometry camkit used before (pixel centres scaled, edges clamped), with
+            which the committed SnapMix results were measured.
         cam_source: ``"unmixed"`` (SnapMix: the CAMs of the un-mixed images, one extra
             no-grad forward) or ``"mixed"`` (no extra forward: both weights read over box A from
             the CAMs of the *mixed* image, which the training forward computes anyway, as
@@ -243,6 +319,7 @@ class SnapMix(Mix):
     label_weights = config_setting("label_weights")
     same_label_bonus = config_setting("same_label_bonus")
     cam_source = config_setting("cam_source")
+    align_corners = config_setting("align_corners")
 
     def __init__(
         self,
@@ -255,9 +332,17 @@ class SnapMix(Mix):
         label_weights: LabelWeights = "cam",
         same_label_bonus: bool = False,
         cam_source: CamSource = "unmixed",
+        align_corners: bool = True,
     ) -> None:
         config = _SnapMixConfig(
-            num_classes, alpha, prob, box_mode, label_weights, same_label_bonus, cam_source
+            num_classes,
+            alpha,
+            prob,
+            box_mode,
+            label_weights,
+            same_label_bonus,
+            cam_source,
+            align_corners,
         )
         super().__init__(config, generator)
 
@@ -274,7 +359,7 @@ class SnapMix(Mix):
         return _sample_snapmix_params(self.config, batch_size, height, width, generator, device)
 
     def _apply(self, images: torch.Tensor, params: SnapMixParams) -> torch.Tensor:
-        return paste(images, params)
+        return paste(images, params, align_corners=self.config.align_corners)
 
     def _weigh(self, labels, cams, params, size, dtype) -> torch.Tensor:
         c = self.config
@@ -291,13 +376,14 @@ class SnapMix(Mix):
             dtype=dtype,
         )
 
-    def check_params(self, params: object, batch_size: int) -> None:
-        _check_box_params(params, batch_size, SnapMixParams)
+    def check_params(self, params: object, batch_size: int, size: tuple[int, int]) -> None:
+        _check_box_params(params, batch_size, SnapMixParams, size, nonempty=True)
 
     def extra_repr(self) -> str:
         c = self.config
         return (
             f"num_classes={c.num_classes}, alpha={c.alpha}, prob={c.prob}, "
             f"box_mode={c.box_mode!r}, label_weights={c.label_weights!r}, "
-            f"same_label_bonus={c.same_label_bonus}, cam_source={c.cam_source!r}"
+            f"same_label_bonus={c.same_label_bonus}, cam_source={c.cam_source!r}, "
+            f"align_corners={c.align_corners}"
         )
