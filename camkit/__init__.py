@@ -3,7 +3,9 @@
 Four parts, usable alone or together:
 
 - [`CAMExtractor`][camkit.CAMExtractor]: logits, feature map and CAMs of any timm classifier
-  from one forward, with a choice of CAM method (`CAM_METHODS`);
+  from one forward, with a choice of CAM method (`CAM_METHODS`); torchvision, MONAI and
+  Hugging Face classifiers, and any other by its split, through
+  [`as_classifier`][camkit.as_classifier] (`camkit.models`);
 - [`SnapMix`][camkit.SnapMix]: CAM-weighted CutMix with soft labels, batched on the device;
 - [`ContrastivePatchLoss`][camkit.ContrastivePatchLoss]: the contrastive patch embedding loss;
 - [`CAMMaskingTTA`][camkit.CAMMaskingTTA]: CAM-directed masking test-time augmentation;
@@ -59,6 +61,7 @@ from camkit.mix import (
     SnapMixParams,
     snapmix,
 )
+from camkit.models import ClassifierAdapter, SplitClassifier, as_classifier
 from camkit.pretrained import efficientnet_pytorch_to_timm
 from camkit.train import TrainStep, TrainStepOutput, soft_cross_entropy
 from camkit.tta import CAMMaskingTTA, DeletionCurve, TTAResult, deletion_auc, deletion_curve
@@ -84,6 +87,7 @@ __all__ = [
     "CAMOutput",
     "COVIDxCT",
     "CellMixParams",
+    "ClassifierAdapter",
     "ContrastivePatchLoss",
     "CutMix",
     "CutMixParams",
@@ -98,11 +102,13 @@ __all__ = [
     "SnapMixCollate",
     "SnapMixParams",
     "SnapMixTask",
+    "SplitClassifier",
     "SplitImageFolder",
     "TTAResult",
     "TrainStep",
     "TrainStepOutput",
     "TrainStepTask",
+    "as_classifier",
     "build_mnist_m",
     "cam_grid",
     "cell_sums",

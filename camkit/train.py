@@ -28,6 +28,8 @@ from camkit.cam import CAM_METHODS, CAMExtractor
 from camkit.cam._contract import input_layer, model_name, refuse_wrappers
 from camkit.losses import ContrastivePatchLoss, soft_cross_entropy
 from camkit.mix import Mix
+from camkit.models import source_model, unwrap_logits
+from camkit.models._resolve import resolve
 
 __all__ = ["TrainStep", "TrainStepOutput", "soft_cross_entropy"]
 
@@ -117,7 +119,9 @@ class TrainStep(nn.Module):
     Args:
         model: a timm classifier (unwrapped: not DDP, not compiled), or a
             [`CAMExtractor`][camkit.CAMExtractor] of one. With neither a mix that needs CAMs nor
-            CPE any classifier returning ``(B, K)`` logits works.
+            CPE any classifier returning ``(B, K)`` logits (or a Hugging Face output with
+            ``.logits``) works; torchvision, MONAI and Hugging Face classifiers are read through
+            their adapters (`camkit.models`).
         mix: a [`Mix`][camkit.Mix] (``SnapMix``, ``CutMix``, ``Mixup``, ``AttentiveCutMix``, …),
             or ``None``.
         cpe: the [`ContrastivePatchLoss`][camkit.ContrastivePatchLoss], or ``None``
@@ -198,6 +202,10 @@ class TrainStep(nn.Module):
                 )
             model = model.model
         refuse_wrappers(model, "model")
+        # what the step calls: the model, or its adapter (camkit.models); self.model stays the
+        # user's model, so state_dict keys, EMA and checkpoints are the model's own
+        classifier = resolve(model, required=False)
+        model = source_model(model)
         if mix is not None and not isinstance(mix, Mix):
             raise TypeError(
                 f"mix: expected a camkit.Mix (SnapMix, CutMix, Mixup, ...) or None, "
@@ -230,15 +238,16 @@ class TrainStep(nn.Module):
                 "without values); CAMs and CPE need real weights: materialise them first "
                 "(model.to_empty(device=...) then load a state dict)"
             )
-        extractor = CAMExtractor(model, cam_method) if needs_maps else None
+        extractor = CAMExtractor(classifier, cam_method) if needs_maps else None
         # not registered as a submodule: it shares ``model`` and would duplicate its state_dict keys
         object.__setattr__(self, "extractor", extractor)
+        object.__setattr__(self, "_classifier", classifier)
         # the input layer whose channels and dtype a CAM-free step checks (the extractor checks
         # its own): the model's first convolution, as the extractor's
         object.__setattr__(self, "_input_layer", input_layer(model) if extractor is None else None)
         num_classes = extractor.num_classes if extractor is not None else None
         if num_classes is None:
-            count = getattr(model, "num_classes", None)
+            count = getattr(classifier, "num_classes", None)
             num_classes = int(count) if isinstance(count, int) and count > 0 else None
         if mix is not None and num_classes is not None and mix.num_classes != num_classes:
             name = type(mix).__name__
@@ -308,7 +317,7 @@ class TrainStep(nn.Module):
             logits = out.logits
             cpe_loss = self.cpe(out.features, out.cams, validate_args=False)
         else:
-            logits = train_forward(self, self.model, inputs)
+            logits = unwrap_logits(train_forward(self, self._classifier, inputs))
         if targets is None and self.num_classes is None:  # a model without num_classes
             check_labels(labels, "labels", logits.shape[-1])
         if targets is None:  # one-hot by scatter: F.one_hot range-checks with a host sync on CUDA

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Iterator
 
 import torch
@@ -20,6 +21,7 @@ __all__ = [
     "check_device",
     "check_head",
     "frozen_state",
+    "input_layer",
     "linear_weights",
     "model_name",
     "num_prefix_tokens",
@@ -135,12 +137,12 @@ def model_name(model: nn.Module) -> str:
 def linear_weights(
     classifier: object, num_features: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(W (K, C), b (K,))`` of a linear or 1×1-convolution classifier, else ``None``."""
+    """``(W (K, C), b (K,))`` of a linear or 1×1(×1)-convolution classifier, else ``None``."""
     if isinstance(classifier, nn.Linear) and classifier.in_features == num_features:
         weight = classifier.weight
     elif (
-        isinstance(classifier, nn.Conv2d)
-        and classifier.kernel_size == (1, 1)
+        isinstance(classifier, (nn.Conv2d, nn.Conv3d))
+        and set(classifier.kernel_size) == {1}
         and classifier.groups == 1
         and classifier.in_channels == num_features
     ):
@@ -162,33 +164,39 @@ def num_prefix_tokens(model: nn.Module) -> int:
 
 
 def _token_grid(
-    model: nn.Module, num_tokens: int, image_size: tuple[int, int] | None
-) -> tuple[int, int]:
+    model: nn.Module, num_tokens: int, image_size: tuple[int, ...] | None
+) -> tuple[int, ...]:
     patch_embed = getattr(model, "patch_embed", None)
-    candidates: list[tuple[int, int]] = []
+    candidates: list[tuple[int, ...]] = []
     if patch_embed is not None:
         if image_size is not None and callable(getattr(patch_embed, "dynamic_feat_size", None)):
             try:
-                candidates.append(tuple(patch_embed.dynamic_feat_size(image_size)))
+                candidates.append(tuple(int(g) for g in patch_embed.dynamic_feat_size(image_size)))
             except Exception:
                 pass
         grid = getattr(patch_embed, "grid_size", None)
         if grid is not None:
-            candidates.append((int(grid[0]), int(grid[1])))
-    side = round(num_tokens**0.5)
-    candidates.append((side, side))
-    for h, w in candidates:
-        if h * w == num_tokens:
-            return int(h), int(w)
+            candidates.append(tuple(int(g) for g in grid))
+    rank = len(image_size) if image_size is not None else 2
+    side = round(num_tokens ** (1.0 / rank))
+    candidates.append((side,) * rank)
+    for grid in candidates:
+        if math.prod(grid) == num_tokens and (image_size is None or len(grid) == rank):
+            return grid
+    shape = "square" if rank == 2 else "cube"
     raise ValueError(
         f"model: cannot fold {num_tokens} patch tokens of {model_name(model)} onto a grid "
-        f"(patch_embed grid {candidates[:-1] or 'absent'}, not a square either); "
+        f"(patch_embed grid {candidates[:-1] or 'absent'}, not a {shape} either); "
         "set model.num_prefix_tokens correctly or use a model with a patch grid"
     )
 
 
-def to_grid(model: nn.Module, feats: object, image_size: tuple[int, int] | None) -> torch.Tensor:
-    """``model.forward_features``' output (or a tensor of its layout) in NCHW, prefix dropped."""
+def to_grid(model: nn.Module, feats: object, image_size: tuple[int, ...] | None) -> torch.Tensor:
+    """``model.forward_features``' output (or a tensor of its layout) channels-first
+    (``(B, C, h, w)``, ``(B, C, d, h, w)`` for volumes), prefix tokens dropped.
+
+    ``image_size``: the spatial size of the input (2 or 3 sides), which fixes the token grid.
+    """
     if not isinstance(feats, torch.Tensor):
         raise ValueError(
             f"model: {model_name(model)}.forward_features returned a "
@@ -196,14 +204,16 @@ def to_grid(model: nn.Module, feats: object, image_size: tuple[int, int] | None)
         )
     if feats.ndim == 4:
         return feats.permute(0, 3, 1, 2) if _output_fmt(model) == "NHWC" else feats
+    if feats.ndim == 5:
+        return feats.permute(0, 4, 1, 2, 3) if _output_fmt(model) == "NDHWC" else feats
     if feats.ndim == 3:
         tokens = feats[:, num_prefix_tokens(model) :]
-        h, w = _token_grid(model, tokens.shape[1], image_size)
-        return tokens.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], h, w)
+        grid = _token_grid(model, tokens.shape[1], image_size)
+        return tokens.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], *grid)
     raise ValueError(
         f"model: {model_name(model)}.forward_features returned shape "
-        f"{tuple(feats.shape)}; CAMs need a spatial map (B, C, h, w), (B, h, w, C) or tokens "
-        "(B, N, C), not features pooled inside the model"
+        f"{tuple(feats.shape)}; CAMs need a spatial map (B, C, h, w), (B, h, w, C), "
+        "(B, C, d, h, w) or tokens (B, N, C), not features pooled inside the model"
     )
 
 
@@ -211,12 +221,19 @@ def spatial_dims(model: nn.Module, feats: torch.Tensor) -> tuple[int, ...]:
     """The dimensions of ``forward_features``' output that index positions (cells, tokens)."""
     if feats.ndim == 3:
         return (1,)
-    return (1, 2) if _output_fmt(model) == "NHWC" else (2, 3)
+    if _output_fmt(model) in ("NHWC", "NDHWC"):
+        return tuple(range(1, feats.ndim - 1))
+    return tuple(range(2, feats.ndim))
+
+
+def input_layer(model: nn.Module) -> nn.Conv2d | nn.Conv3d | None:
+    """The model's first 2-D or 3-D convolution (its input layer for CNNs and patch models)."""
+    return next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))), None)
 
 
 def _dummy_input(model: nn.Module) -> torch.Tensor:
     """A small zero image the model accepts: its channels, its fixed size if it has one."""
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    first_conv = input_layer(model)
     channels = first_conv.in_channels if first_conv is not None else 3
     # a fixed-size patch embedding (timm's PatchEmbed, wherever the model keeps it) wins
     size = next(
@@ -231,9 +248,7 @@ def _dummy_input(model: nn.Module) -> torch.Tensor:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         size = tuple(cfg.get("input_size", (channels, 224, 224)))[1:]
     param = next(model.parameters())
-    return torch.zeros(
-        1, channels, int(size[0]), int(size[1]), device=param.device, dtype=param.dtype
-    )
+    return torch.zeros(1, channels, *(int(s) for s in size), device=param.device, dtype=param.dtype)
 
 
 @torch.no_grad()
@@ -254,7 +269,7 @@ def probe_exact(model: nn.Module, num_classes: int) -> tuple[bool, nn.Conv2d | N
         feats = probe_model.forward_features(_dummy_input(probe_model))
     except Exception:  # no usable dummy input: the head-gradient CAM stays valid
         return False, None
-    input_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    input_conv = input_layer(model)
     grid = to_grid(model, feats, None)
     check_head(model, probe_model, feats, num_classes)
     if linear_weights(probe_model.get_classifier(), grid.shape[1]) is None:
@@ -268,7 +283,8 @@ def probe_exact(model: nn.Module, num_classes: int) -> tuple[bool, nn.Conv2d | N
     weight, bias = linear_weights(classifier, grid.shape[1])
     feats = torch.randn(feats.shape, generator=gen).to(feats)
     logits = probe_model.forward_head(feats)
-    expected = to_grid(model, feats, None).mean((2, 3)) @ weight.T + bias
+    grid = to_grid(model, feats, None)
+    expected = grid.mean(tuple(range(2, grid.ndim))) @ weight.T + bias
     if not isinstance(logits, torch.Tensor) or logits.shape != expected.shape:
         return False, input_conv
     scale = float(expected.abs().max())
@@ -287,6 +303,7 @@ def check_head(
     """
     want = (feats.shape[0], num_classes)
     cause: Exception | None = None
+    logits = None
     try:
         logits = probe_model.forward_head(feats)
     except Exception as err:
@@ -299,6 +316,13 @@ def check_head(
             f"returned shape {tuple(logits.shape)}"
             if isinstance(logits, torch.Tensor)
             else f"returned a {type(logits).__name__}"
+        )
+    if isinstance(logits, torch.Tensor) and logits.ndim == 2 and logits.shape[0] == want[0]:
+        raise ValueError(
+            f"model: {model_name(model)}.forward_head returns {logits.shape[1]} logits but "
+            f"model.num_classes is {num_classes}: was the classifier replaced after the model "
+            f"was created? Set model.num_classes = {logits.shape[1]} (or create the model with "
+            f"num_classes={logits.shape[1]} before replacing the classifier)"
         )
     raise ValueError(
         f"model: {model_name(model)}.forward_head does not pool its features of shape "

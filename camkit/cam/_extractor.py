@@ -5,15 +5,17 @@ Private module: the public names are re-exported by `camkit.cam` and `camkit`.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from camkit._checks import _describe, check_choice, check_labels, check_tensor
+from camkit._checks import _describe, check_choice, check_finite, check_labels, check_tensor
 from camkit.cam._contract import (
     check_device,
     frozen_state,
+    input_layer,
     linear_weights,
     model_name,
     num_prefix_tokens,
@@ -23,6 +25,7 @@ from camkit.cam._contract import (
     to_grid,
 )
 from camkit.cam._methods import CAM_METHODS, CAMMethod, HeadGradient, compute_cams
+from camkit.models import as_classifier
 
 __all__ = ["CAMExtractor", "CAMOutput"]
 
@@ -137,13 +140,13 @@ class CAMExtractor(nn.Module):
         if isinstance(model, CAMExtractor):
             model = model.model
         refuse_wrappers(model, "model")
-        for name in ("forward_features", "forward_head", "get_classifier"):
-            if not callable(getattr(model, name, None)):
-                raise TypeError(
-                    f"model: expected a timm classifier with forward_features, forward_head and "
-                    f"get_classifier; {model_name(model)} has no {name}()"
-                )
+        model = as_classifier(model)
         num_classes = getattr(model, "num_classes", None)
+        if num_classes is None:
+            raise ValueError(
+                f"model: {model_name(model)} has no num_classes attribute, which camkit reads "
+                "as the number of logits K (timm's contract); set model.num_classes = K"
+            )
         classifier = model.get_classifier()
         if not num_classes or isinstance(classifier, nn.Identity):
             raise ValueError(
@@ -157,7 +160,10 @@ class CAMExtractor(nn.Module):
         self._exact_head = exact_head
         # the model's input convolution, kept in a tuple so that it is not registered as a
         # submodule; set once a zero image of its channel count went through the probe
-        self._input_conv: tuple[nn.Conv2d, ...] = (input_conv,) if input_conv is not None else ()
+        self._input_conv: tuple[nn.Module, ...] = (input_conv,) if input_conv is not None else ()
+        # the spatial rank of the input (2: images, 3: volumes) from the input layer
+        layer = input_conv if input_conv is not None else input_layer(model)
+        self._input_ndim: tuple[int, ...] = (layer.weight.ndim,) if layer is not None else (4, 5)
 
     @property
     def method(self) -> CAMMethod:
@@ -211,19 +217,20 @@ class CAMExtractor(nn.Module):
         self, feats: torch.Tensor, grid: torch.Tensor, target: torch.Tensor
     ) -> HeadGradient:
         """Per-cell gradient ``G`` (on ``grid``'s cells) and class weights ``alpha``."""
-        b, c, h, w = grid.shape
+        _, c, *cells_shape = grid.shape
+        count = math.prod(cells_shape)
         if self._exact_head:
             rows = self._class_rows(c, target)
-            return HeadGradient(
-                cells=(rows / (h * w))[:, :, None, None].expand(b, c, h, w), alpha=rows
-            )
+            spread = (rows / count)[(...,) + (None,) * len(cells_shape)]
+            return HeadGradient(cells=spread.expand(grid.shape), alpha=rows)
         grad = self._raw_gradient(feats, target)
         alpha = grad.sum(spatial_dims(self.model, feats))
         if grad.ndim == 3:
             prefix = num_prefix_tokens(self.model)
-            cells = grad[:, prefix:].transpose(1, 2).reshape(b, c, h, w)
+            cells = grad[:, prefix:].transpose(1, 2).reshape(grid.shape)
             if prefix:  # prefix tokens have no cell: their share is spread evenly
-                cells = cells + grad[:, :prefix].sum(1)[:, :, None, None] / (h * w)
+                share = grad[:, :prefix].sum(1) / count
+                cells = cells + share[(...,) + (None,) * len(cells_shape)]
         else:
             cells = to_grid(self.model, grad, None)
         return HeadGradient(cells=cells, alpha=alpha)
@@ -242,7 +249,7 @@ class CAMExtractor(nn.Module):
             TypeError: a wrong type or dtype.
             ValueError: a wrong shape, channel count or class.
         """
-        check_tensor(images, "images", ndim=4, floating=True)
+        check_tensor(images, "images", ndim=self._input_ndim, floating=True)
         assert isinstance(images, torch.Tensor)
         check_device(self.model, images, "images")
         if self._input_conv:
@@ -273,7 +280,7 @@ class CAMExtractor(nn.Module):
         images: torch.Tensor,
         target: torch.Tensor | None,
     ) -> CAMOutput:
-        grid = to_grid(self.model, feats, (images.shape[-2], images.shape[-1]))
+        grid = to_grid(self.model, feats, tuple(images.shape[2:]))
         cls = logits.detach().argmax(1) if target is None else target.to(logits.device).long()
         if cls.ndim == 2:  # T classes per image from the same features
             cams = torch.stack(
@@ -316,6 +323,7 @@ class CAMExtractor(nn.Module):
         """
         if validate_args:
             self.check_inputs(images, target)
+            check_finite(images, "images")  # NaN in, NaN maps out: refused (no sync on CUDA)
         feats = self.model.forward_features(images)
         logits = self.model.forward_head(feats)
         return self._cams_from(feats, logits, images, target)
@@ -350,6 +358,7 @@ class CAMExtractor(nn.Module):
         """
         if validate_args:
             self.check_inputs(images, target)
+            check_finite(images, "images")  # NaN in, NaN maps out: refused (no sync on CUDA)
         with frozen_state(self.model):
             feats = self.model.forward_features(images)
             logits = self.model.forward_head(feats)

@@ -18,7 +18,8 @@ CAMNormalization = Literal["raw", "minmax", "distribution"]
 
 
 def normalize_cams(cams: torch.Tensor, mode: CAMNormalization = "distribution") -> torch.Tensor:
-    """Normalise each map of a batch independently.
+    """Normalise each map of a batch independently (images ``(B, h, w)`` or volumes
+    ``(B, d, h, w)``: every dimension after the first is the map's).
 
     Convention:
         - ``"raw"``: unchanged.
@@ -28,16 +29,17 @@ def normalize_cams(cams: torch.Tensor, mode: CAMNormalization = "distribution") 
           so box shares fall back to area ratios.
 
     Args:
-        cams: ``(B, h, w)`` float maps.
+        cams: ``(B, h, w)`` or ``(B, d, h, w)`` float maps (a ``(B, T, h, w)`` batch of ``T``
+            maps per image is read as volumes: reshape it to ``(B·T, h, w)`` first).
         mode: one of ``"raw"``, ``"minmax"``, ``"distribution"``.
 
     Returns:
-        ``(B, h, w)`` maps in ``cams.dtype``; never NaN for finite input.
+        Maps of ``cams``' shape in ``cams.dtype``; never NaN for finite input.
 
     Raises:
         TypeError: ``cams`` is not a floating-point tensor.
-        ValueError: ``cams`` is not 3-D, or ``mode`` is not one of the three (the message lists
-            them).
+        ValueError: ``cams`` is not 3-D or 4-D, or ``mode`` is not one of the three (the
+            message lists them).
 
     Examples:
         >>> import torch
@@ -45,7 +47,7 @@ def normalize_cams(cams: torch.Tensor, mode: CAMNormalization = "distribution") 
         >>> normalize_cams(torch.tensor([[[1.0, 3.0]]])).tolist()
         [[[0.0, 1.0]]]
     """
-    check_tensor(cams, "cams", ndim=3, floating=True)
+    check_tensor(cams, "cams", ndim=(3, 4), floating=True)
     check_choice(mode, "mode", ("raw", "minmax", "distribution"))
     if mode == "raw":
         return cams
@@ -62,23 +64,39 @@ def normalize_cams(cams: torch.Tensor, mode: CAMNormalization = "distribution") 
     return out.view_as(cams)
 
 
-def upsample_cams(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize ``(B, h, w)`` maps to ``size = (H, W)`` bilinearly (``align_corners=False``).
+def upsample_cams(cams: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Resize ``(B, h, w)`` maps to ``size = (H, W)`` bilinearly, or ``(B, d, h, w)`` maps to
+    ``size = (D, H, W)`` trilinearly (``align_corners=False``).
+
+    Raises:
+        TypeError: ``cams`` is not a floating-point tensor.
+        ValueError: ``cams`` is not 3-D or 4-D, or ``size`` does not have one side per map
+            dimension.
 
     Examples:
         >>> import torch
         >>> from camkit import upsample_cams
         >>> upsample_cams(torch.zeros(2, 7, 7), (224, 224)).shape
         torch.Size([2, 224, 224])
+        >>> upsample_cams(torch.zeros(1, 2, 2, 2), (64, 64, 64)).shape
+        torch.Size([1, 64, 64, 64])
     """
-    check_tensor(cams, "cams", ndim=3, floating=True)
-    if tuple(cams.shape[-2:]) == tuple(size):
+    check_tensor(cams, "cams", ndim=(3, 4), floating=True)
+    size = tuple(size)
+    if len(size) != cams.ndim - 1:
+        raise ValueError(
+            f"size: expected {cams.ndim - 1} sides for maps of shape {tuple(cams.shape)}, "
+            f"got {size}"
+        )
+    if tuple(cams.shape[1:]) == size:
         return cams
-    return F.interpolate(cams[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    return F.interpolate(cams[:, None], size=size, mode=mode, align_corners=False)[:, 0]
 
 
 def cell_sums(maps: torch.Tensor, cell_size: int) -> torch.Tensor:
-    """Sum ``(B, H, W)`` maps over non-overlapping ``cell_size × cell_size`` pixel cells.
+    """Sum ``(B, H, W)`` maps over non-overlapping ``cell_size × cell_size`` pixel cells
+    (``(B, D, H, W)`` volumes over ``cell_size³`` cubes).
 
     Convention:
         Cell ``(i, j)`` covers rows ``i*s … i*s+s-1`` and columns ``j*s … j*s+s-1`` (``s`` =
@@ -87,15 +105,15 @@ def cell_sums(maps: torch.Tensor, cell_size: int) -> torch.Tensor:
         ``(y // s, x // s)``.
 
     Args:
-        maps: ``(B, H, W)`` float maps.
-        cell_size: side of a cell in pixels, ≥ 1.
+        maps: ``(B, H, W)`` or ``(B, D, H, W)`` float maps.
+        cell_size: side of a cell in pixels (voxels), ≥ 1.
 
     Returns:
-        ``(B, ceil(H/s), ceil(W/s))`` sums.
+        ``(B, ceil(H/s), ceil(W/s))`` sums (``(B, ceil(D/s), ceil(H/s), ceil(W/s))``).
 
     Raises:
         TypeError: ``maps`` is not a floating-point tensor, or ``cell_size`` is not an int.
-        ValueError: ``maps`` is not 3-D, or ``cell_size < 1``.
+        ValueError: ``maps`` is not 3-D or 4-D, or ``cell_size < 1``.
 
     Examples:
         >>> import torch
@@ -103,10 +121,11 @@ def cell_sums(maps: torch.Tensor, cell_size: int) -> torch.Tensor:
         >>> cell_sums(torch.ones(1, 4, 4), 2).tolist()
         [[[4.0, 4.0], [4.0, 4.0]]]
     """
-    check_tensor(maps, "maps", ndim=3, floating=True)
+    check_tensor(maps, "maps", ndim=(3, 4), floating=True)
     check_int(cell_size, "cell_size", minimum=1)
     if cell_size == 1:
         return maps
-    return F.avg_pool2d(
-        maps[:, None], cell_size, stride=cell_size, ceil_mode=True, divisor_override=1
-    )[:, 0]
+    pool = F.avg_pool2d if maps.ndim == 3 else F.avg_pool3d
+    return pool(maps[:, None], cell_size, stride=cell_size, ceil_mode=True, divisor_override=1)[
+        :, 0
+    ]

@@ -1,8 +1,9 @@
 """The CAM methods of [`CAMExtractor`][camkit.CAMExtractor]: small functions over one signature.
 
-Each method turns the ``(B, C, h, w)`` feature map ``F`` and the head gradient of each sample's
-target logit into ``(B, h, w)`` maps. The gradient is taken at the same, last, feature layer and
-through the head only (no backbone backward):
+Each method turns the ``(B, C, h, w)`` feature map ``F`` (``(B, C, d, h, w)`` for volumes) and
+the head gradient of each sample's target logit into ``(B, h, w)`` (``(B, d, h, w)``) maps. The
+gradient is taken at the same, last, feature layer and through the head only (no backbone
+backward):
 
 - ``G(c, h, w) = d logit / d F(c, h, w)``, the per-cell gradient. For an average-pooling +
   linear head it is ``w_c / (h·w)`` at every cell and is written down without autograd. The
@@ -31,9 +32,10 @@ class HeadGradient(NamedTuple):
     """The head gradient of each sample's target logit, both tensors detached.
 
     Attributes:
-        cells: ``(B, C, h, w)`` per-cell gradient ``G`` (prefix-token share spread over cells).
+        cells: ``(B, C, *cells)`` per-cell gradient ``G`` (prefix-token share spread over
+            cells).
         alpha: ``(B, C)`` class weights: the classifier's class rows for an exact head,
-            ``G.sum((2, 3))`` otherwise.
+            ``G`` summed over the cells otherwise.
     """
 
     cells: torch.Tensor
@@ -45,9 +47,15 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _cells(x: torch.Tensor) -> tuple[int, ...]:
+    """The cell dimensions of a ``(B, C, *cells)`` tensor: ``(2, 3)``, or ``(2, 3, 4)``."""
+    return tuple(range(2, x.ndim))
+
+
 def _weighted_sum(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """``sum_c weights[b, c] · features[b, c, h, w]`` with constant weights."""
-    return torch.einsum("bc,bchw->bhw", weights.detach().to(features.dtype), features)
+    """``sum_c weights[b, c] · features[b, c, *cell]`` with constant weights."""
+    cells = "dhw"[3 - (features.ndim - 2) :]
+    return torch.einsum(f"bc,bc{cells}->b{cells}", weights.detach().to(features.dtype), features)
 
 
 def _cam(features: torch.Tensor, grad: HeadGradient) -> torch.Tensor:
@@ -57,7 +65,7 @@ def _cam(features: torch.Tensor, grad: HeadGradient) -> torch.Tensor:
 
 def _gradcam(features: torch.Tensor, grad: HeadGradient) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): ``ReLU(sum_c mean_{h,w}(G_c) F_c)``."""
-    return torch.relu(_weighted_sum(_wide(grad.cells).mean((2, 3)), features))
+    return torch.relu(_weighted_sum(_wide(grad.cells).mean(_cells(features)), features))
 
 
 def _gradcampp(features: torch.Tensor, grad: HeadGradient) -> torch.Tensor:
@@ -69,12 +77,12 @@ def _gradcampp(features: torch.Tensor, grad: HeadGradient) -> torch.Tensor:
     scale of the gradient through one.
     """
     g = _wide(grad.cells)
-    total = _wide(features.detach()).sum((2, 3), keepdim=True)
+    total = _wide(features.detach()).sum(_cells(features), keepdim=True)
     g2 = g * g
     denom = 2 * g2 + total * g2 * g
     nonzero = denom != 0
     coeff = torch.where(nonzero, g2 / torch.where(nonzero, denom, torch.ones_like(denom)), 0.0)
-    weights = (coeff * g.clamp_min(0)).sum((2, 3))
+    weights = (coeff * g.clamp_min(0)).sum(_cells(features))
     return torch.relu(_weighted_sum(weights, features))
 
 
@@ -97,5 +105,6 @@ CAM_METHODS: tuple[str, ...] = tuple(_METHODS)
 
 
 def compute_cams(method: str, features: torch.Tensor, grad: HeadGradient) -> torch.Tensor:
-    """``(B, h, w)`` maps of ``method`` (one of `CAM_METHODS`) from ``(B, C, h, w)`` features."""
+    """``(B, *cells)`` maps of ``method`` (one of `CAM_METHODS`) from ``(B, C, *cells)``
+    features."""
     return _METHODS[method](features, grad)
