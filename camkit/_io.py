@@ -11,6 +11,7 @@ the MNIST-M cache and the benchmarks' checkpoints and result files are written t
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -33,19 +34,65 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+class _Recording:
+    """A file handle that remembers the first ``OSError`` its ``write`` raised.
+
+    ``torch.save`` turns a failed write into ``RuntimeError('... unexpected pos ...')``; the
+    recorded error says what happened (e.g. no space left on the device).
+    """
+
+    def __init__(self, handle: Any) -> None:
+        self._handle, self.error = handle, None
+
+    def write(self, data: Any) -> Any:
+        try:
+            return self._handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+def _write_error(path: Path, cause: OSError) -> OSError:
+    """``cause`` as the same ``OSError`` type with a message naming ``path`` and the reason."""
+    if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = f"no space left on device (disk or quota full in {path.parent})"
+    else:
+        reason = f"could not be written: {cause.strerror or cause}"
+    err = type(cause)(f"{path}: {reason}; the previous file, if any, is unchanged")
+    err.errno = cause.errno
+    return err
+
+
 def atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
-    """Call ``write(handle)`` on a fresh temporary file, then move it over ``path`` (the core)."""
+    """Call ``write(handle)`` on a fresh temporary file, then move it over ``path`` (the core).
+
+    Raises:
+        OSError: the file system refused the write (the same ``OSError`` subclass and ``errno``);
+            the message names ``path`` and the reason, e.g. ``"<path>: no space left on device
+            (...)"``, also when ``write`` hid the cause (``torch.save`` reports a failed write
+            as ``RuntimeError('unexpected pos')``). Other errors of ``write`` propagate as
+            they are. The temporary file is removed either way.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.camkit-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    recording = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as handle:
-            write(handle)
+            recording = _Recording(handle)
+            write(recording)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        cause = err if isinstance(err, OSError) else getattr(recording, "error", None)
+        if cause is not None:
+            raise _write_error(path, cause) from err
         raise
     _fsync_folder(path.parent)
     return path

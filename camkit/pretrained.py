@@ -5,8 +5,9 @@ ImageNet EfficientNet-Lite0/1/2 weights as state dicts of the ``efficientnet_pyt
 (``_conv_stem``, ``_blocks.N._depthwise_conv``, …).
 [`efficientnet_pytorch_to_timm`][camkit.efficientnet_pytorch_to_timm] renames them to timm's
 layout by name — block ``N`` of the flat list is block ``j`` of stage
-``s`` of the timm model, each layer by its role — and checks every name and shape, so that timm's
-own loader takes them:
+``s`` of the timm model, each layer by its role — and checks every name and shape (of a checkpoint
+already in timm's layout too, which it passes on unchanged), so that timm's own loader takes them
+and no tensor keeps its random initial value:
 
 ```python
 model = timm.create_model(
@@ -48,10 +49,66 @@ _INVERTED.update({"_project_conv": "conv_pwl", "_bn2": "bn3"})
 _BLOCK = re.compile(r"_blocks\.(\d+)\.(_\w+)\.(\w+)$")
 
 
-def _is_timm_layout(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> bool:
-    return set(state_dict) <= set(model.state_dict()) and not any(
-        k.startswith("_blocks.") for k in state_dict
-    )
+def _is_timm_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return not any(k.startswith("_") for k in state_dict)
+
+
+def _head_names(model: nn.Module) -> tuple[str, ...]:
+    """Prefixes of the classifier's tensors: timm replaces them for ``num_classes``."""
+    names = {f"{n}." for n, m in model.named_modules() if m is model.get_classifier()}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    heads = cfg.get("classifier") or ()
+    names.update(f"{h}." for h in ((heads,) if isinstance(heads, str) else heads))
+    return tuple(sorted(names))
+
+
+def _check_fits(state_dict: Mapping[str, torch.Tensor], model: nn.Module, what: str) -> None:
+    """Every tensor of ``model`` gets one of ``state_dict``'s, of its shape, and no name is left.
+
+    The classifier may be absent, of another shape or extra (timm replaces it for
+    ``num_classes``); BatchNorm's ``num_batches_tracked`` may be absent (torch fills it in); the
+    first convolution may differ in its input channels (timm adapts it for ``in_chans``).
+    """
+    target = model.state_dict()
+    head = _head_names(model)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    stems = cfg.get("first_conv") or ()
+    stems = {f"{c}.weight" for c in ((stems,) if isinstance(stems, str) else stems)}
+    unexpected = [k for k in state_dict if k not in target and not k.startswith(head)]
+    missing = [
+        k
+        for k in target
+        if k not in state_dict and not k.startswith(head) and not k.endswith("num_batches_tracked")
+    ]
+    wrong = []
+    for key, value in state_dict.items():
+        if key not in target or key.startswith(head):
+            continue
+        got, want = tuple(getattr(value, "shape", ())), tuple(target[key].shape)
+        if not torch.is_tensor(value):
+            wrong.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif got != want and not (key in stems and got[:1] + got[2:] == want[:1] + want[2:]):
+            wrong.append(f"{key} has shape {got}, the model's {want}")
+    if not (unexpected or missing or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors of the model are missing ({_names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} names have no place in the model ({_names(unexpected)})")
+    if wrong:
+        parts.append(f"{len(wrong)} shapes differ ({_names(wrong)})")
+    raise ValueError(f"state_dict: {what} does not fit {_arch(model)}: " + "; ".join(parts))
+
+
+def _names(items: list[str], shown: int = 4) -> str:
+    more = f", ... {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def _arch(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
 
 
 def efficientnet_pytorch_to_timm(
@@ -61,9 +118,11 @@ def efficientnet_pytorch_to_timm(
 
     A timm ``pretrained_filter_fn``: ``timm.create_model(..., pretrained=True,
     pretrained_cfg_overlay=dict(file=path), pretrained_filter_fn=efficientnet_pytorch_to_timm)``.
-    A state dict already in timm's layout is returned unchanged, so the filter can always be
-    passed. The classifier (``_fc``) is renamed too; timm drops it when ``num_classes`` differs
-    from the checkpoint's 1000.
+    A state dict already in timm's layout (no name starts with ``_``) is returned unchanged, so
+    the filter can always be passed; it is checked all the same, since timm loads non-strictly
+    when ``num_classes`` differs and would leave a missing tensor at its random initial value.
+    The classifier (``_fc``) is renamed too; timm drops it when ``num_classes`` differs from the
+    checkpoint's 1000.
 
     Args:
         state_dict: the checkpoint's tensors (``_conv_stem.weight``, ``_blocks.0…``, ``_fc.bias``).
@@ -77,10 +136,13 @@ def efficientnet_pytorch_to_timm(
         ValueError: ``model`` is an ``efficientnet_lite*`` (not ``tf_``: other padding and
             BatchNorm ε than the TensorFlow-trained weights); a checkpoint name has no place in
             ``model``, or a tensor's shape differs from its place's (the classifier's may differ:
-            timm replaces it for ``num_classes``), or a tensor of ``model`` (other than the
-            classifier) gets none; the message names them.
+            timm replaces it for ``num_classes``; the first convolution's input channels too:
+            timm adapts them for ``in_chans``), or a tensor of ``model`` (other than the
+            classifier and BatchNorm's ``num_batches_tracked``) gets none, in either layout; the
+            message names them.
     """
-    if _is_timm_layout(state_dict, model):
+    if _is_timm_layout(state_dict):
+        _check_fits(state_dict, model, "the checkpoint (timm's layout)")
         return dict(state_dict)
     arch = str(getattr(model, "pretrained_cfg", {}).get("architecture", ""))
     if arch.startswith("efficientnet_lite"):
@@ -100,7 +162,7 @@ def efficientnet_pytorch_to_timm(
         for j, block in enumerate(stage)
     ]
     target = model.state_dict()
-    head = {f"{n}." for n, m in model.named_modules() if m is model.get_classifier()}
+    head = _head_names(model)
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         match = _BLOCK.match(key)
@@ -119,16 +181,12 @@ def efficientnet_pytorch_to_timm(
             name = f"{_TOP[layer]}.{param}" if layer in _TOP else None
         if name is None or name not in target:
             raise ValueError(f"state_dict: {key} has no place in {arch or type(model).__name__}")
-        in_head = any(name.startswith(h) for h in head)  # timm replaces it for K classes
+        in_head = name.startswith(head)  # timm replaces it for K classes
         if not in_head and tuple(value.shape) != tuple(target[name].shape):
             raise ValueError(
                 f"state_dict: {key} has shape {tuple(value.shape)}, {name} of the model "
                 f"{tuple(target[name].shape)}: the checkpoint is of another model size"
             )
         out[name] = value
-    missing = [k for k in target if k not in out and not any(k.startswith(h) for h in head)]
-    if missing:
-        raise ValueError(
-            f"state_dict: {len(missing)} tensors of the model get no weights ({missing[:4]}, ...)"
-        )
+    _check_fits(out, model, "the renamed checkpoint")
     return out

@@ -3,6 +3,7 @@ atomic writes, stale temporary files, checkpoint errors, merges."""
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -135,3 +136,206 @@ def test_merge_refuses_nan_rather_than_writing_invalid_json(tmp_path):
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         merge_results(path, [{"method": "b", "seed": 0, "acc": float("nan")}])
     assert [r["method"] for r in merge_results(path, [])] == ["a"]  # the file is intact
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC after ``room`` bytes, as on a full disk."""
+
+    def __init__(self, handle, room: int):
+        self._handle, self._room = handle, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._handle.__exit__(*exc)
+
+
+def test_a_full_disk_is_named_with_the_path_and_the_old_files_are_kept(tmp_path, monkeypatch):
+    ckpt, results = tmp_path / "ckpt.pt", tmp_path / "results.json"
+    io.atomic_save({"w": torch.ones(2)}, ckpt)
+    io.merge_results(results, [{"method": "a", "seed": 0}])
+    before = results.read_text()
+    import camkit._io
+
+    monkeypatch.setattr(
+        camkit._io, "open", lambda *a, **k: _FullDisk(open(*a, **k), 100), raising=False
+    )
+    # torch.save reports the failed write as RuntimeError('... unexpected pos ...'): the cause
+    # is recovered, with the path
+    message = (
+        rf"^{ckpt}: no space left on device \(disk or quota full in {tmp_path}\); the previous"
+    )
+    with pytest.raises(OSError, match=message) as info:
+        io.atomic_save({"w": torch.ones(10_000)}, ckpt)
+    assert info.value.errno == errno.ENOSPC
+    with pytest.raises(OSError, match=rf"^{results}: no space left on device"):
+        io.merge_results(results, [{"method": "b", "seed": 0, "notes": "x" * 200}])
+    monkeypatch.undo()
+    assert torch.equal(io.load_checkpoint(ckpt)["w"], torch.ones(2))
+    assert results.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt.pt",
+        "results.json",
+        "results.json.lock",
+    ]
+
+
+def _weights_files(folder):
+    good = io.atomic_save({"w": torch.ones(1000)}, folder / "good.pt")
+    data = good.read_bytes()
+    (folder / "cut.pt").write_bytes(data[: len(data) // 2])
+    corrupt = bytearray(data)
+    corrupt[len(data) - 300 : len(data) - 200] = bytes(100)
+    (folder / "corrupt.pt").write_bytes(bytes(corrupt))
+    (folder / "notes.pth").write_text("these are not weights\n")
+    (folder / "random.pt").write_bytes(bytes(range(7, 207)))
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo ran > " + str(folder / "ran.txt"),))
+
+    torch.save({"w": Payload()}, folder / "evil.pt")
+    import safetensors.torch
+
+    safetensors.torch.save_file({"w": torch.ones(3)}, folder / "good.safetensors")
+    whole = (folder / "good.safetensors").read_bytes()
+    (folder / "cut.safetensors").write_bytes(whole[:-8])
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        (
+            "cut.pt",
+            r"truncated: a torch\.save zip archive whose end \(the central directory\) is "
+            r"missing; an interrupted copy or download\?$",
+        ),
+        (
+            "corrupt.pt",
+            r"a corrupt torch\.save zip archive \(PytorchStreamReader failed reading "
+            r"zip archive: invalid header or archive is corrupted\)$",
+        ),
+        (
+            "notes.pth",
+            r"a text file \(it starts with 'these are not weights'\), not a weights file$",
+        ),
+        (
+            "random.pt",
+            r"not a torch\.save file \(it starts with the bytes 07 08 09 0a 0b 0c 0d 0e\)$",
+        ),
+        (
+            "evil.pt",
+            r"refused: it needs pickle globals outside torch's weights-only allowlist \("
+            r".*GLOBAL posix\.system.*\); nothing in it was run",
+        ),
+        ("cut.safetensors", r"truncated or not a safetensors file \(SafetensorError: .*incomplete"),
+    ],
+)
+def test_unreadable_weights_files_say_what_is_wrong_with_them(tmp_path, name, why):
+    _weights_files(tmp_path)
+    size = (tmp_path / name).stat().st_size
+    with pytest.raises(
+        ValueError, match=rf"^{tmp_path / name}: cannot read the checkpoint \({size} bytes\): {why}"
+    ):
+        io.load_checkpoint(tmp_path / name)
+    assert not (tmp_path / "ran.txt").exists()
+    assert torch.equal(io.load_checkpoint(tmp_path / "good.safetensors")["w"], torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (
+            '{"rows": [{"method": "a", "seed": 0}, {"meth',
+            r"not valid JSON \(Unterminated string starting at: line 1, column 40\): a "
+            r"truncated or corrupt results file; move it aside",
+        ),
+        ('{"rows": [["a", 0]]}', r"row 0 is a JSON list, expected an object"),
+        ('{"rows": {"a": 0}}', r"expected a results file \{'rows': \[\.\.\.\]\}"),
+        ("\x00\xff", r"expected a JSON results file \(UTF-8 text\), got binary data"),
+    ],
+)
+def test_a_corrupt_or_truncated_results_file_is_named_with_the_problem(tmp_path, text, why):
+    path = tmp_path / "results.json"
+    path.write_text(text, encoding="latin-1")
+    for call in (lambda: io.merge_results(path, []), lambda: io.read_results(path, fields={})):
+        with pytest.raises(ValueError, match=rf"^{path}: {why}"):
+            call()
+    assert path.read_text(encoding="latin-1") == text  # left as it was
+
+
+def test_read_results_checks_the_runners_fields_and_needs_no_lock(tmp_path):
+    path = tmp_path / "ro" / "results.json"
+    row = {"dataset": "site-B", "method": "a", "seed": 0, "settings": {}}
+    io.merge_results(path, [row, {**row, "seed": 1}])
+    (path.parent / "results.json.lock").unlink()
+    path.chmod(0o444)
+    path.parent.chmod(0o555)
+    try:
+        assert [r["seed"] for r in io.read_results(path)] == [0, 1]  # no lock file made
+        assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]
+        if os.geteuid() != 0:  # root writes anyway
+            with pytest.raises(PermissionError, match=rf"^{path}: the results file cannot be"):
+                io.check_writable(path)
+    finally:
+        path.parent.chmod(0o755)
+    path.write_text(json.dumps({"rows": [{**row, "seed": "0"}]}))
+    with pytest.raises(
+        ValueError, match=rf"^{path}: row 0: expected 'seed' to be a int, got str \('0'\)$"
+    ):
+        io.read_results(path)
+    path.write_text(json.dumps({"rows": [{"method": "a"}]}))
+    with pytest.raises(
+        ValueError, match=rf"^{path}: row 0: expected 'dataset' to be a str, got nothing$"
+    ):
+        io.read_results(path)
+    with pytest.raises(
+        FileNotFoundError, match=rf"^{tmp_path / 'nope.json'}: no such results file$"
+    ):
+        io.read_results(tmp_path / "nope.json")
+    assert io.read_results(tmp_path / "nope.json", missing_ok=True) == []
+    assert not (tmp_path / "nope.json").exists()
+
+
+def test_a_16_bit_grey_png_is_scaled_by_its_range_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from camkit.datasets._io import open_rgb
+
+    values = np.array([[0, 128, 257, 32767], [32768, 65278, 65535, 4095]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "ct16.png")
+    with Image.open(tmp_path / "ct16.png") as img:
+        assert img.mode == "I;16"
+    rgb = np.asarray(open_rgb(tmp_path / "ct16.png"))
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 4, 3)
+    assert (rgb == rgb[..., :1]).all()  # grey on the three channels
+    expected = np.array([[0, 0, 1, 127], [128, 254, 255, 16]], dtype=np.uint8)  # round(v/257)
+    assert np.array_equal(rgb[..., 0], expected)
+    Image.fromarray(values.astype(np.int32)).save(tmp_path / "ct32.tif")  # mode I, 16-bit range
+    assert np.array_equal(np.asarray(open_rgb(tmp_path / "ct32.tif"))[..., 0], expected)
+    Image.fromarray(np.array([[-1, 70000]], dtype=np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(
+        OSError,
+        match=r"wide\.tif: expected 8- or 16-bit pixels \(0 to 65535\), got 32-bit integers "
+        r"from -1 to 70000$",
+    ):
+        open_rgb(tmp_path / "wide.tif")
+    Image.fromarray(np.ones((2, 2), dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(
+        OSError, match=r"float\.tif: expected 8- or 16-bit integer pixels, got 32-bit floats"
+    ):
+        open_rgb(tmp_path / "float.tif")
+    eight = np.arange(12, dtype=np.uint8).reshape(2, 2, 3) * 20
+    Image.fromarray(eight).save(tmp_path / "rgb8.png")
+    assert np.array_equal(np.asarray(open_rgb(tmp_path / "rgb8.png")), eight)  # 8-bit: as it was

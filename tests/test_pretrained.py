@@ -53,8 +53,49 @@ def test_timm_checkpoints_pass_and_wrong_checkpoints_are_named():
     with pytest.raises(ValueError, match=r"_extra\.weight has no place"):
         efficientnet_pytorch_to_timm({**reference, "_extra.weight": torch.ones(1)}, model)
     partial = {k: v for k, v in reference.items() if not k.startswith("_conv_head")}
-    with pytest.raises(ValueError, match=r"1 tensors of the model get no weights \(\[.conv_head"):
+    with pytest.raises(ValueError, match=r"1 tensors of the model are missing \(conv_head\.weight"):
         efficientnet_pytorch_to_timm(partial, model)
+
+
+def test_a_timm_layout_checkpoint_is_checked_name_by_name_and_shape_by_shape():
+    """timm loads non-strictly when num_classes differs: the filter is the only check there."""
+    own = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=3)
+    lacking = {k: v for k, v in own.items() if k != "blocks.1.0.conv_pw.weight"}
+    with pytest.raises(
+        ValueError,
+        match=r"^state_dict: the checkpoint \(timm's layout\) does not fit tf_efficientnet_lite0: "
+        r"1 tensors of the model are missing \(blocks\.1\.0\.conv_pw\.weight\)$",
+    ):
+        efficientnet_pytorch_to_timm(lacking, model)
+    odd = {**own, "extra.weight": torch.ones(1), "conv_head.weight": torch.ones(3)}
+    with pytest.raises(
+        ValueError,
+        match=r"1 names have no place in the model \(extra\.weight\); 1 shapes differ "
+        r"\(conv_head\.weight has shape \(3,\), the model's \(1280, 320, 1, 1\)\)$",
+    ):
+        efficientnet_pytorch_to_timm(odd, model)
+    # what timm may replace or fill in passes: the classifier (any shape, or none) and the
+    # BatchNorm counters; everything else arrives
+    kept = {k: v for k, v in own.items() if not k.endswith("num_batches_tracked")}
+    assert efficientnet_pytorch_to_timm(kept, model).keys() == kept.keys()
+    headless = {k: v for k, v in kept.items() if not k.startswith("classifier.")}
+    assert efficientnet_pytorch_to_timm(headless, model).keys() == headless.keys()
+
+
+def test_timms_loader_refuses_a_timm_checkpoint_with_a_tensor_missing(tmp_path):
+    """Through timm's own loader, num_classes differing: before, the tensor kept its random init."""
+    own = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    path = tmp_path / "lacking.pth"
+    torch.save({k: v for k, v in own.items() if k != "conv_head.weight"}, path)
+    with pytest.raises(ValueError, match=r"1 tensors of the model are missing \(conv_head\.weight"):
+        timm.create_model(
+            "tf_efficientnet_lite0",
+            pretrained=True,
+            num_classes=3,
+            pretrained_cfg_overlay=dict(file=str(path)),
+            pretrained_filter_fn=efficientnet_pytorch_to_timm,
+        )
 
 
 def test_the_weights_wheel_loads_strictly_through_timms_loader():

@@ -5,7 +5,8 @@ Every error names the argument or the file, what was expected and what was found
 Images are decoded with Pillow, not ``torchvision.io.decode_image``: on the 200 BSDS500 training
 JPEGs the two give identical bits (so the MNIST-M caches would not change), but ``decode_image``
 reads no BMP or TIFF, which `IMAGE_EXTENSIONS` accepts, and the CT datasets hand PIL images
-to their transforms (the torchvision convention), so one decoder serves every loader.
+to their transforms (the torchvision convention), so one decoder serves every loader:
+`open_rgb`, which scales 16-bit grey images by their range rather than clipping them.
 """
 
 from __future__ import annotations
@@ -82,17 +83,49 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def _to_rgb(img: Image.Image, path: Path) -> Image.Image:
+    """``img`` as 8-bit RGB; 16-bit grey scaled by the 16-bit range, float pixels refused."""
+    if img.mode in _SIXTEEN_BIT:
+        values = np.asarray(img)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or high > 65535:  # mode "I" is 32-bit: only 16-bit contents have a known range
+            raise OSError(
+                f"image {path}: expected 8- or 16-bit pixels (0 to 65535), got 32-bit integers "
+                f"from {low} to {high}"
+            )
+        # round(v * 255 / 65535): 0 -> 0, 65535 -> 255, every level kept in order (no clipping)
+        eight = (values.astype(np.uint32) * 255 + 32767) // 65535
+        return Image.fromarray(eight.astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        raise OSError(
+            f"image {path}: expected 8- or 16-bit integer pixels, got 32-bit floats (mode F), "
+            "whose range is unknown; convert the file to 8- or 16-bit first"
+        )
+    return img.convert("RGB")
+
+
 def open_rgb(path: Path) -> Image.Image:
-    """Open an image file fully decoded as RGB; errors name the file."""
+    """Open an image file fully decoded as 8-bit RGB; errors name the file.
+
+    8-bit images are converted with Pillow's ``convert("RGB")``. 16-bit grey images (Pillow modes
+    ``I;16*``, and ``I`` with values in 0…65535; medical images often are) are scaled by the
+    16-bit range, ``round(v · 255 / 65535)``, then repeated over the three channels: Pillow's own
+    conversion would clip every value above 255 to white. 32-bit float images (mode ``F``) and
+    32-bit integers outside 0…65535 are refused (their range is unknown).
+    """
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            img.load()
     except FileNotFoundError as err:
         raise FileNotFoundError(f"image {path}: file does not exist") from err
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise OSError(
             f"image {path}: could not be decoded as an image ({type(err).__name__}: {err})"
         ) from err
+    return _to_rgb(img, path)
 
 
 def missing_error(
