@@ -275,6 +275,8 @@ def choose(
     for row in rows:
         if "val_acc" not in row or METHODS.get(row["method"], METHODS["baseline"]).tta:
             continue
+        if _split(row).startswith("leaky"):  # it measures the leak; it never chooses
+            continue
         if epochs and row["epochs"] != epochs.get(row["dataset"], row["epochs"]):
             continue
         name = "digits" if row["dataset"] in DIGITS_TARGETS else row["dataset"]
@@ -331,17 +333,27 @@ def recommended_section(rows: list[dict], chosen: dict) -> list[str]:
     against the recommended recipe with its vote rule: paired seeds, 95 % CI, verdict."""
     detail = chosen["recommended_detail"]
     method = chosen["recommended"]
+
+    def vote(rule: str | None, kind: str) -> str:
+        if rule is None:
+            return f"no vote measured for {kind}"
+        return (
+            f"no vote for {kind} (no rule gained)"
+            if rule == "none"
+            else f"vote `{rule}` for {kind}"
+        )
+
+    what = (
+        "**plain training** (`baseline`): no method beat it on every dataset's validation split"
+        if method == "baseline"
+        else f"**`{method}`**: mix {detail.get('mix') or 'none'}, CPE {_cpe_form(detail)}"
+    )
     lines = [
         "## Recommended recipe",
         "",
-        f"**`{method}`**: mix {detail.get('mix') or 'none'}, CPE {_cpe_form(detail)}, "
-        + (
-            f"vote rule `{detail['tta_rule']}` for K > 2 classes and "
-            if detail.get("tta_rule")
-            else "no vote rule measured for K > 2 classes (no such dataset in the table), "
-        )
-        + f"the paper's `{detail['tta_rule_binary']}` vote for K = 2. Chosen on "
-        f"{detail['chosen_on']}; the differences below are those means, in points.",
+        f"{what}; {vote(detail.get('tta_rule_binary'), 'K = 2')}, "
+        f"{vote(detail.get('tta_rule'), 'K > 2 classes')}. Chosen on {detail['chosen_on']}; the "
+        "differences below are those means, in points.",
         "",
         "| candidate | " + " | ".join(f"{d} val Δ" for d in detail["val_delta"]) + " | worst |",
         "|---|" + "---|" * (len(detail["val_delta"]) + 1),
@@ -350,7 +362,7 @@ def recommended_section(rows: list[dict], chosen: dict) -> list[str]:
         mark = f"**{m}**" if m == method else m
         cells = [f"{v:+.2f}" for v in per.values()]
         lines.append(f"| {mark} | " + " | ".join(cells) + f" | {min(per.values()):+.2f} |")
-    lines += [
+    table = [
         "",
         "Test accuracy, the recommended recipe with its vote rule against the baseline, over "
         "paired seeds:",
@@ -358,6 +370,7 @@ def recommended_section(rows: list[dict], chosen: dict) -> list[str]:
         "| dataset | seeds | baseline | recommended | Δ [95 % CI] | verdict |",
         "|---|---|---|---|---|---|",
     ]
+    lines += table
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         by = {
             (r["method"], r["seed"]): r
@@ -367,16 +380,18 @@ def recommended_section(rows: list[dict], chosen: dict) -> list[str]:
         seeds = sorted(s for (m, s) in by if m == method and ("baseline", s) in by)
         if not seeds:
             continue
-        rule = detail["tta_rule_binary"] if dataset == "site-B" else detail["tta_rule"]
+        rule = detail["tta_rule"] if dataset in DIGITS_TARGETS else detail["tta_rule_binary"]
         rec = [by[(method, s)] for s in seeds]
         if rule in (None, "none"):
-            label, rule = "(no vote)", None
+            label, rule = "(no vote)" if rule else "(no vote measured)", None
         elif all(rule in r.get("tta_rules", {}) for r in rec):
             label = f"(vote {rule})"
         else:  # the vote was not measured on every seed: plain accuracy, said so
             measured = sum(rule in r.get("tta_rules", {}) for r in rec)
             label = f"(plain: vote {rule} measured on {measured} of {len(rec)} seeds)"
             rule = None
+        if method == "baseline" and rule is None:
+            continue  # plain training against itself
         b = [by[("baseline", s)]["acc"] for s in seeds]
         r = [tta_accuracy(row, rule) for row in rec]
         d, lo, hi = paired_ci([x - y for x, y in zip(r, b, strict=True)])
@@ -385,6 +400,8 @@ def recommended_section(rows: list[dict], chosen: dict) -> list[str]:
             f"{label} | "
             f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}] | {verdict(d, lo, hi)} |"
         )
+    if lines[-1] == table[-1]:  # nothing to compare: plain training, no vote
+        lines = lines[: -len(table)]
     return [*lines, ""]
 
 
@@ -633,11 +650,18 @@ def pretrained_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         again = choose(rows, ("site-B",), {"site-B": long})["recommended_detail"]
         if again["method"]:
+            runner_up = next(m for m in again["val_delta_by_method"] if m != "baseline")
+            delta = again["val_delta_by_method"][runner_up]["site-B"]
+            choice = (
+                f"plain training (the best method, `{runner_up}`, {delta:+.2f} points on "
+                "validation)"
+                if again["method"] == "baseline"
+                else f"`{runner_up}` ({delta:+.2f} points on validation)"
+            )
             lines += [
                 "",
                 f"The same rule over the {long}-epoch rows alone (only the methods run there) "
-                f"chooses `{again['method']}`: mean paired validation difference to the baseline "
-                f"{again['val_delta']['site-B']:+.2f} points.",
+                f"chooses {choice}.",
             ]
         lines.append("")
     if any("tta_rules" in r for r in rows + digits):

@@ -78,11 +78,14 @@ def choose_recipe(
         tta_gain: ``{"K>2" | "K=2": {method: {rule: mean validation accuracy change}}}``; either
             kind may be missing.
 
-    Candidates are the methods other than the baseline with ``MIN_SEEDS`` seeds paired with the
-    baseline on every dataset. Each gets its mean paired validation difference to the baseline
-    per dataset; the one whose *worst* dataset difference is highest wins (ties: the higher mean),
-    the recipe that loses least anywhere. Its vote rule for K > 2 is the rule with the highest
-    validation gain (``"none"`` when no rule gains); for K = 2 the paper's threshold vote stays.
+    Plain training (the baseline) is a candidate, with a difference of 0 everywhere; so is every
+    other method with ``MIN_SEEDS`` seeds paired with the baseline on every dataset, with its
+    mean paired validation difference to the baseline per dataset. The method whose *worst*
+    dataset difference is highest (ties: the higher mean) is recommended only when that worst
+    difference is above 0, that is when it beats plain training on every dataset's validation
+    split; otherwise the recommendation is plain training, ``"baseline"``. The vote rule of each
+    kind (K = 2, K > 2) is the rule with the highest mean validation gain on the recommended
+    method's models, ``"none"`` when no rule gains (or none was measured).
     """
     deltas: dict[str, dict[str, float]] = {}
     for method in {m for per in val.values() for m in per} - {"baseline"}:
@@ -101,21 +104,25 @@ def choose_recipe(
     def score(m: str) -> tuple[float, float]:
         return min(deltas[m].values()), statistics.fmean(deltas[m].values())
 
-    method = max(sorted(deltas), key=score)
-    rules = {"K=2": "threshold"}
-    gains = tta_gain.get("K>2", {}).get(method)
-    if gains:
-        best = max(gains, key=gains.get)
-        rules["K>2"] = best if gains[best] > 0 else "none"
+    best = max(sorted(deltas), key=score)
+    method = best if score(best)[0] > 0 else "baseline"
+    deltas["baseline"] = dict.fromkeys(val, 0.0)
+    by_method = {m: deltas[m] for m in sorted(deltas, key=score, reverse=True)}
+    rules = {}
+    for kind in ("K=2", "K>2"):
+        gains = tta_gain.get(kind, {}).get(method)
+        if gains:
+            top = max(gains, key=gains.get)
+            rules[kind] = top if gains[top] > 0 else "none"
     return {
         "method": method,
         "tta_rule": rules.get("K>2"),
-        "tta_rule_binary": rules["K=2"],
-        "val_delta": deltas[method],
-        "val_delta_by_method": dict(sorted(deltas.items(), key=lambda kv: score(kv[0]))[::-1]),
+        "tta_rule_binary": rules.get("K=2"),
+        "val_delta": by_method[method],
+        "val_delta_by_method": by_method,
         "val_tta_gain_by_rule": {kind: per.get(method) for kind, per in tta_gain.items()},
         "chosen_on": "validation only: the highest worst-dataset mean paired difference to the "
-        f"baseline ({', '.join(val)}), {MIN_SEEDS}+ seeds",
+        f"baseline ({', '.join(val)}), {MIN_SEEDS}+ seeds, and above 0 (else plain training)",
     }
 
 
