@@ -83,7 +83,13 @@ def ablation_figure(results: dict, recommended: str | None = None, title: str | 
     fig.suptitle(
         (title or "Ablations from scratch on the CPU")
         + "\nmean ± std over seeds, dots = seeds"
-        + ("; green = the recommended recipe" if recommended else ""),
+        + (
+            "; green = the recommended recipe"
+            if recommended not in (None, "baseline")
+            else "; the recommendation: plain training (grey)"
+            if recommended
+            else ""
+        ),
         fontsize=10,
     )
     return fig
@@ -183,9 +189,13 @@ def paired_figure(rows: list[dict], recommended: str | None, columns: int | None
     axes[0].invert_yaxis()
     for ax in axes:
         ax.tick_params(labelsize=8)
+    chosen = (
+        "green = the recommended recipe, chosen on the validation panels only"
+        if recommended not in (None, "baseline")
+        else "none beats the baseline on every validation panel: plain training is recommended"
+    )
     fig.suptitle(
-        "Paired difference to the baseline, mean and 95 % CI over seeds\n(dots = seeds; green = "
-        "the recommended recipe, chosen on the validation panels only)",
+        f"Paired difference to the baseline, mean and 95 % CI over seeds\n(dots = seeds; {chosen})",
         fontsize=10,
     )
     return fig
