@@ -250,3 +250,85 @@ def test_the_step_checks_its_inputs_once(index):
     assert counts == {"check_tensor": 2, "check_labels": 1}
     plain = TrainStep(model)
     assert _count_checks(lambda: plain(images, labels)) == {"check_tensor": 2, "check_labels": 1}
+
+
+def test_cutmix_boxes_are_timms_rand_bbox_for_the_same_lambda_and_centre():
+    import numpy as np
+
+    from camkit.mix._random import _boxes_at
+
+    differ_from_floor = 0
+    for height, width in [(32, 32), (64, 48), (224, 224), (37, 53)]:
+        for k in range(32):  # 32 λ × 100 centres per size: 12,800 draws
+            lam = float(np.random.default_rng(k).beta(1.0, 1.0))
+            np.random.seed(k)
+            cy, cx = np.random.randint(0, height, 100), np.random.randint(0, width, 100)
+            np.random.seed(k)
+            yl, yh, xl, xh = timm_mixup.rand_bbox((height, width), lam, count=100)
+            expected = torch.from_numpy(np.stack([yl, xl, yh, xh], 1)).long()
+            lams = torch.full((100,), lam, dtype=torch.float64)
+            centre = torch.from_numpy(cy), torch.from_numpy(cx)
+            assert torch.equal(_boxes_at(lams, *centre, height, width, far_edge_up=True), expected)
+            floor = _boxes_at(lams, *centre, height, width)  # the SnapMix authors' boxes
+            differ_from_floor += int((floor != expected).any(1).sum())
+    assert differ_from_floor > 1000  # the two conventions are not the same boxes
+
+
+def test_cutmix_draws_boxes_with_timms_far_edge():
+    params = CutMix(K, mode="sample", generator=torch.Generator().manual_seed(0)).sample(
+        4096, 33, 31
+    )
+    box = params.box
+    inside = (box[:, 0] > 0) & (box[:, 2] < 33)  # unclipped: the box is the full cut long
+    heights = (box[:, 2] - box[:, 0])[inside]
+    assert (heights % 2 == 1).any()  # an odd cut keeps its length (cut // 2 twice is even)
+
+
+def _timm_elem(monkeypatch, mixer, images, labels, seed):
+    """timm's ``mode="elem"`` batch and targets, with each image's λ and box as timm drew them."""
+    seen = {"boxes": []}
+    bbox = timm_mixup.cutmix_bbox_and_lam
+    per_elem = mixer._params_per_elem
+
+    def record_bbox(*args, **kwargs):
+        out = bbox(*args, **kwargs)
+        seen["boxes"].append(out[0])
+        return out
+
+    def record_elem(batch_size):
+        seen["lam"], use_cutmix = per_elem(batch_size)
+        return seen["lam"].copy(), use_cutmix
+
+    monkeypatch.setattr(timm_mixup, "cutmix_bbox_and_lam", record_bbox)
+    monkeypatch.setattr(mixer, "_params_per_elem", record_elem)
+    import numpy as np
+
+    np.random.seed(seed)
+    mixed, soft = mixer(images.clone(), labels.clone())
+    return mixed, soft, seen
+
+
+@pytest.mark.parametrize("size", [(32, 32), (17, 29), (64, 48), (96, 160)])
+def test_per_image_mixes_equal_timms_elem_mode_bit_for_bit(monkeypatch, size):
+    gen = torch.Generator().manual_seed(size[0])
+    images = torch.randn(8, 3, *size, generator=gen)
+    labels = torch.randint(0, K, (8,), generator=gen)
+    flip = torch.arange(8).flip(0)
+    timm_cut = TimmMixup(
+        mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=K, mode="elem"
+    )
+    expected, target, seen = _timm_elem(monkeypatch, timm_cut, images, labels, size[1])
+    boxes = torch.tensor([[int(yl), int(xl), int(yh), int(xh)] for yl, yh, xl, xh in seen["boxes"]])
+    params = CutMixParams(flip, boxes, torch.ones(8, dtype=torch.bool))
+    cutmix = CutMix(K, mode="sample")
+    assert torch.equal(cutmix.apply(images, params), expected)
+    assert torch.equal(cutmix.targets(labels, None, params, size), target)
+    monkeypatch.undo()
+    timm_blend = TimmMixup(
+        mixup_alpha=1.0, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=K, mode="elem"
+    )
+    expected, target, seen = _timm_elem(monkeypatch, timm_blend, images, labels, size[1])
+    params = MixupParams(flip, torch.from_numpy(seen["lam"]).double())
+    mixup = Mixup(K, mode="sample")
+    assert torch.equal(mixup.apply(images, params), expected)
+    assert torch.equal(mixup.targets(labels, None, params, size), target)

@@ -38,9 +38,11 @@ def reference_snapmix(images, labels, cams, params, num_classes, same_label_bonu
         sa = up[i] - up[i].min()
         sb = up[j] - up[j].min()
         sa = sa / sa.sum() if sa.sum() > 0 else torch.full_like(sa, 1 / (h * w))
-        sb = sb / sb.sum() if sb.sum() > 0 else torch.full_like(sb, 1 / (h * w))
         rho_a = 1 - float(sa[ya0:ya1, xa0:xa1].sum())
-        rho_b = float(sb[yb0:yb1, xb0:xb1].sum())
+        if sb.sum() > 0:
+            rho_b = float((sb / sb.sum())[yb0:yb1, xb0:xb1].sum())
+        else:  # a constant map: box A's share, as the authors' code
+            rho_b = (ya1 - ya0) * (xa1 - xa0) / (h * w)
         if same_label_bonus and labels[i] == labels[j]:
             rho_a = rho_b = rho_a + rho_b
         soft[i, labels[i]] += rho_a
@@ -257,8 +259,10 @@ def test_constant_cams_fall_back_to_area_ratio_without_nan():
     torch.testing.assert_close(soft, soft_area)
     area_a = (params.box_a[:, 2] - params.box_a[:, 0]) * (params.box_a[:, 3] - params.box_a[:, 1])
     area_b = (params.box_b[:, 2] - params.box_b[:, 0]) * (params.box_b[:, 3] - params.box_b[:, 1])
+    assert (area_a != area_b).any()
+    # the authors' fallback: box A's share for both weights (the mixed image's area ratios)
     rho_a = torch.where(params.apply, 1 - area_a / 400.0, 1.0)
-    rho_b = torch.where(params.apply, area_b / 400.0, 0.0)
+    rho_b = torch.where(params.apply, area_a / 400.0, 0.0)
     perm = params.perm
     expected = torch.zeros(4, 5)
     expected[torch.arange(4), labels] += rho_a
@@ -400,3 +404,51 @@ def test_on_cuda_host_draws_and_device_draws_match_the_cpu():
     first, second = device_draw(), device_draw()
     assert first.perm.device.type == "cuda" and first.shared_box is None
     assert all(torch.equal(a, b) for a, b in zip(first[:4], second[:4], strict=True))
+
+
+@pytest.mark.parametrize("size", [(24, 20), (32, 32), (57, 41)])
+@pytest.mark.parametrize("box_mode", ["batch", "sample"])
+def test_paste_resizes_as_the_authors_code_and_the_flag_keeps_the_old_geometry(size, box_mode):
+    from benchmarks.reference import loop_snapmix_apply, params_to_lists
+
+    gen = torch.Generator().manual_seed(size[0])
+    images = torch.randn(6, 3, *size, generator=gen)
+    labels = torch.randint(0, 3, (6,), generator=gen)
+    cams = torch.randn(6, 4, 5, generator=gen)
+    largest = 0.0
+    for seed in range(4):
+        params = draw(6, *size, seed, box_mode=box_mode)
+        lists = params_to_lists(params)
+        for align_corners in (True, False):
+            mixed, soft = snapmix(
+                images, labels, cams, 3, params=params, align_corners=align_corners
+            )
+            ref_mixed, ref_soft = loop_snapmix_apply(
+                images, labels, cams, *lists, 3, align_corners=align_corners
+            )
+            # the shared box is resized by the same kernel; per-image boxes by grid_sample
+            tol = 0.0 if box_mode == "batch" else 1e-4
+            torch.testing.assert_close(mixed, ref_mixed, rtol=tol, atol=tol)
+            torch.testing.assert_close(soft, ref_soft, rtol=1e-5, atol=1e-6)
+        old = snapmix(images, labels, cams, 3, params=params, align_corners=False)[0]
+        largest = max(
+            largest, float((snapmix(images, labels, cams, 3, params=params)[0] - old).abs().max())
+        )
+    assert largest > 0.1  # the two geometries are different images
+    assert SnapMix(3).align_corners is True and "align_corners=True" in repr(SnapMix(3))
+
+
+def test_a_constant_cam_falls_back_as_the_authors_code():
+    from benchmarks.reference import loop_snapmix_apply, params_to_lists
+
+    images, labels = torch.randn(4, 3, 20, 20), torch.tensor([0, 1, 2, 0])
+    cams = torch.rand(4, 5, 5, generator=torch.Generator().manual_seed(2))
+    cams[1] = 0.0  # an all-zero CAM (e.g. a ReLU map with no positive evidence)
+    params = draw(4, 20, 20, 5, box_mode="sample")
+    lists = params_to_lists(params)
+    assert any(p == 1 and a for p, a in zip(lists[0], lists[3], strict=True))
+    _, soft = snapmix(images, labels, cams, 3, params=params)
+    _, released = loop_snapmix_apply(images, labels, cams, *lists, 3, constant_cam="released")
+    _, uniform = loop_snapmix_apply(images, labels, cams, *lists, 3, constant_cam="uniform")
+    torch.testing.assert_close(soft, released, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(soft, uniform, rtol=1e-5, atol=1e-6)

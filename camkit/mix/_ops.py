@@ -191,8 +191,12 @@ def _box_cam_shares(
     height: int,
     width: int,
     tables: tuple[_ResizeTables, _ResizeTables] | None = None,
+    fallback: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``ΣS(box)`` per map, ``S = normalize_cams(upsample_cams(cams, (H, W)), "distribution")``.
+
+    A constant map (no mass after the shift) gives ``fallback`` (default: the box's area share,
+    what the uniform distribution gives).
 
     Computed at the CAM's resolution: with ``U = Ry·M·Rxᵀ`` the upsampled map, a box sum is
     ``ay·M·ax − min(U)·area`` (``ay``, ``ax`` the summed rows of ``Ry``, ``Rx`` over the box) and
@@ -219,8 +223,9 @@ def _box_cam_shares(
     ax = rx.cumulative[box[:, 3]] - rx.cumulative[box[:, 1]]
     area = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).float()
     inside = (ay[:, :, None] * shifted * ax[:, None, :]).sum((1, 2)) - low * area
-    uniform = area / (height * width)
-    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), uniform)
+    if fallback is None:
+        fallback = area / (height * width)
+    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), fallback)
 
 
 def mix_weights(
@@ -244,8 +249,11 @@ def mix_weights(
           ``y_perm``; both shares are read over box A: ``ρ_a = 1 − ΣS_{mixed, y_a}(box A)`` and
           ``ρ_b = ΣS_{mixed, y_perm}(box A)``.
 
-        Un-mixed images (``apply == False``) get ``ρ_a = 1``, ``ρ_b = 0``. Uniform maps (e.g.
-        zeros) give the CutMix area ratios.
+        Un-mixed images (``apply == False``) get ``ρ_a = 1``, ``ρ_b = 0``. A constant map (e.g.
+        zeros) has no distribution; as in the SnapMix authors' code (whose ``0/0`` is replaced
+        by the area ratio) it gives the CutMix area ratios of the mixed image: ``ρ_a = 1 − |A|/HW``
+        for the image's own map, ``ρ_b = |A|/HW`` for the partner's (box A's share: the part of
+        the mixed image the partner's content covers, not box B's share of the partner).
 
     Args:
         cams: ``(B, h, w)`` (``"unmixed"``) or ``(B, 2, h, w)`` (``"mixed"``) float maps.
@@ -260,13 +268,17 @@ def mix_weights(
     height, width = size
     params = _params_on(params, cams.device)
     tables = _resize_tables(tuple(cams.shape[-2:]), (height, width), cams.device)
+    box_a = params.box_a
+    area_a = ((box_a[:, 2] - box_a[:, 0]) * (box_a[:, 3] - box_a[:, 1])) / (height * width)
     if source == "unmixed":
         maps = torch.cat([cams, cams[params.perm]])
-        boxes = torch.cat([params.box_a, params.box_b])
+        boxes = torch.cat([box_a, params.box_b])
     else:
         maps = cams.transpose(0, 1).flatten(0, 1)
-        boxes = torch.cat([params.box_a, params.box_a])
-    share_a, share_b = _box_cam_shares(maps, boxes, height, width, tables).chunk(2)
+        boxes = torch.cat([box_a, box_a])
+    fallback = torch.cat([area_a, area_a]).float()
+    shares = _box_cam_shares(maps, boxes, height, width, tables, fallback)
+    share_a, share_b = shares.chunk(2)
     rho_a = torch.where(params.apply, 1.0 - share_a, 1.0)
     rho_b = torch.where(params.apply, share_b, 0.0)
     return rho_a, rho_b

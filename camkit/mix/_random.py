@@ -100,12 +100,25 @@ def _sample_boxes(
     Returns:
         ``(N, 4)`` int64 boxes on ``lam``'s device.
     """
-    ratio = torch.sqrt((1.0 - lam).clamp(0.0, 1.0))
-    cut_h = torch.floor(height * ratio).long()
-    cut_w = torch.floor(width * ratio).long()
     centre = torch.rand((lam.shape[0], 2), generator=generator, device=lam.device)
     cy = torch.floor(centre[:, 0] * height).long().clamp(max=height - 1)
     cx = torch.floor(centre[:, 1] * width).long().clamp(max=width - 1)
+    return _boxes_at(lam, cy, cx, height, width, far_edge_up=far_edge_up)
+
+
+def _boxes_at(
+    lam: torch.Tensor,
+    cy: torch.Tensor,
+    cx: torch.Tensor,
+    height: int,
+    width: int,
+    *,
+    far_edge_up: bool = False,
+) -> torch.Tensor:
+    """The boxes of `_sample_boxes` for given ``λ`` and centres ``(cy, cx)``, ``(N, 4)`` int64."""
+    ratio = torch.sqrt((1.0 - lam).clamp(0.0, 1.0))
+    cut_h = torch.floor(height * ratio).long()
+    cut_w = torch.floor(width * ratio).long()
     up = 1 if far_edge_up else 0
     y0 = (cy - cut_h // 2).clamp(0, height)
     y1 = (cy + (cut_h + up) // 2).clamp(0, height)

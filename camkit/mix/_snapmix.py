@@ -252,7 +252,9 @@ class SnapMix(Mix):
         image (the CutMix authors' and the SnapMix authors' ``rand_bbox``); ``box_mode="batch"``
         draws one box pair and one coin for the batch (the released code), ``"sample"`` one per
         image; an image with an empty box is not mixed; self-pairs are allowed.
-        ``label_weights="area"`` uses uniform maps (CutMix area ratios). ``same_label_bonus=True``
+        A constant CAM falls back, as the authors' code, to the area ratios of the mixed image:
+        ``ρ_a = 1 − |A|/HW``, ``ρ_b = |A|/HW`` (box A's share for the partner too);
+        ``label_weights="area"`` gives these for every image. ``same_label_bonus=True``
         (the released code) sets both weights to ``ρ_a + ρ_b`` when the two labels agree.
 
     Args:
