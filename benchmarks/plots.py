@@ -11,7 +11,9 @@ Usage (from the repository root; ``make figures`` runs it)::
 - ``perf_ratios.png``: the cost ratios of ``perf_cpu.json`` (and ``perf_cuda.json`` when present)
   against their targets;
 - ``results_pretrained.png`` and ``results_pretrained_paired.png``: the same two plots of the
-  pretrained table (``pretrained_cpu.json``), a panel per schedule.
+  pretrained table (``pretrained_cpu.json``), a panel per schedule;
+- ``site_a_recipe_curves.png``: the site-A baseline's validation curve at each lr of the recipe
+  study (``site_a_recipe_cpu.json``), the epoch kept marked.
 
 The gallery's figures come from ``benchmarks/figures.py``.
 """
@@ -227,6 +229,26 @@ def shrink_png(src: Path, dst: Path, max_width: int = 720) -> Path:
     return atomic_write_bytes(buffer.getvalue(), dst)
 
 
+def curve_figure(rows: list[dict], key: str, title: str):
+    """Validation accuracy after each epoch, one line per row (labelled by ``settings[key]``);
+    the epoch each run kept is marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for r in sorted(rows, key=lambda r: r["settings"][key]):
+        curve = r.get("val_curve") or []
+        epochs = range(1, len(curve) + 1)
+        (line,) = ax.plot(epochs, curve, marker=".", label=f"{key} {r['settings'][key]:g}")
+        if 1 <= r.get("best_epoch", 0) <= len(curve):
+            ax.plot([r["best_epoch"]], [curve[r["best_epoch"] - 1]], "o", color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(title + "\n(circle: the epoch kept, chosen on validation)", fontsize=10)
+    return fig
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -256,6 +278,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
         panels = [{**r, "dataset": f"site-B {r['epochs']} ep"} for r in rows]
         fig = paired_figure(panels, chosen, columns=2)
         written.append(save_figure(fig, args.out / "results_pretrained_paired.png", dpi=90))
+    recipe = args.results / "site_a_recipe_cpu.json"
+    if recipe.is_file():
+        rows = json.loads(recipe.read_text())["rows"]
+        title = "Site A: the baseline's validation curve (fold 0), per lr"
+        fig = curve_figure(rows, "lr", title)
+        written.append(save_figure(fig, args.out / "site_a_recipe_curves.png", dpi=90))
     runs = {}
     for device in ("cpu", "cuda"):
         path = args.results / f"perf_{device}.json"

@@ -206,3 +206,26 @@ def test_a_partial_perf_run_keeps_the_other_benchmarks(tmp_path):
     assert second["meta"]["runs"]["cam"]["command"] == "a"
     assert second["meta"]["runs"]["train"]["command"] == "b"
     assert second["meta"]["benchmarks"] == ["cam", "train"]
+
+
+def test_curve_plot_draws_each_runs_validation_curve_and_marks_the_kept_epoch(tmp_path):
+    from benchmarks import plots
+
+    rows = [
+        {"settings": {"lr": lr}, "val_curve": curve, "best_epoch": best}
+        for lr, curve, best in ((0.1, [50.0, 70.0, 65.0], 2), (0.01, [40.0, 45.0, 60.0], 3))
+    ]
+    fig = plots.curve_figure(rows, "lr", "t")
+    lines = fig.axes[0].get_lines()
+    assert [list(line.get_ydata()) for line in lines] == [
+        [40.0, 45.0, 60.0],
+        [60.0],
+        [50.0, 70.0, 65.0],
+        [70.0],
+    ]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["lr 0.01", "lr 0.1"]
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "site_a_recipe_cpu.json").write_text(json.dumps({"rows": rows}))
+    written = plots.main(["--results", str(results), "--out", str(tmp_path)])
+    assert [p.name for p in written] == ["site_a_recipe_curves.png"]
