@@ -15,11 +15,8 @@ Which model each figure shows is decided by a rule written here, never by lookin
 
 It also measures, per method and seed of the pretrained table and for a from-scratch site-B
 baseline (trained here by the runner, the published recipe), the **share of CAM mass inside the
-body** on the 203 site-B test images: the CAM of the predicted class, upsampled to the image and
-clipped at zero, summed inside a body mask over its total. The body mask is everything but the
-dark background connected to the image border (intensity < 0.15 after a grey conversion, grown
-from the border through dark pixels), so the dark lungs, enclosed by the chest wall, count as body.
-Results: ``benchmarks/results/cam_body_share.{json,md}``.
+body** on the 203 site-B test images (`benchmarks.runner.cams`, which the runner also records with
+every row of a CT site). Results: ``benchmarks/results/cam_body_share.{json,md}``.
 """
 
 from __future__ import annotations
@@ -34,11 +31,11 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-import torch.nn.functional as F
 
 import camkit
 from benchmarks.plots import shrink_png
 from benchmarks.reproduce import TABLES, block_recipe
+from benchmarks.runner.cams import DARK, body_mask, body_share
 from benchmarks.runner.io import atomic_write_text
 from benchmarks.runner.loop import make_tta, selected_weights
 from benchmarks.runner.models import create_model, tta_geometry
@@ -48,38 +45,7 @@ from benchmarks.runner.run import Runner
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 FIGURES = ROOT / "docs" / "figures"
-DARK = 0.15
 RAW = ROOT / "runs" / "figures" / "raw"  # the full-size figures, not committed
-
-
-def body_mask(images: torch.Tensor) -> torch.Tensor:
-    """``(B, H, W)`` bool: not the dark background connected to the border of ``images``
-    (``(B, 3, H, W)`` uint8)."""
-    gray = images.float().mean(1) / 255
-    dark = gray < DARK
-    outside = torch.zeros_like(dark)
-    outside[:, 0, :], outside[:, -1, :], outside[:, :, 0], outside[:, :, -1] = (
-        dark[:, 0, :], dark[:, -1, :], dark[:, :, 0], dark[:, :, -1],
-    )  # fmt: skip
-    while True:  # grow the border's dark pixels through dark pixels (8-neighbourhood)
-        grown = F.max_pool2d(outside[:, None].float(), 3, 1, 1)[:, 0].bool() & dark
-        if torch.equal(grown, outside):
-            return ~outside
-        outside = grown
-
-
-@torch.no_grad()
-def body_share(model, data, images: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` share of each image's positive CAM mass (predicted class) inside its body."""
-    extractor = camkit.CAMExtractor(model)
-    shares = []
-    for i in range(0, len(images), 64):
-        batch = images[i : i + 64]
-        cams = extractor.forward_frozen(data.to_input(batch)).cams
-        mass = camkit.upsample_cams(cams.float(), tuple(batch.shape[-2:])).clamp_min(0)
-        inside = (mass * body_mask(batch)).flatten(1).sum(1)
-        shares.append(inside / mass.flatten(1).sum(1).clamp_min(1e-12))
-    return torch.cat(shares)
 
 
 def best_seed(rows: list[dict], method: str, epochs: int) -> int:
