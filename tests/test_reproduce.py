@@ -246,3 +246,28 @@ def test_the_site_a_recipe_report_shows_the_validation_curves(tmp_path):
     md = (tmp_path / "site_a_recipe_cpu.md").read_text()
     assert "| 0.01 | 75.50 | 3 | 60.0 75.5 |\n| 0.1 | 84.00 | 3 | 70.0 84.0 |" in md
     assert "80.00" not in md  # test accuracy is not shown
+
+
+def test_site_a_is_recommended_over_both_sites(tmp_path):
+    blocks = {"split": "patient-blocks:5"}
+    site_a = [
+        _row("site-A", m, s, 80, 85 + (m == "snapmix") + s, settings={**blocks, "mix": m})
+        for m in ("baseline", "snapmix")
+        for s in range(3)
+    ]
+    merge_results(tmp_path / "site_a_cpu.json", site_a, key=reproduce.ROW_KEY)
+    argv = ["--table", "site-a", "--report-only", "--results", str(tmp_path)]
+    _quiet(argv)
+    alone = json.loads((tmp_path / "site_a_cpu.json").read_text())["recommended_detail"]
+    assert alone["method"] == "snapmix" and alone["val_delta"] == {"site-A": 1.0}
+    site_b = [  # SnapMix loses 2 points on site B's validation at 10 epochs (wins at 30)
+        _row("site-B", m, s, 70, 60 - 2 * (m == "snapmix") + 9 * (e == 30), e,
+             settings={"mix": m, "epochs": e})
+        for m in ("baseline", "snapmix") for s in range(3) for e in (10, 30)
+    ]  # fmt: skip
+    merge_results(tmp_path / "pretrained_cpu.json", site_b, key=reproduce.ROW_KEY)
+    _quiet(argv)
+    both = json.loads((tmp_path / "site_a_cpu.json").read_text())["recommended_detail"]
+    assert both["method"] == "baseline"
+    assert both["val_delta_by_method"]["snapmix"] == pytest.approx({"site-A": 1.0, "site-B": -2.0})
+    assert "**plain training** (`baseline`)" in (tmp_path / "site_a_cpu.md").read_text()
