@@ -8,7 +8,9 @@ Usage (from the repository root)::
     python benchmarks/perf.py --device cuda        # on a GPU
     python benchmarks/perf.py --checkpoint m.pt    # TTA with a trained resnet18 state_dict
 
-Benchmarks (``--only`` names): ``train`` (training-step variants), ``cam`` (CAM extraction vs
+Benchmarks (``--only`` names): ``train`` (training-step variants), ``finite`` (the cost of the
+step's finiteness check of its images: ``TrainStep(model)`` vs ``check_finite=False``), ``cam``
+(CAM extraction vs
 pytorch-grad-cam and torchcam), ``snapmix`` (the SnapMix op vs a per-sample loop and timm CutMix),
 ``tta`` (CAM-masking TTA with early exit vs full vote vs the released protocol), ``memory`` (peak
 memory of each training-step variant, one subprocess each). Every timing is a median of
@@ -48,15 +50,16 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 from benchmarks.harness import machine_info, paired, sync
 from benchmarks.reference import loop_snapmix, released_tta
 from benchmarks.runner.io import atomic_save, atomic_write_text, load_checkpoint
-from benchmarks.steps import PART_VARIANTS, STEP_VARIANTS, StepBench
+from benchmarks.steps import FINITE_VARIANTS, PART_VARIANTS, STEP_VARIANTS, StepBench
 
-BENCHMARKS = ("train", "cam", "snapmix", "tta", "memory")
+BENCHMARKS = ("train", "finite", "cam", "snapmix", "tta", "memory")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # Full run: the issue's sizes. Smoke: the same code paths on tiny inputs.
 FULL = {
     "train": [("resnet18", 112, 32, 10), ("resnet50", 224, 8, 6)],  # arch, size, batch, reps
     "train_warmup": 1,
+    "finite": [("resnet18", 112, 32, 20)],  # arch, size, batch, reps (a ~1% effect: more reps)
     "cam": [("resnet18", 112, 32, 10), ("resnet50", 224, 8, 8)],
     "cam_warmup": 2,
     "snapmix": {"batch": 64, "size": 224, "reps": 15, "warmup": 2},
@@ -77,6 +80,7 @@ FULL = {
 SMOKE = {
     "train": [("resnet18", 64, 4, 1)],  # 64 px: a 2×2 feature map, the least CPE accepts
     "train_warmup": 1,
+    "finite": [("resnet18", 64, 4, 1)],
     "cam": [("resnet18", 64, 4, 1)],
     "cam_warmup": 1,
     "snapmix": {"batch": 8, "size": 32, "reps": 2, "warmup": 1},
@@ -108,6 +112,8 @@ TARGETS: list[tuple[str, str, Callable[[float], bool] | None]] = [
     ),
     ("train_step_ratio_full_fast_collated", "(info: mixed in the DataLoader)", None),
     ("train_step_ratio_timm_cutmix", "(peer)", None),
+    ("finite_check_ratio", "(info: step with / without the images' finiteness check)", None),
+    ("finite_check_share", "(info: the check alone / the step without it)", None),
     ("cam_speedup_vs_gradcam", "≥ 3×", lambda v: v >= 3.0),
     ("cam_corr_vs_gradcam", "≥ 0.999", lambda v: v >= 0.999),
     ("cam_speedup_vs_torchcam", "(peer)", None),
@@ -181,6 +187,27 @@ def bench_train(cfg: dict, device: torch.device) -> dict:
         flat[f"train_step_ratio_{variant}"] = max(
             flat[f"train_step_ratio_{variant}_{tag}"] for tag in tags
         )
+    return {"flat": flat, "details": details}
+
+
+def bench_finite(cfg: dict, device: torch.device) -> dict:
+    """The cost of the step's finiteness check: the plain step with and without it (paired), and
+    the check alone as a share of the step without it."""
+    flat: dict[str, float] = {}
+    details: dict[str, dict] = {}
+    for arch, size, batch, reps in cfg["finite"]:
+        tag = _tag(arch, size, batch)
+        log(f"[finite] {tag}: {reps} interleaved repetitions")
+        bench = StepBench(arch, size, batch, device)
+        comp = paired(bench.callables(FINITE_VARIANTS), "unchecked", reps, 1, device)
+        details[tag] = comp.summary()
+        flat[f"finite_check_ratio_{tag}"] = comp.median_ratio("checked")
+        flat[f"finite_check_share_{tag}"] = comp.median_ratio("check_alone")
+        log("  " + ", ".join(f"{k}={v['median_ms']:.2f}ms" for k, v in details[tag].items()))
+        del bench
+    tags = [_tag(arch, size, batch) for arch, size, batch, _ in cfg["finite"]]
+    for key in ("finite_check_ratio", "finite_check_share"):
+        flat[key] = max(flat[f"{key}_{tag}"] for tag in tags)
     return {"flat": flat, "details": details}
 
 
@@ -828,6 +855,7 @@ def merge_previous(results: dict, path: Path) -> dict:
         return results
     redone = set(results["meta"]["benchmarks"])
     prefixes = {"train": ("train_",), "cam": ("cam_",), "snapmix": ("snapmix_",)}
+    prefixes.update(finite=("finite_",))
     prefixes.update(tta=("tta_",), memory=("memory_",))
     kept = {
         key: value
@@ -892,6 +920,18 @@ def write_report(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
             continue
         lines.append(f"| `{key}` | {_fmt(value)} |")
     details = results.get("details", {})
+    if "finite" in details:
+        lines += [
+            "",
+            "## Finiteness check of the step's images (median ms; ratio to unchecked)",
+            "",
+        ]
+        for tag, entries in details["finite"].items():
+            lines += [f"**{tag}**", "", "| variant | median ms | ratio |", "|---|---|---|"]
+            for name, e in entries.items():
+                ratio = f"{e['ratio']:.4f}" if "ratio" in e else "1"
+                lines.append(f"| {name} | {e['median_ms']:.2f} | {ratio} |")
+            lines.append("")
     if "train" in details:
         lines += ["", "## Training step (median ms; ratio to plain with quartiles)", ""]
         for tag, entries in details["train"].items():
@@ -1010,6 +1050,7 @@ def main(argv: list[str] | None = None) -> dict:
     details: dict[str, object] = {}
     runners = {
         "train": lambda: bench_train(cfg, device),
+        "finite": lambda: bench_finite(cfg, device),
         "cam": lambda: bench_cam(cfg, device),
         "snapmix": lambda: bench_snapmix(cfg, device),
         "tta": lambda: bench_tta(cfg, device, args),

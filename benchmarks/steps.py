@@ -26,6 +26,11 @@ each followed by ``zero_grad(set_to_none=True)``, ``backward()``, ``step()``. Th
 time parts of the SnapMix steps alone (no backward), to decompose their overhead:
 ``frozen_fwd`` (``ext.forward_frozen(x, y)``), ``nograd_fwd`` (``model(x)`` under ``no_grad``, the
 cheapest possible extra forward) and ``snapmix_op`` (``mix(x, y, cams)`` with given CAMs).
+
+The finiteness check of the step's images (``perf.py --only finite``) is timed on the plain
+``TrainStep(model)``: ``checked`` (the default) against ``unchecked``
+(``TrainStep(model, check_finite=False)``), and the check alone (``check_alone``:
+``check_finite(x, "images")``, what the step adds).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from camkit import CAMExtractor, ContrastivePatchLoss, MixCollate, SnapMix, TrainStep
+from camkit._checks import check_finite
 
 STEP_VARIANTS = (
     "plain",
@@ -51,6 +57,7 @@ STEP_VARIANTS = (
     "timm_cutmix",
 )
 PART_VARIANTS = ("frozen_fwd", "nograd_fwd", "snapmix_op")
+FINITE_VARIANTS = ("unchecked", "checked", "check_alone")
 
 
 class StepBench:
@@ -82,6 +89,8 @@ class StepBench:
             "full_fast": TrainStep(
                 self.model, mix=SnapMix(num_classes, cam_source="mixed"), cpe=self.cpe
             ),
+            "checked": TrainStep(self.model),
+            "unchecked": TrainStep(self.model, check_finite=False),
         }
         self.timm_mix = Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, num_classes=num_classes)
         # small lr: the weights barely move over a benchmark's steps on random data
@@ -143,7 +152,16 @@ class StepBench:
         loss = self.soft_ce(self.model(xm), soft)
         self._update(loss)
 
+    def checked(self) -> None:
+        self._update(self.steps["checked"](self.x, self.y).loss)
+
+    def unchecked(self) -> None:
+        self._update(self.steps["unchecked"](self.x, self.y).loss)
+
     # -- parts ----------------------------------------------------------------------------------
+
+    def check_alone(self) -> None:
+        check_finite(self.x, "images")
 
     def frozen_fwd(self) -> None:
         self.ext.forward_frozen(self.x, self.y)
@@ -168,5 +186,8 @@ class StepBench:
             "frozen_fwd": self.frozen_fwd,
             "nograd_fwd": self.nograd_fwd,
             "snapmix_op": self.snapmix_op,
+            "checked": self.checked,
+            "unchecked": self.unchecked,
+            "check_alone": self.check_alone,
         }
         return {name: table[name] for name in names}

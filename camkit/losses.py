@@ -55,6 +55,7 @@ def _check_patch_inputs(features: object, cams: object) -> None:
             f"{tuple(features.shape)}, got shape {tuple(cams.shape)}"
         )
     check_finite(cams, "cams")  # NaN maps would rank the cells like constant ones
+    check_finite(features, "features")  # a NaN cell would make the loss NaN
 
 
 def _select_patches(

@@ -280,3 +280,12 @@ def test_the_finiteness_check_can_be_switched_off():
     assert math.isnan(float(step(images, labels).loss.detach()))  # what the check prevents
     with pytest.raises(TypeError, match=r"check_finite: expected a bool, got int"):
         TrainStep(TinyNet(), check_finite=1)
+
+
+def test_the_cpe_refuses_non_finite_features():
+    from camkit import contrastive_patch_loss
+
+    features = torch.randn(2, 4, 3, 3)
+    features[1, 2, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"features: expected finite values, got 1 NaN or inf"):
+        contrastive_patch_loss(features, torch.rand(2, 3, 3))

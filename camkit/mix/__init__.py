@@ -16,14 +16,16 @@ applies them (``apply``) and weighs the labels (``targets``); [`TrainStep`][camk
 SnapMix (Huang et al., AAAI 2021), in detail:
 
 Each image ``a`` receives, in a box A, the content of a box B of its partner ``b`` (a random
-permutation of the batch), resized bilinearly. Its soft target is:
+permutation of the batch), resized bilinearly (``align_corners=True``, as the SnapMix authors'
+code). Its soft target is:
 
     y = ρ_a · onehot(y_a) + ρ_b · onehot(y_b),
     ρ_a = 1 − Σ_{box A} S_a,    ρ_b = Σ_{box B} S_b,
 
 with ``S`` the class activation map of each un-mixed image for its own label, upsampled to the
 image size and normalised to a spatial distribution
-([`normalize_cams`][camkit.normalize_cams], ``"distribution"``). ``ρ_a + ρ_b`` need not be 1.
+([`normalize_cams`][camkit.normalize_cams], ``"distribution"``; a constant map, which has none,
+gives the authors' fallback ``ρ_a = 1 − |A|/HW``, ``ρ_b = |A|/HW``). ``ρ_a + ρ_b`` need not be 1.
 The loss ``ρ_a·CE(y_a) + ρ_b·CE(y_b)`` is timm's ``SoftTargetCrossEntropy`` on these targets.
 
 As in kornia's augmentations, the random draws are separate from their application:
