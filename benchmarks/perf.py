@@ -927,10 +927,16 @@ def write_report(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
             "",
         ]
         for tag, entries in details["finite"].items():
-            lines += [f"**{tag}**", "", "| variant | median ms | ratio |", "|---|---|---|"]
+            lines += [
+                f"**{tag}**",
+                "",
+                "| variant | median ms | ratio | q1–q3 |",
+                "|---|---|---|---|",
+            ]
             for name, e in entries.items():
                 ratio = f"{e['ratio']:.4f}" if "ratio" in e else "1"
-                lines.append(f"| {name} | {e['median_ms']:.2f} | {ratio} |")
+                spread = f"{e['ratio_q1']:.4f}–{e['ratio_q3']:.4f}" if "ratio" in e else ""
+                lines.append(f"| {name} | {e['median_ms']:.2f} | {ratio} | {spread} |")
             lines.append("")
     if "train" in details:
         lines += ["", "## Training step (median ms; ratio to plain with quartiles)", ""]
