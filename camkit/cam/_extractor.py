@@ -11,7 +11,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from camkit._checks import _describe, check_choice, check_finite, check_labels, check_tensor
+from camkit._checks import (
+    check_choice,
+    check_finite,
+    check_input_layer,
+    check_labels,
+    check_tensor,
+)
 from camkit.cam._contract import (
     check_device,
     frozen_state,
@@ -252,19 +258,8 @@ class CAMExtractor(nn.Module):
         check_tensor(images, "images", ndim=self._input_ndim, floating=True)
         assert isinstance(images, torch.Tensor)
         check_device(self.model, images, "images")
-        if self._input_conv:
-            conv = self._input_conv[0]
-            if images.shape[1] != conv.in_channels:
-                raise ValueError(
-                    f"images: expected {conv.in_channels} channels (the input layer of "
-                    f"{model_name(self.model)}), got a {_describe(images)}"
-                )
-            weight_dtype = conv.weight.dtype
-            if images.dtype != weight_dtype and not torch.is_autocast_enabled(images.device.type):
-                raise TypeError(
-                    f"images: expected dtype {weight_dtype} (the model's weights; cast the images "
-                    f"or run under torch.autocast), got a {_describe(images)}"
-                )
+        layer = self._input_conv[0] if self._input_conv else None  # the check every step uses
+        check_input_layer(images, "images", layer, model_name(self.model))
         if target is not None:
             b = images.shape[0]
             if isinstance(target, torch.Tensor) and target.ndim == 2:
