@@ -96,3 +96,16 @@ needs_site_a = data_marker(
     DATA is not None and (DATA / "SARS-CoV-2-CT").is_dir(),
     "needs SARS-CoV-2-CT in shared/data above the repository (or CAMKIT_DATA); not found",
 )
+needs_medmnist = data_marker(
+    DATA is not None
+    and all(
+        (DATA / "MedMNIST" / n).is_file()
+        for n in (
+            "adrenalmnist3d.npz",
+            "adrenalmnist3d_64.npz",
+            "vesselmnist3d.npz",
+            "pneumoniamnist.npz",
+        )
+    ),
+    "needs the four MedMNIST .npz files in shared/data/MedMNIST (or CAMKIT_DATA); not found",
+)

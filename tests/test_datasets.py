@@ -84,8 +84,9 @@ def _make_covid_ct(root: Path) -> Path:
 
 def test_public_names_and_no_data_folder_lookup():
     assert sorted(cds.__all__) == [
-        "COVIDCT", "COVIDxCT", "DigitsDataset", "IMAGE_EXTENSIONS", "SARSCoV2CT",
-        "build_mnist_m", "frame_like_mnist", "load_digits_npz", "mnist", "mnist_m", "usps",
+        "COVIDCT", "COVIDxCT", "DigitsDataset", "IMAGE_EXTENSIONS", "MEDMNIST_MD5", "MedMNIST",
+        "SARSCoV2CT", "SplitImageFolder", "build_mnist_m", "frame_like_mnist", "load_digits_npz",
+        "medmnist", "mnist", "mnist_m", "usps",
     ]  # fmt: skip
     assert all(hasattr(cds, name) for name in cds.__all__)
     assert not hasattr(cds, "default_data_root")  # the library knows no repository folder
