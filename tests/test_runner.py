@@ -166,7 +166,8 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkey
 def test_resume_refuses_other_settings_and_overwrite_trains_again(tmp_path):
     _run(tmp_path, "baseline")
     (tmp_path / "results.json").unlink()  # the rows are gone: the checkpoint is resumed
-    with pytest.raises(ValueError, match=r"other settings .*'lr': \(0.01, 0.1\)"):
+    with pytest.raises(ValueError, match=r"other settings .*'lr': \(0.01, 0.1\)\}; use another "
+                       r"--out, or --overwrite to train it again from scratch$"):  # fmt: skip
         _run(tmp_path, "baseline", TINY.replace(lr=0.1))
     with pytest.raises(ValueError, match="ask for at least 2 epochs"):
         _run(tmp_path, "baseline", TINY.replace(epochs=1))
@@ -229,7 +230,7 @@ def test_the_digits_draw_is_fixed_disjoint_and_a_stream_run_resumes_exactly(tmp_
     resumed_cfg = RunConfig("digits", "snapmix", 0, recipe, tmp_path / "resumed")
     with pytest.raises(_Interrupt):
         loop.train(resumed_cfg, data, torch.device("cpu"), lambda _: None)
-    with pytest.raises(ValueError, match=r"stopped at epoch 1 of 2; resume it"):
+    with pytest.raises(ValueError, match=r"stopped at epoch 1 of 2; run the same command again"):
         loop.selected_weights(resumed_cfg)
     monkeypatch.setattr(loop, "atomic_save", real_save)
     resumed = loop.train(resumed_cfg, data, torch.device("cpu"), lambda _: None)
@@ -254,7 +255,9 @@ def test_cli_errors_are_one_line_naming_the_option(capsys, tmp_path):
     assert "--lr: expected a finite value >= 0, got nan" in _cli(
         ["train", "--lr", "nan", *out], capsys
     )
-    assert "--epochs: expected a positive int" in _cli(["train", "--epochs", "-1", *out], capsys)
+    assert "--epochs: expected an int >= 0, got -1" in _cli(
+        ["train", "--epochs", "-1", *out], capsys
+    )
     line = _cli(["train", "--model", "not_a_model", *out], capsys)
     assert line.endswith("--model not_a_model: not a timm model (timm.list_models() names them)")
     assert "--pretrained-file nope.pth: no such file" in _cli(

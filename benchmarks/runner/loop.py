@@ -1,9 +1,10 @@
 """The one training loop and the evaluation of a run (timm's ``train.py`` is the model).
 
 `train` trains (or resumes) one run: the data resident on the device, a `camkit.TrainStep` built by
-the method, SGD with the recipe's schedule, an atomic checkpoint after every epoch (``--resume``
-continues it; other settings are refused), the epoch chosen on the validation split (or the last),
-and a stop with a message when the loss is not finite. `evaluate_run` gives the result rows of a
+the method, SGD with the recipe's schedule, an atomic checkpoint after every epoch (running the
+same command again continues it; other settings are refused), the epoch chosen on the validation
+split (or the last), and a stop with a message when the loss or, after an epoch, a weight is not
+finite. `evaluate_run` gives the result rows of a
 trained run: the metrics on every test set, the validation accuracy, with the CAM-masking TTA for
 the methods that use it, the vote-rule study and the deletion AUC where the recipe asks.
 """
@@ -60,8 +61,8 @@ def selected_weights(cfg: RunConfig) -> dict[str, torch.Tensor]:
     ckpt = load_checkpoint(path, required=("model", "best_state", "epoch", "epochs"))
     if ckpt["epoch"] < ckpt["epochs"]:
         raise ValueError(
-            f"{path}: the run stopped at epoch {ckpt['epoch']} of {ckpt['epochs']}; resume it "
-            "before reading its weights"
+            f"{path}: the run stopped at epoch {ckpt['epoch']} of {ckpt['epochs']}; run the same "
+            "command again to finish it before reading its weights"
         )
     return ckpt["best_state"] if ckpt["best_state"] is not None else ckpt["model"]
 
@@ -109,14 +110,53 @@ def _steps_per_epoch(n: int, recipe) -> int:
     return full + (rest >= 2)
 
 
+def require_checkpoint(cfg: RunConfig) -> Path:
+    """The run's checkpoint path, for ``--reevaluate`` (no training): refused when missing."""
+    path = checkpoint_path(cfg)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--reevaluate: {cfg.dataset} {cfg.method} seed {cfg.seed} has no checkpoint at "
+            f"{path}; train it first (the same command without --reevaluate)"
+        )
+    return path
+
+
+def _not_finite(model: torch.nn.Module) -> list[str]:
+    """The names of the model's floating tensors that hold a NaN or infinity (one host sync)."""
+    state = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+    finite = torch.stack([torch.isfinite(v).all() for v in state.values()])
+    if bool(finite.all()):
+        return []
+    return [name for name, ok in zip(state, finite.tolist(), strict=True) if not ok]
+
+
 def train(
-    cfg: RunConfig, data: Data, device: torch.device, log: Log, *, resume: bool = True
+    cfg: RunConfig,
+    data: Data,
+    device: torch.device,
+    log: Log,
+    *,
+    resume: bool = True,
+    no_training: bool = False,
 ) -> dict[str, Any]:
-    """Train (or resume) one run; return its selected weights and what the rows report."""
+    """Train (or resume) one run; return its selected weights and what the rows report.
+
+    ``no_training``: only read a finished run's checkpoint (``--reevaluate``); a missing or
+    unfinished checkpoint is refused rather than trained.
+    """
     recipe, seed = cfg.recipe, cfg.seed
     path = checkpoint_path(cfg)
     config = _training_settings(cfg) | {"seed": seed}
     images, labels = data.train
+    name = f"{cfg.dataset} {cfg.method} seed {seed}"
+    if no_training:
+        require_checkpoint(cfg)
+    if recipe.epochs > 0 and _steps_per_epoch(labels.shape[0], recipe) == 0:
+        rule = "the last short batch is dropped" if recipe.drop_last else "a batch needs 2 images"
+        raise ValueError(
+            f"--batch-size {recipe.batch_size}: {labels.shape[0]} training images give no "
+            f"training step per epoch ({rule}); use a smaller --batch-size or more images"
+        )
 
     torch.manual_seed(seed)
     model = create_model(recipe, data.num_classes, device)
@@ -138,19 +178,22 @@ def train(
         differs = {k: pair for k, pair in differs.items() if pair[0] != pair[1]}
         if differs:
             raise ValueError(
-                f"--resume: {path} was written with other settings (checkpoint, now): "
-                f"{differs}; use another --out or --overwrite"
+                f"{path}: this run's checkpoint was written with other settings (checkpoint, "
+                f"now): {differs}; use another --out, or --overwrite to train it again from "
+                "scratch"
             )
         if ckpt["epoch"] > recipe.epochs:
             raise ValueError(
-                f"--resume: {path} has trained {ckpt['epoch']} epochs, more than --epochs "
-                f"{recipe.epochs}; ask for at least {ckpt['epoch']} epochs"
+                f"{path}: this run's checkpoint has trained {ckpt['epoch']} epochs, more than "
+                f"--epochs {recipe.epochs}; ask for at least {ckpt['epoch']} epochs, or "
+                "--overwrite to train it again from scratch"
             )
         if scheduler is not None and ckpt["epoch"] not in (0, recipe.epochs):
             if ckpt.get("epochs") != recipe.epochs:
                 raise ValueError(
-                    f"--resume: {path} follows a one-cycle schedule over {ckpt.get('epochs')} "
-                    f"epochs; it cannot be stretched to {recipe.epochs}"
+                    f"{path}: this run's checkpoint follows a one-cycle schedule over "
+                    f"{ckpt.get('epochs')} epochs; it cannot be stretched to {recipe.epochs} "
+                    "(ask for those epochs, or --overwrite)"
                 )
         model.load_state_dict(ckpt["model"])
         base_lrs = [group["base_lr"] for group in optimizer.param_groups]
@@ -166,6 +209,11 @@ def train(
         run = {key: ckpt[key] for key in run}
         run["val_curve"] = list(ckpt.get("val_curve", []))  # absent from older checkpoints
         log(f"  resuming {path.name} from epoch {run['epoch']}/{recipe.epochs}")
+    if no_training and run["epoch"] < recipe.epochs:
+        raise ValueError(
+            f"--reevaluate: {path} stopped at epoch {run['epoch']} of {recipe.epochs}; finish "
+            "it first (the same command without --reevaluate)"
+        )
 
     run.setdefault("val_curve", [])  # validation accuracy after each epoch, in percent
     for epoch in range(run["epoch"], recipe.epochs):
@@ -200,6 +248,15 @@ def train(
                         f"{kept or 'no checkpoint was written'}. Lower --lr (now "
                         f"{recipe.lr:g}) or check the data"
                     )
+        broken = _not_finite(model)  # the last steps' update: a NaN gradient, a finite loss
+        if broken:
+            kept = f"{path} keeps epoch {run['epoch']}" if run["epoch"] else ""
+            raise SystemExit(
+                f"{name}: {len(broken)} weight tensors are not finite after epoch {epoch + 1} "
+                f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}), the training "
+                f"loss being finite; stopped, {kept or 'no checkpoint was written'}. Lower --lr "
+                f"(now {recipe.lr:g}) or check the data"
+            )
         run["losses"] = [*run["losses"], float(loss_sum) / max(1, len(batches))]
         run["train_seconds"] += time.perf_counter() - t0
         line = f"epoch {epoch + 1}/{recipe.epochs} loss {run['losses'][-1]:.4f}"

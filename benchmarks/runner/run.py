@@ -26,10 +26,21 @@ import timm
 import torch
 
 from benchmarks.runner.data import DATASETS, Data, dataset_loader, parse_split
-from benchmarks.runner.io import clean_stale_temps, merge_results
-from benchmarks.runner.loop import checkpoint_path, evaluate_run, run_settings, train
+from benchmarks.runner.io import check_writable, clean_stale_temps, merge_results, read_results
+from benchmarks.runner.loop import (
+    checkpoint_path,
+    evaluate_run,
+    require_checkpoint,
+    run_settings,
+    train,
+)
 from benchmarks.runner.methods import METHODS, training_name
-from benchmarks.runner.models import feature_grid, input_stats, resolve_pretrained
+from benchmarks.runner.models import (
+    check_weights,
+    feature_grid,
+    input_stats,
+    resolve_pretrained,
+)
 from benchmarks.runner.recipes import Recipe, RunConfig, recipe_for
 
 ROW_KEY = ("dataset", "method", "seed", "settings")
@@ -39,12 +50,28 @@ def _key(row: dict) -> str:
     return json.dumps([row.get(k) for k in ROW_KEY], sort_keys=True, default=str)
 
 
+# what the command line turns into one line and a non-zero exit: the runner's own refusals
+# (files, data, settings, checkpoints) are OSError or ValueError, with messages that name things
+CLI_ERRORS = (OSError, ValueError)
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {name}: expected auto, cpu, cuda or cuda:N (a torch device), got {name!r}"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available (use cpu or auto)")
+        raise ValueError(f"--device {name}: no CUDA device is available (use cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: expected auto, cpu, cuda or cuda:N, got {name!r}")
     return device
 
 
@@ -89,20 +116,22 @@ class Runner:
         settings = run_settings(cfg)
         done = [
             r
-            for r in merge_results(self.results, [], key=ROW_KEY)
+            for r in read_results(self.results, missing_ok=True)
             if (r["method"], r["seed"]) == (cfg.method, cfg.seed)
             and r["settings"] == json.loads(json.dumps(settings))
             and (not vote_study or "tta_rules" in r or METHODS[cfg.method].tta)
         ]
         if done and not overwrite and not reevaluate:
             return done
+        if reevaluate:  # before the data are loaded
+            require_checkpoint(cfg)
         data = self.data(cfg)
         path = checkpoint_path(cfg)
         if overwrite and path.is_file() and training_name(cfg.method) == cfg.method:
             path.unlink()
         self.log(f"{cfg.dataset} {cfg.method} seed {cfg.seed}:")
         start = time.perf_counter()
-        run = train(cfg, data, self.device, self.log)
+        run = train(cfg, data, self.device, self.log, no_training=reevaluate)
         rows = evaluate_run(cfg, data, run, self.device, vote_study=vote_study)
         merge_results(self.results, rows, key=ROW_KEY)
         seconds = time.perf_counter() - start
@@ -129,6 +158,8 @@ def parse_recipe(args: argparse.Namespace) -> Recipe:
     stats = input_stats(recipe.model, recipe.pretrained)
     if stats is not None and args.dataset != "digits":  # the weights' own input normalisation
         recipe = recipe.replace(mean=stats[0], std=stats[1])
+    if recipe.pretrained not in (None, "timm"):  # read and checked now, not after the first run
+        check_weights(recipe.pretrained, recipe.model, recipe.model_kwargs)
     return recipe
 
 
@@ -140,10 +171,15 @@ def _dataset_name(name: str) -> str:
     return name
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): ``prog: error: message``, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.runner", description=__doc__.split("\n\n")[0]
-    )
+    p = _Parser(prog="python -m benchmarks.runner", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train and evaluate runs, merge their rows")
     add = t.add_argument
@@ -191,6 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """The command line: ``train`` (the rows of the runs) or ``report`` (prints the tables).
+
+    Errors print one line and exit non-zero: a bad option exits 2 (argparse's convention); a
+    problem found while running (a file, the data, a checkpoint: `CLI_ERRORS`) exits 1 with
+    ``python -m benchmarks.runner: error: <message>``.
+    """
+    try:
+        return _main(argv)
+    except CLI_ERRORS as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        raise SystemExit(f"python -m benchmarks.runner: error: {message}") from err
+
+
+def _main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "report":
@@ -199,10 +249,27 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         text = report(args.results, args.md)
         print(text)
         return []
-    for name in ("img_size", "epochs", "batch_size", "train_subset", "test_subset", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "epochs" else 1):
-            parser.error(f"--{name.replace('_', '-')}: expected a positive int, got {value}")
+    minimum = {"epochs": 0, "batch_size": 2}
+    for name in ("img_size", "epochs", "batch_size", "train_subset", "test_subset", "tta_images",
+                 "threads"):  # fmt: skip
+        value, least = getattr(args, name), minimum.get(name, 1)
+        if value is not None and value < least:
+            want = "a positive int" if least == 1 else f"an int >= {least}"
+            why = " (a batch of one image is dropped: BatchNorm needs two)" if least == 2 else ""
+            parser.error(f"--{name.replace('_', '-')}: expected {want}{why}, got {value}")
+    if any(not 0 <= seed < 2**31 for seed in args.seeds):
+        parser.error(f"--seeds: expected ints from 0 to 2**31 - 1, got {args.seeds}")
+    if args.tta_images is not None and not args.vote_study:
+        parser.error("--tta-images: only the vote-rule study uses it; add --vote-study")
+    if args.overwrite and args.reevaluate:
+        parser.error(
+            "--overwrite and --reevaluate: give one (train again from scratch, or evaluate the "
+            "finished runs again without training)"
+        )
+    try:
+        device = _device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
     for name in ("lr", "weight_decay", "pretrained_lr_scale"):
         value = getattr(args, name)
         if value is not None and not (value >= 0 and value == value and value != float("inf")):
@@ -220,8 +287,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         parser.error(f"--model {args.model}: not a timm model (timm.list_models() names them)")
     try:
         recipe = parse_recipe(args)
-    except (FileNotFoundError, RuntimeError) as err:
-        parser.error(str(err))
+    except (OSError, ValueError, RuntimeError) as err:
+        parser.error(" ".join(str(err).split()))
     if args.threads:
         torch.set_num_threads(args.threads)
     grid = feature_grid(recipe, 2)
@@ -232,8 +299,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             f"map, but the contrastive patch loss needs at least {2 * recipe.cpe_patches} cells"
         )
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    results = args.results or args.out / "results.json"
-    runner = Runner(results, _device(args.device), log)
+    results = check_writable(args.results or args.out / "results.json")
+    runner = Runner(results, device, log)
     options = {"data": args.data} if args.data else {}
     rows = []
     for seed in dict.fromkeys(args.seeds):  # seed-major: an interrupted table stays paired
