@@ -69,8 +69,9 @@ class COVIDCT(_ImageFolderDataset):
 
     Each split list holds one file name per line (no folder part); blank lines are ignored. At
     construction every listed name is checked against the image folder once. Images are opened
-    with Pillow and converted with ``.convert("RGB")`` when an item is read; this also handles the
-    files named ``*.png`` that are really JPEG-encoded, and drops the alpha channel of RGBA files.
+    with Pillow and converted to 8-bit RGB when an item is read (a 16-bit grey image is scaled by
+    the 16-bit range, not clipped); this also handles the files named ``*.png`` that are really
+    JPEG-encoded, and drops the alpha channel of RGBA files.
 
     Samples are ordered NonCOVID first, then COVID, each in list-file order.
 
