@@ -75,6 +75,8 @@ class Data:
         to_input: a stored batch → the normalised model input (float, ``img_size``).
         augment: a stored training batch → the augmented model input (random, torch's RNG).
         mask_value: what the TTA fills masked cells with, in the model's input space.
+        info: what the rows do not record (paths); ``body_share``: the test images are CT slices,
+            and each row gets the share of CAM mass inside the body (`benchmarks.runner.cams`).
     """
 
     train: Split
@@ -207,7 +209,8 @@ def load_site_b(recipe, options, cache_dir: Path, device, log) -> Data:
     datasets = {s: COVIDCT(root, split=s) for s in ("train", "val", "test")}
     cache = _cache(cache_dir, "B", recipe, log)
     classes = ("NonCOVID", "COVID")
-    return _ct_data(datasets, "site-B", classes, recipe, cache, device, {"root": str(root)})
+    info = {"root": str(root), "body_share": True}
+    return _ct_data(datasets, "site-B", classes, recipe, cache, device, info)
 
 
 def parse_split(split: str | None, seed: int) -> dict[str, Any]:
@@ -242,7 +245,7 @@ def load_site_a(recipe, options, cache_dir: Path, device, log, seed: int = 0) ->
     datasets = {s: SARSCoV2CT(root, split=s, **split) for s in ("train", "val", "test")}
     cache = _cache(cache_dir, "A", recipe, log)
     classes = ("NonCOVID", "COVID")
-    info = {"root": str(root), "split": split}
+    info = {"root": str(root), "split": split, "body_share": True}
     return _ct_data(datasets, "site-A", classes, recipe, cache, device, info)
 
 

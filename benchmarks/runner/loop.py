@@ -22,6 +22,7 @@ import timm
 import torch
 
 import camkit
+from benchmarks.runner.cams import body_share
 from benchmarks.runner.data import Data
 from benchmarks.runner.io import atomic_save, load_checkpoint
 from benchmarks.runner.methods import METHODS, build_step, training_name
@@ -389,5 +390,7 @@ def evaluate_run(
             }
         if index == 0 and cfg.recipe.deletion_images > 0:
             row["deletion_auc"] = deletion(cfg, data, model, split)
+        if data.info.get("body_share"):  # CT slices: where the CAMs sit
+            row["cam_body_share"] = 100 * float(body_share(model, data, split[0]).mean())
         rows.append(row)
     return rows
