@@ -783,6 +783,23 @@ def site_a_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
             f"{r_val}. The folds differ in which patients they hold, and that moves both.",
             "",
         ]
+    shares = {}
+    for r in blocks:
+        if "cam_body_share" in r and not METHODS[r["method"]].tta:
+            shares.setdefault(r["method"], []).append(r["cam_body_share"])
+    if shares:
+        lines += [
+            "## Where the CAMs sit",
+            "",
+            "Share of the predicted class's positive CAM mass inside the body on each fold's test",
+            "images (`benchmarks.runner.cams`: the body is all but the dark background connected",
+            "to the border), mean ± std over the folds.",
+            "",
+            "| method | folds | CAM mass inside the body (%) |",
+            "|---|---|---|",
+            *(f"| {m} | {len(v)} | {mean_sd(v)} |" for m, v in shares.items()),
+            "",
+        ]
     if any("tta_rules" in r for r in blocks):
         lines += tta_section(blocks)
     hours = sum(r["train_seconds"] for r in blocks + leaky if not METHODS[r["method"]].tta) / 3600
