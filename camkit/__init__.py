@@ -75,6 +75,7 @@ from camkit.viz import (
     save_figure,
     snapmix_figure,
     tta_figure,
+    volume_figure,
 )
 
 if TYPE_CHECKING:  # imported on first use: `import camkit` does not import timm.task
@@ -139,6 +140,7 @@ __all__ = [
     "tta_figure",
     "upsample_cams",
     "usps",
+    "volume_figure",
 ]
 __version__ = "0.1.0"
 

@@ -144,12 +144,13 @@ def test_import_and_overlay_work_without_matplotlib(monkeypatch):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    monkeypatch.delitem(sys.modules, "camkit.viz")
+    for name in [m for m in sys.modules if m == "camkit.viz" or m.startswith("camkit.viz.")]:
+        monkeypatch.delitem(sys.modules, name)
     fresh = importlib.import_module("camkit.viz")
-    assert fresh is not viz
+    assert fresh is not viz and fresh._overlay is not viz._overlay
     out = fresh.overlay_cams(torch.rand(1, 3, 8, 8), torch.rand(1, 2, 2), cmap="viridis")
     assert out.shape == (1, 3, 8, 8)
-    fresh._colormap.cache_clear()
+    fresh._overlay._colormap.cache_clear()
     with pytest.raises(ValueError, match=r"^cmap: .*'magma'"):
         fresh.overlay_cams(torch.rand(1, 3, 8, 8), torch.rand(1, 2, 2), cmap="magma")
     with pytest.raises(ImportError, match="cam_grid: needs matplotlib"):
