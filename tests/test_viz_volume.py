@@ -173,6 +173,43 @@ def test_refusals_name_the_argument(volume, cams, kwargs, error, message):
         volume_figure(volume, cams, **kwargs)
 
 
+class _Tiny3d(torch.nn.Module):
+    """A timm-contract 3-D classifier: one strided conv, average pooling, linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_classes, self.num_features = 2, 4
+        self.conv, self.fc = torch.nn.Conv3d(1, 4, 4, stride=4), torch.nn.Linear(4, 2)
+
+    def forward_features(self, x):
+        return F.relu(self.conv(x))
+
+    def forward_head(self, x, pre_logits=False):
+        x = x.mean((2, 3, 4))
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self):
+        return self.fc
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def test_the_maps_of_a_3d_cam_extractor_both_classes():
+    torch.manual_seed(0)
+    model, x = _Tiny3d().eval(), torch.rand(1, 1, 16, 16, 16)
+    out = camkit.CAMExtractor(model)(x, torch.tensor([[0, 1]]))  # both classes' maps, (1, 2, 4³)
+    assert out.cams.shape == (1, 2, 4, 4, 4)
+    fig = volume_figure(x[0], out.cams[0], names=["normal", "mass"])
+    up = camkit.upsample_cams(out.cams[0], (16, 16, 16))
+    for k, name in enumerate(["normal", "mass"]):
+        d, h, w = np.unravel_index(int(up[k].argmax()), (16, 16, 16))
+        titles = [ax.get_title() for ax in fig.axes[4 * k : 4 * k + 3]]
+        assert titles == [
+            f"{name}\n{t.format(i)}" for t, i in zip(TITLES_3D[:3], (d, h, w), strict=True)
+        ]
+
+
 def test_exported_and_saved(tmp_path):
     assert camkit.volume_figure is volume_figure and "volume_figure" in camkit.__all__
     cam = torch.zeros(4, 4, 4)
