@@ -1,33 +1,31 @@
 """camkit's training step as a ``timm.task`` training task, for timm's own ``train.py``.
 
-timm's ``train.py`` builds its training step from a ``timm.task.TrainingTask`` (normally
-``ClassificationTask``) and then drives everything through the task: the optimiser is built on
-``task.get_trainable_module()``, ``task.compile()`` and ``task.prepare_distributed()`` wrap what
-trains, validation runs ``task.get_eval_model()``, and the checkpoint saver stores
-``task.get_checkpoint_state()``. [`TrainStepTask`][camkit.TrainStepTask] plugs
-[`camkit.TrainStep`][camkit.TrainStep] into that contract, so ``train.py`` trains with any camkit
-mix (SnapMix, CutMix, Mixup, ...) and the contrastive patch loss by swapping the task (the
-three-line change is in the documentation page "timm train.py"). ``SnapMixTask`` is its deprecated
-name.
-
-This module is optional: ``import camkit`` does not import it (nor ``timm.task``), and it needs
-timm 1.0.27 or newer, the first release whose ``TrainingTask`` has ``compile``,
-``get_eval_model``, ``setup_ema`` and ``get_checkpoint_state``.
+``train.py`` builds its step from a ``timm.task.TrainingTask`` and drives everything through it:
+the optimiser is built on ``task.get_trainable_module()``, ``compile()`` and
+``prepare_distributed()`` wrap what trains, validation runs ``get_eval_model()``, the saver
+stores ``get_checkpoint_state()``. [`TrainStepTask`][camkit.TrainStepTask] plugs
+[`camkit.TrainStep`][camkit.TrainStep] into that contract (any camkit mix, the contrastive patch
+loss; the three-line change is on the page "timm train.py"); ``SnapMixTask`` is its deprecated
+name. Optional: ``import camkit`` does not import it (nor ``timm.task``); it needs timm 1.0.27+,
+the first ``TrainingTask`` with ``compile``, ``get_eval_model``, ``setup_ema`` and
+``get_checkpoint_state``.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import timm
 import torch
 from torch import nn
 
+from camkit._timm_step import TimmTrainStep
 from camkit.losses import ContrastivePatchLoss
 from camkit.mix import Mix, SnapMix
+from camkit.models import eval_module
+from camkit.models._resolve import resolve
 from camkit.train import SoftCriterion, TrainStep
 
 _NEEDED = ("get_eval_model", "setup_ema", "update_ema", "get_checkpoint_state")
@@ -45,41 +43,6 @@ except ImportError as err:
 __all__ = ["SnapMixTask", "TrainStepTask"]
 
 _logger = logging.getLogger(__name__)
-_PREFIX = "model."
-
-
-class _TimmTrainStep(TrainStep):
-    """A [`TrainStep`][camkit.TrainStep] that shows timm's optimiser factory the model's parameter
-    groups.
-
-    ``train.py`` builds its optimiser on ``task.get_trainable_module()``, i.e. on the step, whose
-    parameter names are the model's with a ``model.`` prefix. ``create_optimizer_v2`` asks the
-    module it is given for ``no_weight_decay()`` (e.g. a ViT's ``pos_embed``) and, with
-    ``--layer-decay``, for ``group_matcher()``; these two answer with the model's own, renamed.
-    """
-
-    def no_weight_decay(self) -> set[str]:
-        """The model's ``no_weight_decay()`` names (fnmatch patterns), prefixed ``model.``."""
-        names = getattr(self.model, "no_weight_decay", None)
-        return {_PREFIX + name for name in names()} if callable(names) else set()
-
-    def group_matcher(self, coarse: bool = False) -> Callable[[str], float]:
-        """Layer index of each step parameter, from the model's ``group_matcher`` (layer decay).
-
-        Parameters the model does not group (or all of them, for a model without a
-        ``group_matcher``) go to the last layer.
-        """
-        layer_of: dict[str, int] = {}
-        matcher = getattr(self.model, "group_matcher", None)
-        if callable(matcher):
-            from timm.models import group_parameters
-
-            layer_of = group_parameters(self.model, matcher(coarse=coarse), reverse=True)
-
-        def layer(name: str) -> float:
-            return layer_of.get(name.removeprefix(_PREFIX), float("inf"))
-
-        return layer
 
 
 class TrainStepTask(TrainingTask):
@@ -107,7 +70,10 @@ class TrainStepTask(TrainingTask):
     ``camkit.Mixup(K)`` (equal to timm's on the same draws) instead.
 
     Args:
-        model: a timm classifier, unwrapped (not DDP, not compiled): the task wraps the step.
+        model: a timm classifier, or any model camkit reads through `camkit.models`
+            (torchvision, MONAI, Hugging Face), unwrapped (not DDP, not compiled). Evaluation
+            (``get_eval_model``) sees the model itself, or, where its forward returns no tensor
+            (Hugging Face outputs), its adapter, whose forward returns the logits.
         mix: a [`camkit.Mix`][camkit.Mix] (SnapMix, CutMix, Mixup, ...), or ``None``.
         cpe: the [`camkit.ContrastivePatchLoss`][camkit.ContrastivePatchLoss], or ``None``
             (``ContrastivePatchLoss.paper()``: the paper's Eq. 1).
@@ -125,7 +91,7 @@ class TrainStepTask(TrainingTask):
     Attributes:
         step: the unwrapped [`camkit.TrainStep`][camkit.TrainStep] (``trainable_module`` may be its
             DDP or compiled wrapper).
-        model: the plain model being trained.
+        model: the plain model being trained (the user's, also for adapted families).
 
     Raises:
         TypeError: ``model`` is already DDP/DataParallel/compiled, or an argument has the wrong
@@ -162,7 +128,7 @@ class TrainStepTask(TrainingTask):
         verbose: bool = True,
     ) -> None:
         super().__init__(device=device, dtype=dtype, verbose=verbose)
-        step = _TimmTrainStep(
+        step = TimmTrainStep(
             model,
             mix=mix,
             cpe=cpe,
@@ -196,7 +162,8 @@ class TrainStepTask(TrainingTask):
         The one-line replacement for ``ClassificationTask(model=model, ...)`` in ``train.py``.
 
         Args:
-            model: a timm classifier with an int ``num_classes`` (every timm model has one).
+            model: a timm classifier with an int ``num_classes`` (every timm model has one), or
+                a model whose adapter gives one (`camkit.models`).
             alpha: SnapMix Beta parameter α (paper: 1).
             prob: probability of mixing a batch (paper: 1).
             cpe: ``True`` for ``ContrastivePatchLoss()`` (camkit's one default, the L2-normalised
@@ -223,7 +190,7 @@ class TrainStepTask(TrainingTask):
             >>> TrainStepTask.from_model(model, verbose=False).step.num_classes
             3
         """
-        num_classes = getattr(model, "num_classes", None)
+        num_classes = getattr(resolve(model, required=False), "num_classes", None)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(
                 f"model: expected a classifier with a positive int num_classes attribute (a timm "
@@ -267,8 +234,7 @@ class TrainStepTask(TrainingTask):
 
         Args:
             device_ids: ``device_ids`` of DDP (e.g. ``[local_rank]``).
-            **ddp_kwargs: further ``DistributedDataParallel`` arguments
-                (``broadcast_buffers=...``).
+            **ddp_kwargs: further ``DistributedDataParallel`` arguments (``broadcast_buffers``).
 
         Returns:
             ``self``, for chaining.
@@ -315,7 +281,7 @@ class TrainStepTask(TrainingTask):
             )
         options = dict(backend=backend, mode=mode, **compile_kwargs)
         self.trainable_module = torch.compile(self.trainable_module, **options)
-        self.eval_model = torch.compile(self.model, **options)
+        self.eval_model = torch.compile(eval_module(self.model), **options)
         return self.eval_model
 
     def get_eval_model(
@@ -337,7 +303,7 @@ class TrainStepTask(TrainingTask):
             compiled = getattr(self, "eval_model_ema", None)
             return compiled if compiled is not None else self.get_trainable_module(ema=True)
         compiled = getattr(self, "eval_model", None)
-        return compiled if compiled is not None else self.model
+        return compiled if compiled is not None else eval_module(self.model)
 
     def setup_ema(
         self,
@@ -426,10 +392,6 @@ class SnapMixTask(TrainStepTask):
         cpe: ContrastivePatchLoss | None = None,
         **kwargs: Any,
     ) -> None:
-        warnings.warn(
-            "SnapMixTask is deprecated: use "
-            "camkit.timm_task.TrainStepTask(model, mix=..., cpe=...)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        message = "SnapMixTask is deprecated: use camkit.timm_task.TrainStepTask(model, mix=...)"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
         super().__init__(model, kwargs.pop("mix", snapmix), cpe, **kwargs)

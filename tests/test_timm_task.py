@@ -298,3 +298,29 @@ def test_old_timm_is_refused_with_the_version_needed(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm.task", old)
     with pytest.raises(ImportError, match=r"timm >= 1\.0\.27.*get_eval_model, setup_ema"):
         importlib.import_module("camkit.timm_task")
+
+
+def test_the_task_takes_a_torchvision_and_a_hugging_face_model():
+    """Any family camkit adapts: the step trains the user's model; evaluation gets logits."""
+    import torchvision.models as tvm
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = tvm.resnet18(num_classes=2)
+    model.fc = nn.Sequential(nn.Linear(512, 16), nn.ReLU(), nn.Linear(16, 2))
+    task = TrainStepTask.from_model(model.train(), verbose=False)
+    assert task.step.num_classes == 2 and task.model is model
+    images, labels = fixed_batch()
+    result = task(images, labels)
+    result["loss"].backward()
+    assert model.fc[0].weight.grad is not None and "cpe_loss" in result
+    assert task.get_eval_model() is model
+    config = transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=2
+    )
+    hf = transformers.ResNetForImageClassification(config).eval()
+    task = TrainStepTask(hf, mix=SnapMix(2), verbose=False)
+    assert list(task.get_checkpoint_state()["state_dict"]) == list(hf.state_dict())
+    with torch.no_grad():
+        logits = task.get_eval_model()(images)  # a tensor, as timm's validate() needs
+    torch.testing.assert_close(logits, hf(images).logits, rtol=0, atol=0)

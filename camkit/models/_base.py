@@ -99,7 +99,7 @@ class ClassifierAdapter(nn.Module):
     camkit reads one contract: ``forward_features(x)`` gives the final feature map (or tokens),
     ``forward_head(features)`` the ``(B, K)`` logits, ``get_classifier()`` the class layer,
     ``num_classes`` the class count, and, for token models, ``num_prefix_tokens`` and a
-    ``patch_embed`` grid. An adapter holds the user's model as ``source`` and calls its modules:
+    ``patch_embed`` grid. An adapter holds the user's model as ``module`` and calls its modules:
     its parameters *are* the model's (an optimiser built on the model trains it), its output is
     the model's logits, bit for bit, and nothing in the model is changed.
 
@@ -112,9 +112,10 @@ class ClassifierAdapter(nn.Module):
         num_classes: the class count; ``None`` reads it from the classifier.
 
     Attributes:
-        source: the user's model.
+        module: the user's model (named as DDP and timm's EMA name what they wrap, so
+            ``timm.utils.unwrap_model`` of an adapter is the model).
         num_classes: ``K``.
-        tensor_output: whether ``source(x)`` already returns the logits tensor (``False`` for
+        tensor_output: whether ``module(x)`` already returns the logits tensor (``False`` for
             Hugging Face outputs and MONAI's ViT tuple).
         pretrained_cfg: what camkit's messages and its construction-time probe read:
             ``architecture`` (a name) and ``input_size`` (a ``(C, *spatial)`` input the model
@@ -132,12 +133,12 @@ class ClassifierAdapter(nn.Module):
 
     def __init__(self, model: nn.Module, num_classes: int | None = None) -> None:
         super().__init__()
-        self.source = model
+        self.module = model
         self._finish(num_classes)
 
     def _finish(self, num_classes: int | None) -> None:
-        """Read ``num_classes`` and the probe's input size once ``source`` is set."""
-        model = self.source
+        """Read ``num_classes`` and the probe's input size once ``module`` is set."""
+        model = self.module
         if num_classes is None:
             layer = last_linear(self.get_classifier())
             if layer is None:

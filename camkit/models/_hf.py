@@ -23,7 +23,7 @@ class _HFAdapter(ClassifierAdapter):
     source_names: tuple[str, ...] = ()
 
     def probe_size(self, rank: int) -> tuple[int, ...]:
-        size = getattr(self.source.config, "image_size", None)
+        size = getattr(self.module.config, "image_size", None)
         if size is None or not self.fixed_size:
             return super().probe_size(rank)
         return tuple(size) if isinstance(size, (tuple, list)) else (int(size),) * 2
@@ -31,10 +31,10 @@ class _HFAdapter(ClassifierAdapter):
     fixed_size = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.base_model(x).last_hidden_state
+        return self.module.base_model(x).last_hidden_state
 
     def get_classifier(self) -> nn.Module:
-        head = self.source.classifier
+        head = self.module.classifier
         if isinstance(head, nn.Sequential):
             linear = [m for m in head if isinstance(m, nn.Linear)]
             return linear[0] if len(linear) == 1 else head
@@ -47,7 +47,7 @@ class _ResNet(_HFAdapter):
     source_names = ("ResNetForImageClassification", "RegNetForImageClassification")
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.classifier(self.source.base_model.pooler(x))
+        return self.module.classifier(self.module.base_model.pooler(x))
 
 
 class _ConvNext(_HFAdapter):
@@ -56,8 +56,8 @@ class _ConvNext(_HFAdapter):
     source_names = ("ConvNextForImageClassification", "ConvNextV2ForImageClassification")
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.source.base_model.layernorm(x.mean([-2, -1]))
-        return self.source.classifier(pooled)
+        pooled = self.module.base_model.layernorm(x.mean([-2, -1]))
+        return self.module.classifier(pooled)
 
 
 class _ViT(_HFAdapter):
@@ -74,7 +74,7 @@ class _ViT(_HFAdapter):
         self.patch_embed = PatchGrid(patch, tuple(s // p for s, p in zip(size, patch, strict=True)))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.classifier(x[:, 0, :])
+        return self.module.classifier(x[:, 0, :])
 
 
 class _Swin(_HFAdapter):
@@ -100,8 +100,8 @@ class _Swin(_HFAdapter):
         self.patch_embed = PatchGrid(patch, grid, stride_of=side)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.source.base_model.pooler(x.transpose(1, 2))
-        return self.source.classifier(torch.flatten(pooled, 1))
+        pooled = self.module.base_model.pooler(x.transpose(1, 2))
+        return self.module.classifier(torch.flatten(pooled, 1))
 
 
 _ADAPTERS: tuple[type[_HFAdapter], ...] = (_ResNet, _ConvNext, _ViT, _Swin)

@@ -30,16 +30,16 @@ class _DenseNet(_MonaiAdapter):
     sources = (DenseNet,)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        layers = self.source.class_layers
-        return layers[0](self.source.features(x))
+        layers = self.module.class_layers
+        return layers[0](self.module.features(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in list(self.source.class_layers)[1:]:
+        for layer in list(self.module.class_layers)[1:]:
             x = layer(x)
         return x
 
     def get_classifier(self) -> nn.Module:
-        return self.source.class_layers[-1]
+        return self.module.class_layers[-1]
 
 
 class _EfficientNet(_MonaiAdapter):
@@ -48,17 +48,17 @@ class _EfficientNet(_MonaiAdapter):
     sources = (EfficientNet,)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.source
+        m = self.module
         x = m._swish(m._bn0(m._conv_stem(m._conv_stem_padding(x))))
         x = m._conv_head(m._conv_head_padding(m._blocks(x)))
         return m._swish(m._bn1(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.source
+        m = self.module
         return m._fc(m._dropout(m._avg_pooling(x).flatten(start_dim=1)))
 
     def get_classifier(self) -> nn.Module:
-        return self.source._fc
+        return self.module._fc
 
 
 class _SENet(_MonaiAdapter):
@@ -67,13 +67,13 @@ class _SENet(_MonaiAdapter):
     sources = (SENet,)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.features(x)
+        return self.module.features(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.logits(x)
+        return self.module.logits(x)
 
     def get_classifier(self) -> nn.Module:
-        return self.source.last_linear
+        return self.module.last_linear
 
 
 class _ResNet(_MonaiAdapter):
@@ -82,18 +82,18 @@ class _ResNet(_MonaiAdapter):
     sources = (ResNet,)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.source
+        m = self.module
         x = m.act(m.bn1(m.conv1(x)))
         if not m.no_max_pool:
             x = m.maxpool(x)
         return m.layer4(m.layer3(m.layer2(m.layer1(x))))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.source.avgpool(x)
-        return self.source.fc(x.view(x.size(0), -1))
+        x = self.module.avgpool(x)
+        return self.module.fc(x.view(x.size(0), -1))
 
     def get_classifier(self) -> nn.Module:
-        return self.source.fc
+        return self.module.fc
 
 
 class _ViT(_MonaiAdapter):
@@ -114,14 +114,14 @@ class _ViT(_MonaiAdapter):
 
     def probe_size(self, rank: int) -> tuple[int, ...]:
         grid = getattr(self, "patch_embed", None)
-        proj = self.source.patch_embedding.patch_embeddings
+        proj = self.module.patch_embedding.patch_embeddings
         if grid is None and isinstance(proj, (nn.Conv2d, nn.Conv3d)):
-            side = cube_side(int(self.source.patch_embedding.n_patches), rank)
+            side = cube_side(int(self.module.patch_embedding.n_patches), rank)
             return tuple(side * p for p in proj.kernel_size)
         return super().probe_size(rank)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.source
+        m = self.module
         x = m.patch_embedding(x)
         x = torch.cat((m.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         for block in m.blocks:
@@ -129,10 +129,10 @@ class _ViT(_MonaiAdapter):
         return m.norm(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.classification_head(x[:, 0])
+        return self.module.classification_head(x[:, 0])
 
     def get_classifier(self) -> nn.Module:
-        head = self.source.classification_head
+        head = self.module.classification_head
         return head[0] if isinstance(head, nn.Sequential) and len(head) == 1 else head
 
 

@@ -175,7 +175,7 @@ def as_classifier(
 
 def source_model(model: nn.Module) -> nn.Module:
     """The user's model behind an adapter (``model`` itself when it is not one)."""
-    return model.source if isinstance(model, ClassifierAdapter) else model
+    return model.module if isinstance(model, ClassifierAdapter) else model
 
 
 def eval_module(model: nn.Module) -> nn.Module:

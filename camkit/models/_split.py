@@ -94,8 +94,8 @@ class SplitClassifier(ClassifierAdapter):
         patch_size: int | Sequence[int] | None = None,
     ) -> None:
         nn.Module.__init__(self)
-        self.source = model
-        # plain tuples: the steps are (parts of) ``source``, registered there once
+        self.module = model
+        # plain tuples: the steps are (parts of) ``module``, registered there once
         self._features = _steps(model, features, "features")
         self._head = _steps(model, head, "head")
         if isinstance(classifier, str):

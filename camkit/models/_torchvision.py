@@ -30,15 +30,15 @@ class _ResNet(_TorchvisionAdapter):
     sources = (tvm.ResNet,)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.source
+        m = self.module
         x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
         return m.layer4(m.layer3(m.layer2(m.layer1(x))))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.fc(torch.flatten(self.source.avgpool(x), 1))
+        return self.module.fc(torch.flatten(self.module.avgpool(x), 1))
 
     def get_classifier(self) -> nn.Module:
-        return self.source.fc
+        return self.module.fc
 
 
 class _DenseNet(_TorchvisionAdapter):
@@ -47,13 +47,13 @@ class _DenseNet(_TorchvisionAdapter):
     sources = (tvm.DenseNet,)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.source.features(x))
+        return F.relu(self.module.features(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.classifier(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1))
+        return self.module.classifier(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1))
 
     def get_classifier(self) -> nn.Module:
-        return self.source.classifier
+        return self.module.classifier
 
 
 class _PooledSequential(_TorchvisionAdapter):
@@ -62,13 +62,13 @@ class _PooledSequential(_TorchvisionAdapter):
     sources = (tvm.EfficientNet, tvm.MobileNetV3)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.features(x)
+        return self.module.features(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.classifier(torch.flatten(self.source.avgpool(x), 1))
+        return self.module.classifier(torch.flatten(self.module.avgpool(x), 1))
 
     def get_classifier(self) -> nn.Module:
-        head = self.source.classifier
+        head = self.module.classifier
         linear = [m for m in head if isinstance(m, nn.Linear)]
         return linear[0] if len(linear) == 1 else head
 
@@ -79,7 +79,7 @@ class _MobileNetV2(_PooledSequential):
     sources = (tvm.MobileNetV2,)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.classifier(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1))
+        return self.module.classifier(torch.flatten(F.adaptive_avg_pool2d(x, (1, 1)), 1))
 
 
 class _ConvNeXt(_PooledSequential):
@@ -88,7 +88,7 @@ class _ConvNeXt(_PooledSequential):
     sources = (tvm.ConvNeXt,)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.classifier(self.source.avgpool(x))
+        return self.module.classifier(self.module.avgpool(x))
 
 
 class _RegNet(_TorchvisionAdapter):
@@ -97,13 +97,13 @@ class _RegNet(_TorchvisionAdapter):
     sources = (tvm.RegNet,)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.trunk_output(self.source.stem(x))
+        return self.module.trunk_output(self.module.stem(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.fc(self.source.avgpool(x).flatten(start_dim=1))
+        return self.module.fc(self.module.avgpool(x).flatten(start_dim=1))
 
     def get_classifier(self) -> nn.Module:
-        return self.source.fc
+        return self.module.fc
 
 
 class _ViT(_TorchvisionAdapter):
@@ -119,19 +119,19 @@ class _ViT(_TorchvisionAdapter):
         self.patch_embed = PatchGrid((model.patch_size,) * 2, (side, side))
 
     def probe_size(self, rank: int) -> tuple[int, ...]:
-        return (self.source.image_size,) * 2
+        return (self.module.image_size,) * 2
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.source
+        m = self.module
         x = m._process_input(x)
         token = m.class_token.expand(x.shape[0], -1, -1)
         return m.encoder(torch.cat([token, x], dim=1))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.heads(x[:, 0])
+        return self.module.heads(x[:, 0])
 
     def get_classifier(self) -> nn.Module:
-        heads = self.source.heads
+        heads = self.module.heads
         return heads.head if len(heads) == 1 else heads
 
 
@@ -142,14 +142,14 @@ class _Swin(_TorchvisionAdapter):
     output_fmt = "NHWC"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source.norm(self.source.features(x))
+        return self.module.norm(self.module.features(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.source
+        m = self.module
         return m.head(m.flatten(m.avgpool(m.permute(x))))
 
     def get_classifier(self) -> nn.Module:
-        return self.source.head
+        return self.module.head
 
 
 _ADAPTERS: tuple[type[_TorchvisionAdapter], ...] = (
