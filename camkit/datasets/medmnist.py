@@ -126,8 +126,9 @@ class MedMNIST(Dataset[tuple[Any, int]]):
     ``dataset[i]`` is ``(image, label)``: ``image`` a ``float32`` tensor holding ``voxel / 255``
     with a channel axis, ``(1, D, H, W)`` for a 3-D set, ``(1, H, W)`` (``(3, H, W)`` for colour)
     for a 2-D set, passed through ``transform`` if given; ``label`` an int. The images stay
-    ``uint8`` in memory (the 64³ AdrenalMNIST3D training split is 0.3 GB so, 1.2 GB as float) and
-    are converted one at a time; [`tensors`][camkit.MedMNIST.tensors] converts a whole split.
+    ``uint8`` in memory (the 64³ AdrenalMNIST3D training split takes 0.3 GB so, 1.2 GB as
+    ``float32``) and are converted one at a time; [`tensors`][camkit.MedMNIST.tensors] converts
+    a whole split.
 
     The 3-D sets AdrenalMNIST3D and VesselMNIST3D are binary shape masks (voxels 0 or 255), not
     CT or MRA intensities: say so wherever results on them are shown.
@@ -135,7 +136,8 @@ class MedMNIST(Dataset[tuple[Any, int]]):
     Args:
         path: an official MedMNIST ``.npz`` file (keys ``train_images``, ``train_labels``,
             ``val_images``, ``val_labels``, ``test_images``, ``test_labels``). camkit downloads
-            nothing; see the module's note for where to get the files.
+            nothing: get the files from the MedMNIST release, e.g. with the ``medmnist``
+            package's ``download=True``, which stores them as ``~/.medmnist/<name>.npz``.
         split: ``"train"``, ``"val"`` or ``"test"`` (MedMNIST's official splits).
         transform: called on each ``float32`` image tensor.
         check_md5: ``False`` (default), ``True`` to compare the file with its official MD5 in
