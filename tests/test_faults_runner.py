@@ -63,6 +63,13 @@ def test_option_errors_are_one_line_at_parse_time(tmp_path, capsys):
     }
     for args, message in cases.items():
         assert _usage_error(["train", *args, *out], capsys) == PROG + message, args
+    line = _usage_error(
+        ["train", "--model", "vit_tiny_patch16_224", "--img-size", "64", *out], capsys
+    )
+    assert line == (
+        f"{PROG}--model vit_tiny_patch16_224 at --img-size 64: no class activation map of a 64×64 "
+        "image (Input height (64) doesn't match model (224).)"
+    )
     line = _usage_error(["train", "--methods", "bogus", *out], capsys)
     assert line.startswith("python -m benchmarks.runner train: error: argument --methods: invalid")
     assert not (tmp_path / "o").exists()  # nothing made before the options are valid
@@ -152,6 +159,12 @@ def test_train_refuses_a_broken_results_file_and_reevaluate_without_a_checkpoint
         "--reevaluate)"
     )
     assert not list(out.glob("*.pt"))  # nothing trained, no data cache written
+    (tmp_path / "a-file").write_text("")
+    line = _run_error(["train", "--out", str(tmp_path / "a-file")])
+    assert line == (
+        f"{PROG}{tmp_path / 'a-file' / 'results.json'}: the results file cannot be written "
+        f"({tmp_path / 'a-file'} is a file, not a folder)"
+    )
     line = _run_error([*argv, "--data", str(tmp_path / "missing")])
     assert line.startswith(PROG) and str(tmp_path / "missing") in line
 

@@ -270,9 +270,9 @@ def check_writable(path: PathLike) -> Path:
         with open(lock, "a"):
             pass
     except OSError as err:
-        raise type(err)(
-            f"{path}: the results file cannot be written ({err.strerror or err}: {lock})"
-        ) from err
+        file = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        why = f"{file} is a file, not a folder" if file else f"{err.strerror or err}: {lock}"
+        raise type(err)(f"{path}: the results file cannot be written ({why})") from err
     if not os.access(path.parent, os.W_OK):
         raise PermissionError(f"{path}: the results file cannot be written (read-only folder)")
     return path

@@ -200,14 +200,26 @@ def onecycle(optimizer: torch.optim.Optimizer, recipe, steps_per_epoch: int):
 
 
 def feature_grid(recipe, num_classes: int) -> tuple[int, int]:
-    """The model's final feature map at the recipe's input size (random weights, eval mode)."""
+    """The model's final feature map at the recipe's input size (random weights, eval mode).
+
+    Raises:
+        ValueError: the model cannot take images of the recipe's size (e.g. a ViT made for
+            224²), or gives no CAM; the message names the model and the size.
+    """
     from camkit import CAMExtractor
 
     kwargs = dict(recipe.model_kwargs)
     model = timm.create_model(recipe.model, pretrained=False, num_classes=num_classes, **kwargs)
+    size = recipe.img_size
     with torch.no_grad():
-        x = torch.zeros(1, 3, recipe.img_size, recipe.img_size)
-        h, w = CAMExtractor(model.eval())(x).cams.shape[-2:]
+        try:
+            h, w = CAMExtractor(model.eval())(torch.zeros(1, 3, size, size)).cams.shape[-2:]
+        except (AssertionError, RuntimeError, ValueError, TypeError) as err:
+            detail = " ".join(str(err).split()) or type(err).__name__
+            raise ValueError(
+                f"--model {recipe.model} at --img-size {size}: no class activation map of a "
+                f"{size}×{size} image ({detail})"
+            ) from err
     return int(h), int(w)
 
 

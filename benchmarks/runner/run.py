@@ -291,7 +291,10 @@ def _main(argv: Sequence[str] | None = None) -> list[dict]:
         parser.error(" ".join(str(err).split()))
     if args.threads:
         torch.set_num_threads(args.threads)
-    grid = feature_grid(recipe, 2)
+    try:
+        grid = feature_grid(recipe, 2)
+    except ValueError as err:
+        parser.error(str(err))
     uses_cpe = any(METHODS[m].cpe for m in args.methods)
     if uses_cpe and grid[0] * grid[1] < 2 * recipe.cpe_patches:
         parser.error(
