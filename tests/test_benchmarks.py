@@ -73,13 +73,16 @@ def test_loop_snapmix_reference_matches_camkit(box_mode):
     images = torch.randn(b, 3, h, w, generator=gen)
     labels = torch.randint(0, k, (b,), generator=gen)
     cams = torch.randn(b, 5, 4, generator=gen)
-    cams[0] = 1.5  # a constant map: uniform distribution (area ratios)
+    cams[0] = 1.5  # a constant map: the authors' fallback (box A's area ratios)
     mixed_any = False
     for seed in range(6):
         gen = torch.Generator().manual_seed(seed)
         params = SnapMix(k, prob=0.8, generator=gen, box_mode=box_mode).sample(b, h, w)
         mixed, soft = snapmix(images, labels, cams, k, params=params)
-        ref_mixed, ref_soft = loop_snapmix_apply(images, labels, cams, *params_to_lists(params), k)
+        lists = params_to_lists(params)
+        ref_mixed, ref_soft = loop_snapmix_apply(
+            images, labels, cams, *lists, k, constant_cam="released"
+        )
         # float32 both ways (camkit's grid_sample vs the loop's F.interpolate): rounding only
         torch.testing.assert_close(ref_mixed, mixed, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(ref_soft, soft, rtol=1e-5, atol=1e-5)
