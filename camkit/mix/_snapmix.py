@@ -166,13 +166,19 @@ def _check_shared_box(params: object, fields: list[str], size: tuple[int, int], 
     for field, box in zip(fields, shared[:-1], strict=True):
         check_boxes(torch.tensor([box]), f"{name}.shared_box", size)
         rows = getattr(params, field)
+        same = (rows == torch.tensor(box, device=rows.device, dtype=rows.dtype)).all(1)
+
+        def got(rows=rows, same=same, field=field) -> str:
+            i = int((~same).nonzero()[0, 0])
+            return f"{tuple(rows[i].tolist())} in row {i} of {name}.{field}"
+
         _require(
-            (rows == torch.tensor(box, device=rows.device, dtype=rows.dtype)).all(1),
+            same,
             rows,
             f"{name}.shared_box",
             f"the box of every row of {name}.{field} ({box}); after editing the tensors, set "
             "shared_box=None",
-            lambda rows=rows, field=field: f"rows {tuple(rows[0].tolist())}, ... in {name}.{field}",
+            got,
         )
     _require(
         params.apply == shared[-1],
