@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -293,7 +294,7 @@ def test_the_step_keeps_the_users_state_dict_keys():
     model, _ = _build("hf_vit")
     step = TrainStep(model, cpe=ContrastivePatchLoss())
     assert list(step.model.state_dict()) == list(model.state_dict())
-    assert step.extractor.model.source is model
+    assert step.extractor.model.module is model
 
 
 def test_paper_resnet50_with_mlp_head_gets_the_head_gradient_cam():
@@ -473,3 +474,62 @@ def test_volume_map_reductions():
     norm = normalize_cams(cams)
     torch.testing.assert_close(norm.sum((1, 2, 3)), torch.ones(2))
     assert norm.flatten(1).amin(1).eq(0).all()
+
+
+# --- DDP and torch.compile around a step of an adapted family --------------------------------
+
+
+@pytest.mark.slow
+def test_ddp_of_a_step_on_a_torchvision_model_keeps_ranks_in_sync(tmp_path):
+    import os
+
+    worker = Path(__file__).with_name("ddp_adapter_worker.py")
+    out = tmp_path / "report.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(worker.parent.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", str(worker), "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["world"] == 2 and report["moved"] > 1e-3
+    assert report["max_param_diff"] == 0.0
+
+
+@pytest.mark.slow
+def test_torch_compile_of_a_step_on_a_torchvision_model_matches_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = tvm.ResNet(tvm.resnet.BasicBlock, [1, 1, 1, 1], num_classes=2)
+    model.fc = nn.Sequential(nn.Linear(512, 16), nn.ReLU(), nn.Linear(16, 2))
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 1, 0])
+
+    def make() -> TrainStep:
+        mix = SnapMix(2, generator=torch.Generator().manual_seed(0))
+        return TrainStep(model, mix=mix, cpe=ContrastivePatchLoss())
+
+    eager = make()(images, labels)
+    compiled = torch.compile(make())
+    out = compiled(images, labels)
+    out.loss.backward()
+    torch.testing.assert_close(out.loss, eager.loss, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.targets, eager.targets)
+    assert model.fc[0].weight.grad is not None
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_the_your_model_page_snippets_run(capsys):
+    """Every Python block of docs/your-model.md runs as printed (the 3-D one at 64³)."""
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "your-model.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)
+    assert len(blocks) == 6
+    for block in blocks:
+        torch.manual_seed(0)
+        exec(compile(block, "your-model.md", "exec"), {"__name__": "snippet"})
+    printed = capsys.readouterr().out.split("\n")
+    assert printed[0] == "False"  # the paper's ResNet-50: head-gradient CAM
+    assert "torch.Size([2, 7, 7])" in printed
+    assert "torch.Size([1, 1024, 2, 2, 2]) torch.Size([1, 2, 2, 2])" in printed
