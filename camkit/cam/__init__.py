@@ -1,4 +1,5 @@
-"""Class activation maps for any timm classifier, and the map reductions camkit builds on.
+"""Class activation maps for any classifier (timm's contract, `camkit.models`' adapters), images
+and volumes, and the map reductions camkit builds on.
 
 A class activation map (CAM, Zhou et al. 2016) of class ``c`` is the class's weight vector
 applied at every cell of the final feature map ``F``:

@@ -41,14 +41,15 @@ class CAMOutput(NamedTuple):
 
     Attributes:
         logits: ``(B, K)`` class logits, identical to ``model(images)``.
-        features: ``(B, C, h, w)`` final feature map in NCHW order (prefix tokens of token models
-            removed), part of the autograd graph when autograd is on.
-        cams: ``(B, h, w)`` maps of the extractor's method for the requested (or predicted)
-            class (``(B, T, h, w)`` for a ``(B, T)`` target: ``T`` classes per image from the same
-            forward), at the feature resolution, without upsampling or normalisation. For method
-            ``"cam"`` the raw ``alpha_c · F(h, w)``: no bias, no ReLU; the gradient methods end
-            with a ReLU. Differentiable with respect to the features; the method's weights are
-            constants.
+        features: ``(B, C, h, w)`` final feature map in NCHW order (``(B, C, d, h, w)`` for
+            volumes; prefix tokens of token models removed), part of the autograd graph when
+            autograd is on.
+        cams: ``(B, h, w)`` (volumes: ``(B, d, h, w)``) maps of the extractor's method for the
+            requested (or predicted) class (``(B, T, h, w)`` for a ``(B, T)`` target: ``T``
+            classes per image from the same forward), at the feature resolution, without
+            upsampling or normalisation. For method ``"cam"`` the raw ``alpha_c · F(h, w)``: no
+            bias, no ReLU; the gradient methods end with a ReLU. Differentiable with respect to
+            the features; the method's weights are constants.
         target: ``(B,)`` (or ``(B, T)``) int64, the class each map belongs to.
     """
 
@@ -59,9 +60,11 @@ class CAMOutput(NamedTuple):
 
 
 class CAMExtractor(nn.Module):
-    """Logits, feature map and class activation maps of a timm classifier from one forward.
+    """Logits, feature map and class activation maps of a classifier from one forward.
 
-    Wraps any timm classifier without changing it: ``forward_features`` gives the feature map
+    Wraps any timm classifier without changing it (torchvision, MONAI and Hugging Face
+    classifiers through their adapters, any other by its split: see
+    [`as_classifier`][camkit.as_classifier]): ``forward_features`` gives the feature map
     ``F``, ``forward_head`` the logits, and the maps come from the last feature layer with no
     backward through the backbone. Works in training (autograd on, train mode): the model's mode is
     never switched. [`forward`][camkit.CAMExtractor.forward] is the model's ordinary forward
@@ -93,7 +96,9 @@ class CAMExtractor(nn.Module):
     ``G`` is the same at every cell, so ``"gradcam"`` is ``ReLU("cam") / (h·w)``.
 
     Convention:
-        - ``images``: ``(B, 3, H, W)`` float, the model's normalised input.
+        - ``images``: ``(B, 3, H, W)`` float, the model's normalised input; ``(B, C, D, H, W)``
+          volumes for a model whose input layer is a 3-D convolution (one code path: the
+          cells are whatever spatial dimensions the feature map has).
         - ``features``: ``(B, C, h, w)``, NCHW whatever the model's ``output_fmt``; token models
           (ViT, DeiT, Mixer, …) drop their ``num_prefix_tokens`` and fold the patch tokens onto
           their ``patch_embed`` grid (or the square grid when the model has none).
@@ -106,13 +111,15 @@ class CAMExtractor(nn.Module):
     average pooling over the patch cells followed by ``get_classifier()``'s affine map.
 
     Args:
-        model: a timm classifier with ``num_classes > 0`` (or another
+        model: a timm classifier with ``num_classes > 0``, a model camkit adapts (torchvision,
+            MONAI, Hugging Face; see [`as_classifier`][camkit.as_classifier]), a split (or another
             [`CAMExtractor`][camkit.CAMExtractor], which is unwrapped; its method is not
             inherited: pass ``method``).
         method: the CAM method, one of [`CAM_METHODS`][camkit.CAM_METHODS].
 
     Attributes:
-        model: the wrapped model (not copied: its parameters are the ones being trained).
+        model: the wrapped model, or its adapter (not copied: its parameters are the ones being
+            trained).
         method: the CAM method.
         exact: ``True`` only for method ``"cam"`` on an exact head (average pooling + linear),
             where the map's mean plus the bias is the logit; ``False`` for every other method and
@@ -120,11 +127,14 @@ class CAMExtractor(nn.Module):
         num_classes: number of classes ``K``.
 
     Raises:
-        TypeError: the model lacks ``forward_features``/``forward_head``/``get_classifier``, or
+        TypeError: the model is neither a timm classifier nor one camkit adapts, and is not
+            given by its split (the message shows the split to write), or
             is a ``DistributedDataParallel``/``DataParallel``/``torch.compile`` wrapper (wrap
             [`TrainStep`][camkit.TrainStep] or the extractor instead; the message says how).
         ValueError: ``method`` is not one of [`CAM_METHODS`][camkit.CAM_METHODS] (the message
-            lists them); the model has no classifier (``num_classes=0``), its features are pooled
+            lists them); the model has no classifier (``num_classes=0``) or no ``num_classes``
+            attribute, its head's logits are not ``num_classes`` wide (a classifier replaced after
+            creation), its features are pooled
             already or otherwise not a spatial map, or its head does not pool them into
             ``(B, K)`` logits (a model created with ``global_pool=''``).
 

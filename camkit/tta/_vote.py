@@ -129,7 +129,8 @@ class CAMMaskingTTA(nn.Module):
         ``V/2``. ``forward`` returns the probabilities after voting (one-hot where flipped).
 
     Args:
-        model: a timm classifier or a [`CAMExtractor`][camkit.CAMExtractor]. Put it in eval mode
+        model: a classifier [`CAMExtractor`][camkit.CAMExtractor] accepts (timm, an adapted
+            torchvision/MONAI/Hugging Face model, a split) or an extractor. Put it in eval mode
             yourself: the wrapper never switches modes (in train mode it still leaves buffers
             unchanged).
         k: number of masked copies (paper: 31; released code: 100).
