@@ -3,7 +3,9 @@
 ``atomic_write(path, write)`` calls ``write(handle)`` on a temporary file in the target's folder
 (a name unique to the process and call), flushes and ``fsync``s it, ``os.replace``s it over the
 target and ``fsync``s the folder: a reader, or a run killed half-way, sees the old file or the new
-one, never a mix; the temporary file is removed on failure. `clean_stale_temps` removes the
+one, never a mix; the temporary file is removed on failure, and a failed write raises an
+``OSError`` naming the target and the reason ("no space left on device", also when ``torch.save``
+hid it behind "unexpected pos"). `clean_stale_temps` removes the
 temporary files of writes whose process died half-way. The figures (``camkit.viz.save_figure``),
 the MNIST-M cache and the benchmarks' checkpoints and result files are written through it.
 """
