@@ -5,9 +5,9 @@
 target and ``fsync``s the folder: a reader, or a run killed half-way, sees the old file or the new
 one, never a mix; the temporary file is removed on failure, and a failed write raises an
 ``OSError`` naming the target and the reason ("no space left on device", also when ``torch.save``
-hid it behind "unexpected pos"). `clean_stale_temps` removes the
-temporary files of writes whose process died half-way. The figures (``camkit.viz.save_figure``),
-the MNIST-M cache and the benchmarks' checkpoints and result files are written through it.
+hid it behind "unexpected pos"). `clean_stale_temps` removes the temporary files of writes whose
+process died half-way. The figures (``camkit.viz.save_figure``), the MNIST-M cache and the
+benchmarks' checkpoints and result files are written through it.
 """
 
 from __future__ import annotations
