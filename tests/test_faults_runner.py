@@ -83,6 +83,10 @@ def test_bad_weights_files_are_refused_before_any_run_naming_the_file(tmp_path, 
         f"{PROG}--pretrained-file {text}: cannot read the checkpoint (12 bytes): a text file (it "
         "starts with 'not weights'), not a weights file"
     )
+    line = _usage_error(
+        ["train", "--pretrained-file", str(tmp_path), "--out", str(tmp_path)], capsys
+    )
+    assert line == f"{PROG}--pretrained-file {tmp_path}: a folder, expected a weights file"
     state = timm.create_model("resnet18", pretrained=False).state_dict()
     del state["layer2.0.conv1.weight"]
     lacking = tmp_path / "lacking.pth"

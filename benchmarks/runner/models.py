@@ -52,6 +52,8 @@ def weights_file(name: str) -> Path:
             ) from err
         return Path(getattr(module, cls).get_model_file_path())
     path = Path(name).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"--pretrained-file {name}: a folder, expected a weights file")
     if not path.is_file():
         raise FileNotFoundError(f"--pretrained-file {name}: no such file")
     return path
