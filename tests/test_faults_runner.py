@@ -58,6 +58,8 @@ def test_option_errors_are_one_line_at_parse_time(tmp_path, capsys):
         ("--device", "bogus"): "--device bogus: expected auto, cpu, cuda or cuda:N (a torch "
         "device), got 'bogus'",
         ("--seeds", "0", "-1"): "--seeds: expected ints from 0 to 2**31 - 1, got [0, -1]",
+        ("--head-init", "zero"): "--head-init zero: only with pretrained weights (--pretrained "
+        "or --pretrained-file); a model trained from scratch keeps timm's initialisation",
         ("--overwrite", "--reevaluate"): "--overwrite and --reevaluate: give one (train again "
         "from scratch, or evaluate the finished runs again without training)",
     }
