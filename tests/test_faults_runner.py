@@ -60,6 +60,8 @@ def test_option_errors_are_one_line_at_parse_time(tmp_path, capsys):
         ("--seeds", "0", "-1"): "--seeds: expected ints from 0 to 2**31 - 1, got [0, -1]",
         ("--head-init", "zero"): "--head-init zero: only with pretrained weights (--pretrained "
         "or --pretrained-file); a model trained from scratch keeps timm's initialisation",
+        ("--pretrained-lr-scale", "0.5"): "--pretrained-lr-scale: only with pretrained weights "
+        "(--pretrained or --pretrained-file); from scratch every layer trains at --lr",
         ("--overwrite", "--reevaluate"): "--overwrite and --reevaluate: give one (train again "
         "from scratch, or evaluate the finished runs again without training)",
     }

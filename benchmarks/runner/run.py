@@ -283,11 +283,17 @@ def _main(argv: Sequence[str] | None = None) -> list[dict]:
             parser.error(str(err))
     if args.pretrained and args.pretrained_file:
         parser.error("--pretrained and --pretrained-file: give one (the hub, or a file)")
-    if args.head_init == "zero" and not (args.pretrained or args.pretrained_file):
-        parser.error(
-            "--head-init zero: only with pretrained weights (--pretrained or --pretrained-file); "
-            "a model trained from scratch keeps timm's initialisation"
-        )
+    if not (args.pretrained or args.pretrained_file):  # else recorded, but doing nothing
+        if args.head_init == "zero":
+            parser.error(
+                "--head-init zero: only with pretrained weights (--pretrained or "
+                "--pretrained-file); a model trained from scratch keeps timm's initialisation"
+            )
+        if args.pretrained_lr_scale is not None:
+            parser.error(
+                "--pretrained-lr-scale: only with pretrained weights (--pretrained or "
+                "--pretrained-file); from scratch every layer trains at --lr"
+            )
     if args.model is not None and not timm.is_model(args.model):
         parser.error(f"--model {args.model}: not a timm model (timm.list_models() names them)")
     try:
