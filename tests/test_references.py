@@ -8,7 +8,8 @@
   (target layer ``class_layers.relu``, MONAI's own documented choice): their raw maps
   (``compute_map``, before upsampling and normalisation) against camkit's ``"cam"`` (plus the
   class bias: MONAI's CAM applies the whole ``fc`` layer at each cell, camkit leaves the bias
-  out so that the map's mean plus the bias is the logit) and ``"gradcam"``.
+  out so that the map's mean plus the bias is the logit) and ``"gradcam"``. MONAI's GradCAM runs
+  one image at a time: on a batch its class score mixes the images' classes (see below).
 
 Every case runs on random weights in eval mode and reports the Pearson correlation (minimum
 over the images) and the largest absolute difference; ``python -m tests.test_references``
@@ -76,7 +77,10 @@ def densenet121_vs_monai(dims: int, size: int, batch: int) -> dict[str, tuple[fl
         ext = CAMExtractor(model)
         out = ext(images)
         ours_cam = out.cams + model.class_layers.out.bias[out.target][(...,) + (None,) * dims]
-    ref_grad = gradcam.compute_map(images)[:, 0].detach()
+    # one image at a time: with a batch, MONAI's class score ``logits[:, class_idx]`` indexes
+    # every image's logits with every image's class ((B, B), summed), so each map is the
+    # gradient of a sum over the batch's classes (twice the map when both images share a class)
+    ref_grad = torch.cat([gradcam.compute_map(image[None])[:, 0].detach() for image in images])
     with torch.no_grad():
         ours_grad = CAMExtractor(model, method="gradcam")(images).cams
     table = {}
@@ -98,6 +102,20 @@ def test_densenet121_2d_matches_monai():
     for name, (r, diff) in table.items():
         assert r >= R_MIN, (name, r)
         assert diff <= 1e-4, (name, diff)  # float32 sums in another order
+
+
+def test_monai_gradcam_on_a_batch_sums_the_batch_classes():
+    """Why the reference runs MONAI's GradCAM per image: on a batch of two images with the same
+    predicted class its map is twice the per-image map (camkit's is the per-image one)."""
+    model = _monai_densenet(2)
+    image = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    gradcam = monai_visualize.GradCAM(model, target_layers="class_layers.relu")
+    single = gradcam.compute_map(image).detach()
+    pair = gradcam.compute_map(torch.cat([image, image])).detach()
+    torch.testing.assert_close(pair, 2 * torch.cat([single, single]))
+    with torch.no_grad():
+        ours = CAMExtractor(model, method="gradcam")(torch.cat([image, image])).cams
+    torch.testing.assert_close(ours, torch.cat([single, single])[:, 0], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow

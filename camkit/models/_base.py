@@ -5,7 +5,6 @@ Private module: the public names are re-exported by `camkit.models` and `camkit`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -184,8 +183,3 @@ class ClassifierAdapter(nn.Module):
 def cube_side(count: int, rank: int) -> int:
     """The side of a ``rank``-dimensional cube of ``count`` cells (rounded)."""
     return round(count ** (1.0 / rank)) if count > 0 else 0
-
-
-def prod(values: Sequence[int]) -> int:
-    """The product of ints."""
-    return math.prod(int(v) for v in values)
