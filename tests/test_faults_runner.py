@@ -235,6 +235,8 @@ def test_an_epoch_without_a_step_is_refused_rather_than_written(tmp_path):
     # zero epochs stay allowed: the (pretrained) model evaluated as it is, on purpose
     run = loop.train(_cfg(tmp_path, RECIPE.replace(epochs=0)), _data(1), torch.device("cpu"), print)
     assert run["losses"] == [] and run["epochs"] == 0
+    zero = _cfg(tmp_path, RECIPE.replace(epochs=0))  # nothing to train: --reevaluate may run it
+    assert loop.train(zero, _data(1), torch.device("cpu"), print, no_training=True)["epochs"] == 0
 
 
 class _NanGradient(torch.autograd.Function):

@@ -112,9 +112,10 @@ def _steps_per_epoch(n: int, recipe) -> int:
 
 
 def require_checkpoint(cfg: RunConfig) -> Path:
-    """The run's checkpoint path, for ``--reevaluate`` (no training): refused when missing."""
+    """The run's checkpoint path, for ``--reevaluate`` (no training): refused when missing
+    (a run of 0 epochs has none: it trains nothing anyway)."""
     path = checkpoint_path(cfg)
-    if not path.is_file():
+    if cfg.recipe.epochs > 0 and not path.is_file():
         raise FileNotFoundError(
             f"--reevaluate: {cfg.dataset} {cfg.method} seed {cfg.seed} has no checkpoint at "
             f"{path}; train it first (the same command without --reevaluate)"
