@@ -31,7 +31,9 @@ class _HFAdapter(ClassifierAdapter):
     fixed_size = False
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module.base_model(x).last_hidden_state
+        out = self.module.base_model(x)
+        # a ModelOutput, or its tuple form (config.return_dict=False): the first entry
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def get_classifier(self) -> nn.Module:
         head = self.module.classifier
