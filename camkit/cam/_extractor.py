@@ -256,7 +256,8 @@ class CAMExtractor(nn.Module):
     def check_inputs(self, images: object, target: object = None) -> None:
         """Check a batch the way every pass does, once (what ``validate_args=False`` skips).
 
-        ``images``: ``(B, C, H, W)`` float with the model's input channels and, outside
+        ``images``: ``(B, C, H, W)`` (``(B, C, D, H, W)`` for a model whose input layer is a 3-D
+        convolution) float with the model's input channels and, outside
         ``torch.autocast``, its weights' dtype; ``target``: ``None`` or ``(B,)``/``(B, T)`` integer
         classes in ``[0, K)`` (on an accelerator the range check is queued with
         ``torch._assert_async``: no host sync).
