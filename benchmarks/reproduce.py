@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script
 
 import torch
 
-from benchmarks.runner.io import atomic_write_text, merge_results
+from benchmarks.runner.io import atomic_write_text, merge_results, read_results
 from benchmarks.runner.methods import METHODS
 from benchmarks.runner.models import input_stats, resolve_pretrained
 from benchmarks.runner.recipes import RECIPES, RunConfig
@@ -878,7 +878,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return choose(rows + site_b, both, {"site-B": 10})
 
     def publish() -> list[dict]:
-        rows = merge_results(json_path, [], key=ROW_KEY)
+        rows = read_results(json_path, missing_ok=True)
         chosen = choice(rows)
         rows = merge_results(json_path, [], key=ROW_KEY, extra=chosen)
         if args.table == "pretrained":
@@ -912,7 +912,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 study = method in block.vote_study  # the vote rules at once where asked for
                 runner.run(cfg, reevaluate=args.reevaluate, vote_study=study)
         publish()
-        rows = merge_results(json_path, [], key=ROW_KEY)
+        rows = read_results(json_path, missing_ok=True)
         chosen = choice(rows)["recommended"]
         for method in dict.fromkeys(chosen if m == "recommended" else m for m in block.vote_study):
             for seed in seeds if method else []:
