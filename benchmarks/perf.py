@@ -883,6 +883,21 @@ def _run_meta(results: dict) -> dict:
     return {k: meta[k] for k in ("command", "machine", "wall_seconds", "loadavg_end") if k in meta}
 
 
+def _ratio_tables(by_tag: dict, ms: int, digits: int) -> list[str]:
+    """One table per configuration: each variant's median ms and its ratio with quartiles."""
+    lines = []
+    for tag, entries in by_tag.items():
+        lines += [f"**{tag}**", "", "| variant | median ms | ratio | q1–q3 |", "|---|---|---|---|"]
+        for name, e in entries.items():
+            ratio = f"{e['ratio']:.{digits}f}" if "ratio" in e else "1"
+            spread = (
+                f"{e['ratio_q1']:.{digits}f}–{e['ratio_q3']:.{digits}f}" if "ratio" in e else ""
+            )
+            lines.append(f"| {name} | {e['median_ms']:.{ms}f} | {ratio} | {spread} |")
+        lines.append("")
+    return lines
+
+
 def write_report(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
@@ -926,32 +941,10 @@ def write_report(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
             "## Finiteness check of the step's images (median ms; ratio to unchecked)",
             "",
         ]
-        for tag, entries in details["finite"].items():
-            lines += [
-                f"**{tag}**",
-                "",
-                "| variant | median ms | ratio | q1–q3 |",
-                "|---|---|---|---|",
-            ]
-            for name, e in entries.items():
-                ratio = f"{e['ratio']:.4f}" if "ratio" in e else "1"
-                spread = f"{e['ratio_q1']:.4f}–{e['ratio_q3']:.4f}" if "ratio" in e else ""
-                lines.append(f"| {name} | {e['median_ms']:.2f} | {ratio} | {spread} |")
-            lines.append("")
+        lines += _ratio_tables(details["finite"], ms=2, digits=4)
     if "train" in details:
         lines += ["", "## Training step (median ms; ratio to plain with quartiles)", ""]
-        for tag, entries in details["train"].items():
-            lines += [
-                f"**{tag}**",
-                "",
-                "| variant | median ms | ratio | q1–q3 |",
-                "|---|---|---|---|",
-            ]
-            for name, e in entries.items():
-                ratio = f"{e['ratio']:.3f}" if "ratio" in e else "1"
-                spread = f"{e['ratio_q1']:.3f}–{e['ratio_q3']:.3f}" if "ratio" in e else ""
-                lines.append(f"| {name} | {e['median_ms']:.1f} | {ratio} | {spread} |")
-            lines.append("")
+        lines += _ratio_tables(details["train"], ms=1, digits=3)
     if "cam" in details:
         lines += ["## CAM extraction (median ms; ratio to camkit)", ""]
         for tag, entries in details["cam"].items():

@@ -33,6 +33,14 @@ class _ImageFolderDataset(Dataset[tuple[Any, int]]):
     classes: list[str]
     transform: Callable[[Image.Image], Any] | None
 
+    splits: tuple[str, ...] = ()
+
+    def _setup(self, root: PathLike, split: str, transform) -> None:
+        """The arguments of every split dataset: ``root`` as a path, ``split`` among `splits`."""
+        self.root = as_path(root, "root")
+        self.split = str(check_choice(split, "split", self.splits))
+        self.transform = transform
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -122,9 +130,7 @@ class COVIDCT(_ImageFolderDataset):
         split: str = "train",
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
-        self.root = as_path(root, "root")
-        self.split = str(check_choice(split, "split", self.splits))
-        self.transform = transform
+        self._setup(root, split, transform)
         self.classes = ["NonCOVID", "COVID"]
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         require_dir(

@@ -7,8 +7,7 @@ from typing import Any
 
 from PIL import Image
 
-from camkit._checks import check_choice
-from camkit.datasets._io import IMAGE_EXTENSIONS, PathLike, as_path, image_files, require_dir
+from camkit.datasets._io import IMAGE_EXTENSIONS, PathLike, image_files, require_dir
 from camkit.datasets.covid import _ImageFolderDataset
 
 __all__ = ["SplitImageFolder"]
@@ -69,9 +68,7 @@ class SplitImageFolder(_ImageFolderDataset):
         split: str = "train",
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
-        self.root = as_path(root, "root")
-        self.split = str(check_choice(split, "split", self.splits))
-        self.transform = transform
+        self._setup(root, split, transform)
         layout = "a folder with train/, val/ and test/, each holding one folder per class"
         require_dir(self.root, "root", layout)
         for name in ("train", self.split):

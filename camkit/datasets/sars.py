@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from camkit._checks import check_choice, check_int
-from camkit.datasets._io import IMAGE_EXTENSIONS, PathLike, as_path, check_seed, image_files
+from camkit.datasets._io import IMAGE_EXTENSIONS, PathLike, check_seed, image_files
 from camkit.datasets.covid import _ImageFolderDataset
 
 __all__ = ["SARSCoV2CT"]
@@ -136,9 +136,7 @@ class SARSCoV2CT(_ImageFolderDataset):
         fold: int = 0,
         seed: int | None = None,
     ) -> None:
-        self.root = as_path(root, "root")
-        self.split = str(check_choice(split, "split", self.splits))
-        self.transform = transform
+        self._setup(root, split, transform)
         self.scheme = str(check_choice(scheme, "scheme", _SCHEMES))
         self.folds = check_int(folds, "folds", minimum=3)
         self.fold = check_int(fold, "fold", minimum=0)
