@@ -17,6 +17,7 @@ __all__ = [
     "check_finite",
     "check_in_range",
     "check_input_layer",
+    "check_input_rank",
     "check_int",
     "check_labels",
     "check_permutation",
@@ -269,6 +270,28 @@ def check_input_layer(
             f"{name}: expected dtype {weight_dtype} (the model's weights; cast the images or run "
             f"under torch.autocast), got a {_describe(images)}"
         )
+
+
+def input_ndim(layer: torch.nn.Module | None) -> tuple[int, ...]:
+    """The batch ranks an input layer takes: ``(4,)`` for a 2-D convolution (images), ``(5,)``
+    for a 3-D one (volumes), ``(4, 5)`` when the model has no input convolution."""
+    return (layer.weight.ndim,) if layer is not None else (4, 5)
+
+
+def check_input_rank(images: object, name: str, ndim: tuple[int, ...], owner: str) -> None:
+    """``images``: a floating tensor of a rank the model's input layer takes (see `input_ndim`).
+
+    A model with a 2-D input convolution takes ``(B, C, H, W)`` images, one with a 3-D input
+    convolution ``(B, C, D, H, W)`` volumes; the message names the expected layout, the model
+    (``owner``) and the given shape.
+    """
+    if isinstance(images, torch.Tensor) and len(ndim) == 1 and images.ndim != ndim[0]:
+        layout = "(B, C, H, W) images" if ndim[0] == 4 else "(B, C, D, H, W) volumes"
+        raise ValueError(
+            f"{name}: expected a {ndim[0]}-D tensor, {layout} (the input layer of {owner} is "
+            f"{ndim[0] - 2}-D), got a {_describe(images)}"
+        )
+    check_tensor(images, name, ndim=ndim, floating=True)
 
 
 def flagged_rows(flags: torch.Tensor, limit: int = 10) -> tuple[int, str]:

@@ -12,8 +12,10 @@ from camkit._checks import (
     _describe,
     check_finite,
     check_input_layer,
+    check_input_rank,
     check_labels,
     check_tensor,
+    input_ndim,
 )
 from camkit.cam._contract import check_device, model_name
 
@@ -29,9 +31,15 @@ def check_step_inputs(
     if step.extractor is not None:
         step.extractor.check_inputs(images, None)
     else:
-        check_tensor(images, "images", ndim=4, floating=True)
+        owner = model_name(step.model)
+        check_input_rank(images, "images", input_ndim(step._input_layer), owner)
         check_device(step.model, images, "images")
         check_input_layer(images, "images", step._input_layer, model_name(step.model))
+    if images.ndim == 5 and step.mix is not None and not step.mix.volumes:
+        raise ValueError(
+            f"mix: {type(step.mix).__name__} mixes (B, C, H, W) images and does not take volumes "
+            f"yet, got images of shape {tuple(images.shape)}; Mixup (or no mix) trains on volumes"
+        )
     batch = images.shape[0]
     if batch == 0:
         raise ValueError(

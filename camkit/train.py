@@ -102,7 +102,9 @@ class TrainStep(nn.Module):
     mode (BatchNorm would then train on frozen running statistics).
 
     Shape:
-        - images: ``(B, C, H, W)`` float, the model's normalised input.
+        - images: ``(B, C, H, W)`` float, the model's normalised input; ``(B, C, D, H, W)``
+          volumes for a model whose input layer is a 3-D convolution (without a mix, with
+          [`Mixup`][camkit.Mixup], with the CPE; the other mixes refuse volumes).
         - labels: ``(B,)`` int64 class indices in ``[0, K)``.
         - output: [`TrainStepOutput`][camkit.TrainStepOutput] with ``loss`` ``()``, ``logits``
           and ``targets`` ``(B, K)``, ``inputs`` ``(B, C, H, W)``.

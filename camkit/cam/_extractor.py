@@ -15,8 +15,10 @@ from camkit._checks import (
     check_choice,
     check_finite,
     check_input_layer,
+    check_input_rank,
     check_labels,
     check_tensor,
+    input_ndim,
 )
 from camkit.cam._contract import (
     check_device,
@@ -179,7 +181,7 @@ class CAMExtractor(nn.Module):
         self._input_conv: tuple[nn.Module, ...] = (input_conv,) if input_conv is not None else ()
         # the spatial rank of the input (2: images, 3: volumes) from the input layer
         layer = input_conv if input_conv is not None else input_layer(model)
-        self._input_ndim: tuple[int, ...] = (layer.weight.ndim,) if layer is not None else (4, 5)
+        self._input_ndim: tuple[int, ...] = input_ndim(layer)
 
     @property
     def method(self) -> CAMMethod:
@@ -266,7 +268,7 @@ class CAMExtractor(nn.Module):
             TypeError: a wrong type or dtype.
             ValueError: a wrong shape, channel count or class.
         """
-        check_tensor(images, "images", ndim=self._input_ndim, floating=True)
+        check_input_rank(images, "images", self._input_ndim, model_name(self.model))
         assert isinstance(images, torch.Tensor)
         check_device(self.model, images, "images")
         layer = self._input_conv[0] if self._input_conv else None  # the check every step uses

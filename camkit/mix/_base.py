@@ -55,6 +55,8 @@ class Mix(nn.Module):
 
     needs_cams: ClassVar[CamNeed] = "none"
     draws_need_cams: ClassVar[bool] = False
+    #: whether the mix takes ``(B, C, D, H, W)`` volumes as well as images (Mixup)
+    volumes: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -237,9 +239,13 @@ class Mix(nn.Module):
             self.check_params(params, images.shape[0], tuple(images.shape[-2:]))
         return self._apply(images, params)
 
-    @staticmethod
-    def _check_images(images: object) -> None:
-        check_tensor(images, "images", ndim=4, floating=True)
+    def _check_images(self, images: object) -> None:
+        if not self.volumes and isinstance(images, torch.Tensor) and images.ndim == 5:
+            raise ValueError(
+                f"images: {type(self).__name__} mixes (B, C, H, W) images and does not take "
+                f"volumes yet, got a tensor of shape {tuple(images.shape)} (Mixup takes volumes)"
+            )
+        check_tensor(images, "images", ndim=(4, 5) if self.volumes else 4, floating=True)
         check_finite(images, "images")  # a NaN pixel would be pasted into its partner too
 
     def targets(
@@ -288,7 +294,7 @@ class Mix(nn.Module):
         """
         if validate_args:
             self._check_images(images)
-        b, _, h, w = images.shape
+        b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         if params is None:
             device = self.draw_device(images)
             if validate_args:
@@ -319,7 +325,7 @@ class Mix(nn.Module):
                 "then targets() with the CAMs of the mixed batch"
             )
         self._check_images(images)
-        b, _, h, w = images.shape
+        b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         self._check_cams(cams, b)
         if cams is not None:
             cams = cams.to(images.device)

@@ -232,8 +232,9 @@ class Mixup(_TimmLikeMix):
     batch-wide ``λ`` is also kept as a host float); it reads neither the image size nor CAMs.
 
     Shape:
-        - images: ``(B, C, H, W)`` float (not modified); labels ``(B,)`` integer in ``[0, K)``.
-        - output: ``mixed`` ``(B, C, H, W)``, ``soft`` ``(B, K)`` float32 or wider.
+        - images: ``(B, C, H, W)`` float (not modified), or ``(B, C, D, H, W)`` volumes (the
+          blend reads no spatial layout); labels ``(B,)`` integer in ``[0, K)``.
+        - output: ``mixed`` of the images' shape, ``soft`` ``(B, K)`` float32 or wider.
 
     Examples:
         >>> import torch
@@ -243,6 +244,8 @@ class Mixup(_TimmLikeMix):
         >>> mixed.shape, soft.shape
         (torch.Size([4, 3, 32, 32]), torch.Size([4, 2]))
     """
+
+    volumes = True
 
     def _draw(self, batch_size, height, width, cams, device, generator) -> MixupParams:
         return _sample_mixup(self.config, batch_size, generator, device)
@@ -254,7 +257,8 @@ class Mixup(_TimmLikeMix):
             if lam == 1.0:
                 return images
             return images.mul(lam).add_(images.index_select(0, perm).mul_(1.0 - lam))
-        lam = params.lam.to(images.device, non_blocking=True).to(images.dtype)[:, None, None, None]
+        lam = params.lam.to(images.device, non_blocking=True).to(images.dtype)
+        lam = lam.view(-1, *(1,) * (images.ndim - 1))
         return images * lam + images.index_select(0, perm) * (1.0 - lam)
 
     def _weigh(self, labels, cams, params, size, dtype) -> torch.Tensor:
