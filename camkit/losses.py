@@ -14,6 +14,7 @@ ResNet-50 features) give finite values and gradients.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,8 +48,8 @@ class _CPEConfig:
 
 
 def _check_patch_inputs(features: object, cams: object) -> None:
-    check_tensor(features, "features", ndim=4, floating=True)
-    check_tensor(cams, "cams", ndim=3, floating=True)
+    check_tensor(features, "features", ndim=(4, 5), floating=True)
+    check_tensor(cams, "cams", ndim=features.ndim - 1, floating=True)
     if cams.shape[0] != features.shape[0]:
         raise ValueError(
             f"cams: expected {features.shape[0]} maps to match features "
@@ -72,24 +73,29 @@ def _select_patches(
         Ties are broken by the row-major cell index (stable sort), so the groups never share a
         cell.
 
+        Volumes are the same code: the cells of a ``(B, C, d, h, w)`` map are ranked in their
+        row-major ``(d, h, w)`` order, so a depth-1 volume ranks as the image it holds.
+
     Args:
-        features: ``(B, C, h, w)`` feature map.
-        cams: ``(B, h', w')`` maps ranking the cells (only their order matters; no gradient).
+        features: ``(B, C, h, w)`` feature map, or ``(B, C, d, h, w)`` for volumes.
+        cams: ``(B, h', w')`` (``(B, d', h', w')``) maps ranking the cells (only their order
+            matters; no gradient).
         num_patches: ``n`` ≥ 1 cells per group (validated by the caller, as the tensors' types
-            and shapes); ``2n ≤ h·w``.
+            and shapes); ``2n ≤`` the number of cells.
 
     Returns:
         ``(top (B, n, C), bottom (B, n, C))``, top in decreasing and bottom in increasing CAM order,
         differentiable with respect to ``features``.
     """
-    c, h, w = features.shape[1:]
-    if 2 * num_patches > h * w:  # shapes only: checked on every call
+    c, grid = features.shape[1], tuple(features.shape[2:])
+    if 2 * num_patches > math.prod(grid):  # shapes only: checked on every call
+        sides = "×".join(str(s) for s in grid)
         raise ValueError(
-            f"num_patches: 2 × {num_patches} cells do not fit in the {h}×{w} feature map"
+            f"num_patches: 2 × {num_patches} cells do not fit in the {sides} feature map"
         )
     ranking = cams.detach()
-    if ranking.shape[-2:] != (h, w):
-        ranking = F.interpolate(ranking[:, None].float(), size=(h, w), mode="area")[:, 0]
+    if tuple(ranking.shape[1:]) != grid:
+        ranking = F.interpolate(ranking[:, None].float(), size=grid, mode="area")[:, 0]
     order = torch.argsort(ranking.flatten(1), dim=1, descending=True, stable=True)
     top_idx = order[:, :num_patches]
     bottom_idx = order.flip(1)[:, :num_patches]
@@ -158,10 +164,11 @@ def contrastive_patch_loss(
         ``normalize=False``, ``τ = 1`` this is Eq. 1 exactly. Computed in float32 at least.
 
     Args:
-        features: ``(B, C, h, w)`` feature map (e.g. `CAMOutput.features`).
-        cams: ``(B, h', w')`` CAMs of the class the cells should support (ground truth in
-            training; for a SnapMix image, the CAM of its dominant label from the same forward).
-            Only their order matters: no gradient flows into them.
+        features: ``(B, C, h, w)`` feature map (e.g. `CAMOutput.features`), or
+            ``(B, C, d, h, w)`` for volumes (the cells are then 3-D, ranked the same way).
+        cams: ``(B, h', w')`` (volumes: ``(B, d', h', w')``) CAMs of the class the cells should
+            support (ground truth in training; for a SnapMix image, the CAM of its dominant
+            label from the same forward). Only their order matters: no gradient flows into them.
         num_patches: ``n ≥ 2`` cells per group (paper: 2; no gain beyond it), ``2n ≤ h·w``.
         normalize: L2-normalise the cell vectors (cosine similarities; the default). ``False``
             with ``temperature=1.0`` is the paper's Eq. 1.
@@ -179,8 +186,8 @@ def contrastive_patch_loss(
 
     Raises:
         TypeError: a setting or a tensor of the wrong type or dtype.
-        ValueError: a setting out of range, tensors of the wrong rank or batch size, or ``2n``
-            cells more than the feature map has.
+        ValueError: a setting out of range, tensors of the wrong rank (``cams`` one less than
+            ``features``) or batch size, or ``2n`` cells more than the feature map has.
 
     Examples:
         >>> features = torch.randn(2, 8, 4, 4, requires_grad=True)
@@ -218,8 +225,10 @@ class ContrastivePatchLoss(nn.Module):
             keeps the graph (an empty ``(0,)`` tensor for ``"none"``), never NaN.
 
     Shape:
-        - features: ``(B, C, h, w)`` float feature map, ``h·w ≥ 2n``.
-        - cams: ``(B, h', w')`` float maps ranking the cells (any resolution).
+        - features: ``(B, C, h, w)`` float feature map, ``h·w ≥ 2n``; or ``(B, C, d, h, w)``
+          for volumes, ``d·h·w ≥ 2n``.
+        - cams: ``(B, h', w')`` (``(B, d', h', w')``) float maps ranking the cells (any
+          resolution).
         - output: ``()`` for ``"mean"`` and ``"sum"``, ``(B,)`` for ``"none"``; float32, or
           float64 for float64 features.
 
@@ -271,8 +280,9 @@ class ContrastivePatchLoss(nn.Module):
         """Rank the cells of ``features`` by ``cams`` and return the loss of the two groups.
 
         Args:
-            features: ``(B, C, h, w)`` feature map; the gradient flows into its selected cells.
-            cams: ``(B, h', w')`` maps ranking the cells (detached).
+            features: ``(B, C, h, w)`` (or ``(B, C, d, h, w)``) feature map; the gradient flows
+                into its selected cells.
+            cams: ``(B, h', w')`` (``(B, d', h', w')``) maps ranking the cells (detached).
             validate_args: check the tensors' types and shapes (the training step checks its
                 inputs once and passes False).
 

@@ -114,7 +114,7 @@ def test_errors():
         ContrastivePatchLoss(temperature=0.0)
     with pytest.raises(ValueError, match="cams: expected 2 maps"):
         contrastive_patch_loss(features, torch.randn(3, 3, 3))
-    with pytest.raises(ValueError, match="features: expected a 4-D tensor"):
+    with pytest.raises(ValueError, match="features: expected a 4 or 5-D tensor"):
         contrastive_patch_loss(features[0], cams)
     with pytest.raises(ValueError, match=r"^reduction: expected one of 'mean', 'sum', 'none'"):
         ContrastivePatchLoss(reduction="max")

@@ -130,3 +130,76 @@ def test_mixes_without_volumes_refuse_them():
         CutMix(num_classes=2)(_volumes(), LABELS)
     mixed, soft = Mixup(num_classes=2)(_volumes(), LABELS)
     assert mixed.shape == (4, 1, 16, 16, 16) and soft.shape == (4, 2)
+
+
+# --- CPE over 3-D cells ---------------------------------------------------------------------------
+
+
+def _cpe_loop(features: torch.Tensor, cams: torch.Tensor, n: int, tau: float) -> torch.Tensor:
+    """Per volume: the n top and n bottom cells by CAM (row-major (d, h, w) ties), cosine / τ."""
+    losses = []
+    for f, m in zip(features, cams, strict=True):
+        cells = f.flatten(1).T  # (d·h·w, C)
+        values = m.flatten().tolist()
+        order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+        bottom_order = sorted(range(len(values)), key=lambda i: (values[i], -i))
+        u = F.normalize(cells[order[:n]], dim=1)
+        v = F.normalize(cells[bottom_order[:n]], dim=1)
+        cross = [u[i] @ v[j] / tau for i in range(n) for j in range(n)]
+        total = 0.0
+        for g in (u, v):
+            pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+            terms = []
+            for i, j in pairs:
+                pos = g[i] @ g[j] / tau
+                terms.append(torch.logsumexp(torch.stack([pos, *cross]), 0) - pos)
+            total = total + torch.stack(terms).mean()
+        losses.append(total)
+    return torch.stack(losses)
+
+
+def test_cpe_on_volumes_equals_a_per_volume_loop():
+    from camkit import ContrastivePatchLoss
+
+    gen = torch.Generator().manual_seed(4)
+    features = torch.randn(3, 8, 3, 4, 5, generator=gen, requires_grad=True)
+    cams = torch.randn(3, 3, 4, 5, generator=gen)
+    cams[0] = 0.5  # all tied: row-major order
+    for n in (2, 3):
+        loss = ContrastivePatchLoss(n, reduction="none")(features, cams)
+        torch.testing.assert_close(loss, _cpe_loop(features, cams, n, 0.1), rtol=1e-5, atol=1e-5)
+    ContrastivePatchLoss()(features, cams).backward()
+    touched = (features.grad.abs().sum(1) > 0).flatten(1).sum(1)
+    assert touched.tolist() == [4, 4, 4]  # the 2 + 2 chosen cells of each volume
+    with pytest.raises(ValueError, match=r"^num_patches: 2 × 31 cells do not fit in the 3×4×5"):
+        ContrastivePatchLoss(31)(features, cams)
+    with pytest.raises(ValueError, match=r"^cams: expected a 4-D tensor"):
+        ContrastivePatchLoss()(features, cams[:, 0])
+
+
+def test_cpe_of_a_depth_one_volume_is_the_images():
+    from camkit import ContrastivePatchLoss
+
+    gen = torch.Generator().manual_seed(5)
+    features = torch.randn(4, 8, 5, 6, generator=gen)
+    cams = torch.randn(4, 5, 6, generator=gen)
+    fine = torch.randn(4, 10, 12, generator=gen)  # at another resolution: area-averaged
+    for cpe in (ContrastivePatchLoss(), ContrastivePatchLoss.paper(reduction="none")):
+        assert torch.equal(cpe(features[:, :, None], cams[:, None]), cpe(features, cams))
+        torch.testing.assert_close(
+            cpe(features[:, :, None], fine[:, None]), cpe(features, fine), rtol=0, atol=0
+        )
+
+
+def test_the_step_with_cpe_on_volumes_ranks_by_the_label_cams():
+    from camkit import CAMExtractor, ContrastivePatchLoss, contrastive_patch_loss
+
+    model, x = _net3d(), _volumes()
+    out = TrainStep(model, cpe=ContrastivePatchLoss())(x, LABELS)
+    ref = CAMExtractor(model)(x, LABELS)
+    cpe = contrastive_patch_loss(ref.features, ref.cams)
+    torch.testing.assert_close(out.cpe_loss, cpe, rtol=0, atol=1e-6)
+    ce = F.cross_entropy(ref.logits, LABELS)
+    torch.testing.assert_close(out.loss, ce + cpe, rtol=0, atol=1e-6)
+    mixed = TrainStep(model, mix=Mixup(num_classes=2), cpe=ContrastivePatchLoss())(x, LABELS)
+    assert mixed.cpe_loss is not None and torch.isfinite(mixed.loss)
