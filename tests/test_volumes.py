@@ -203,3 +203,114 @@ def test_the_step_with_cpe_on_volumes_ranks_by_the_label_cams():
     torch.testing.assert_close(out.loss, ce + cpe, rtol=0, atol=1e-6)
     mixed = TrainStep(model, mix=Mixup(num_classes=2), cpe=ContrastivePatchLoss())(x, LABELS)
     assert mixed.cpe_loss is not None and torch.isfinite(mixed.loss)
+
+
+# --- CAMMaskingTTA on volumes -------------------------------------------------------------------
+
+
+def _tta_loop(model, volumes, k, theta, patch):
+    """Per volume: the CAM of the prediction, trilinear to the volume, summed per cube (float64),
+    cells masked in decreasing order (ties to the lower row-major index), one forward a copy."""
+    from camkit import CAMExtractor, cell_sums, upsample_cams
+
+    ext = CAMExtractor(model)
+    labels, against, step_probs = [], [], []
+    for v in volumes:
+        with torch.no_grad():
+            out = ext(v[None])
+            p0 = out.logits.softmax(1)[0]
+        pred = int(out.target)
+        size = tuple(v.shape[1:])
+        mass = cell_sums(upsample_cams(out.cams.double(), size), patch)[0]
+        values = mass.flatten().tolist()
+        order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+        grid = mass.shape
+        cell_of = torch.zeros(size, dtype=torch.long)
+        for z in range(size[0]):
+            for y in range(size[1]):
+                for x in range(size[2]):
+                    cell = (z // patch * grid[1] + y // patch) * grid[2] + x // patch
+                    cell_of[z, y, x] = cell
+        probs, no = [], 0
+        for j in range(1, k + 1):
+            hidden = torch.isin(cell_of, torch.tensor(order[:j]))
+            copy = torch.where(hidden, 0.0, v)
+            with torch.no_grad():
+                p = model(copy[None]).softmax(1)[0, pred]
+            probs.append(float(p))
+            no += int(p <= theta)
+        runner_up = int(p0.topk(2).indices[1])
+        labels.append(runner_up if no > k // 2 else pred)
+        against.append(no)
+        step_probs.append(probs)
+    return torch.tensor(labels), torch.tensor(against), torch.tensor(step_probs)
+
+
+def test_volume_tta_equals_a_per_volume_loop():
+    from camkit import CAMMaskingTTA
+
+    torch.manual_seed(2)
+    model = TinyNet3d(channels=8).eval()
+    volumes = torch.randn(6, 1, 12, 12, 12, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():  # a θ between the predictions' confidences: votes on both sides
+        theta = float(model(volumes).softmax(1).amax(1).median()) - 0.02
+    want_labels, want_against, want_probs = _tta_loop(model, volumes, 7, theta, 4)
+    tta = CAMMaskingTTA(model, k=7, theta=theta, patch_size=4, early_exit=False, chunk_size=5)
+    res = tta.predict(volumes)
+    assert torch.equal(res.labels, want_labels)
+    assert torch.equal(res.votes_against, want_against)
+    torch.testing.assert_close(res.step_probs, want_probs.float(), rtol=0, atol=1e-6)
+    assert 0 < int(res.flipped.sum()) < 6  # some votes flip, some do not: the check can fail
+    # early exit: the same labels with fewer forwards; a per-axis patch of equal sides: the same
+    fast = CAMMaskingTTA(model, k=7, theta=theta, patch_size=4).predict(volumes)
+    assert torch.equal(fast.labels, want_labels) and fast.forwards.sum() < res.forwards.sum()
+    per_axis = CAMMaskingTTA(model, k=7, theta=theta, patch_size=(4, 4, 4), early_exit=False)
+    assert torch.equal(per_axis.predict(volumes).step_probs, res.step_probs)
+
+
+def test_a_depth_one_volume_votes_as_the_image():
+    from camkit import CAMMaskingTTA
+
+    torch.manual_seed(3)
+    image_model = TinyNet(channels=8, stride=4).eval()
+    volume_model = TinyNet3d(channels=8, stride=4, in_ch=3).eval()
+    volume_model.conv = nn.Conv3d(3, 8, kernel_size=(1, 4, 4), stride=(1, 4, 4))
+    volume_model.load_state_dict(
+        {k: v[:, :, None] if k == "conv.weight" else v for k, v in image_model.state_dict().items()}
+    )
+    volume_model.eval()
+    images = torch.randn(8, 3, 24, 20, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        theta = float(image_model(images).softmax(1).amax(1).median()) - 0.02
+    flat = CAMMaskingTTA(image_model, k=9, theta=theta, patch_size=4, early_exit=False)
+    want = flat.predict(images)
+    assert 0 < int(want.flipped.sum()) < 8
+    for patch in (4, (1, 4, 4), (3, 4, 4)):
+        tta = CAMMaskingTTA(volume_model, k=9, theta=theta, patch_size=patch, early_exit=False)
+        got = tta.predict(images[:, :, None])
+        assert torch.equal(got.labels, want.labels)
+        assert torch.equal(got.votes_against, want.votes_against)
+        torch.testing.assert_close(got.step_probs, want.step_probs, rtol=0, atol=1e-6)
+    steps = torch.arange(8)
+    copies = CAMMaskingTTA(volume_model, patch_size=4).masked_copies(images[:, :, None], steps)
+    assert torch.equal(
+        copies[:, :, 0], CAMMaskingTTA(image_model, patch_size=4).masked_copies(images, steps)
+    )
+
+
+def test_volume_tta_refusals():
+    from camkit import CAMMaskingTTA
+
+    model = TinyNet3d().eval()
+    with pytest.raises(
+        ValueError,
+        match=r"^k: 9 masks need as many cells, but a 8×8×8 volume "
+        r"has only 8 cells of 4×4×4",
+    ):
+        CAMMaskingTTA(model, k=9, patch_size=4).predict(torch.randn(2, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"^patch_size: expected one side or 3"):
+        CAMMaskingTTA(model, k=2, patch_size=(4, 4)).predict(torch.randn(2, 1, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"^images: expected a 5-D tensor, \(B, C, D, H, W\)"):
+        CAMMaskingTTA(model, k=2, patch_size=4).predict(torch.randn(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"^patch_size: expected an int >= 1, got 0"):
+        CAMMaskingTTA(model, patch_size=(4, 0, 4))

@@ -32,7 +32,9 @@ def _cell_weights(src: int, dst: int, cell: int, device: torch.device) -> torch.
     return resize.to(device=device, dtype=dtype)
 
 
-def cell_ranks(cams: torch.Tensor, image_size: tuple[int, int], patch_size: int) -> torch.Tensor:
+def cell_ranks(
+    cams: torch.Tensor, image_size: tuple[int, ...], patch_size: int | tuple[int, ...]
+) -> torch.Tensor:
     """Rank of each pixel's cell by CAM mass: 0 for the most relevant cell.
 
     Convention:
@@ -44,15 +46,17 @@ def cell_ranks(cams: torch.Tensor, image_size: tuple[int, int], patch_size: int)
         ties, which go to the lower row-major cell index: cells tied in exact arithmetic (a
         constant region, a saturated map) keep row-major order instead of the order float32
         rounding would give them. Masking the top ``j`` cells means masking pixels whose rank is
-        ``< j``.
+        ``< j``. Volumes are the same code with one more axis: ``(d, h, w)`` maps, the trilinear
+        upsampling to ``(D, H, W)``, cuboid cells ranked in row-major ``(depth, row, column)``
+        order; a depth-1 volume ranks as the image it holds.
 
     Args:
-        cams: ``(B, h, w)`` CAMs of the predicted class.
-        image_size: ``(H, W)``.
-        patch_size: cell side in pixels.
+        cams: ``(B, h, w)`` CAMs of the predicted class (volumes: ``(B, d, h, w)``).
+        image_size: ``(H, W)`` (volumes: ``(D, H, W)``).
+        patch_size: cell side in pixels (a cube for volumes), or one side per axis.
 
     Returns:
-        ``(B, H, W)`` int64 ranks.
+        ``(B, H, W)`` (``(B, D, H, W)``) int64 ranks.
 
     Examples:
         >>> cell_ranks(torch.tensor([[[0.0, 1.0]]]), (2, 4), 2).tolist()
@@ -60,31 +64,50 @@ def cell_ranks(cams: torch.Tensor, image_size: tuple[int, int], patch_size: int)
         >>> cell_ranks(torch.ones(1, 3, 3), (4, 4), 2).tolist()  # all tied: row-major
         [[[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]]
     """
-    check_tensor(cams, "cams", ndim=3, floating=True)
-    height, width = image_size
-    b, h, w = cams.shape
-    ay = _cell_weights(h, height, patch_size, cams.device)
-    ax = _cell_weights(w, width, patch_size, cams.device)
-    sums = ay @ cams.to(ay.dtype) @ ax.T  # (B, gh, gw)
-    gh, gw = sums.shape[-2:]
+    check_tensor(cams, "cams", ndim=(3, 4), floating=True)
+    b, *maps = cams.shape
+    sides = cell_sides(patch_size, len(maps))
+    # the resize-and-sum weights of each axis: (cells, map side)
+    weights = [
+        _cell_weights(m, s, p, cams.device) for m, s, p in zip(maps, image_size, sides, strict=True)
+    ]
+    sums = cams.to(weights[0].dtype)
+    for axis, weight in enumerate(weights[:-1]):  # the leading axes from the left
+        sums = (weight @ sums.movedim(axis + 1, -2)).movedim(-2, axis + 1)
+    sums = sums @ weights[-1].T  # (B, *grid); for images ``ay @ cams @ ax.T``
+    grid = sums.shape[1:]
     flat = sums.flatten(1)
     scale = flat.abs().amax(1, keepdim=True)
     key = torch.round(flat / torch.where(scale > 0, scale * _TIE, 1.0))
     order = torch.argsort(key, dim=1, descending=True, stable=True)
     ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(gh * gw, device=cams.device).expand(b, -1))
-    rows = torch.arange(height, device=cams.device) // patch_size
-    cols = torch.arange(width, device=cams.device) // patch_size
-    pixel_cell = (rows[:, None] * gw + cols[None, :]).flatten()
-    return ranks[:, pixel_cell].view(b, height, width)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=cams.device).expand(b, -1))
+    pixel_cell = torch.zeros((), dtype=torch.long, device=cams.device)
+    for size, side, count in zip(image_size, sides, grid, strict=True):
+        index = torch.arange(size, device=cams.device) // side
+        pixel_cell = pixel_cell[..., None] * count + index  # the row-major cell of each pixel
+    return ranks[:, pixel_cell.flatten()].view(b, *image_size)
+
+
+def cell_sides(patch_size: int | tuple[int, ...], rank: int) -> tuple[int, ...]:
+    """``patch_size`` as one cell side per spatial axis (an int is a square or a cube)."""
+    if isinstance(patch_size, int):
+        return (patch_size,) * rank
+    if len(patch_size) != rank:
+        raise ValueError(
+            f"patch_size: expected one side or {rank} (one per axis of the maps), got "
+            f"{tuple(patch_size)}"
+        )
+    return tuple(patch_size)
 
 
 def fill_value(
     mask_value: float | Sequence[float] | torch.Tensor, images: torch.Tensor
 ) -> torch.Tensor:
-    """``mask_value`` as a tensor that broadcasts against ``images``: ``()`` or ``(1, C, 1, 1)``."""
+    """``mask_value`` as a tensor that broadcasts against ``images``: ``()`` or ``(1, C, 1, 1)``
+    (``(1, C, 1, 1, 1)`` for volumes)."""
     fill = torch.as_tensor(mask_value, dtype=images.dtype, device=images.device)
-    return fill.view(1, -1, 1, 1) if fill.ndim == 1 else fill
+    return fill.view(1, -1, *(1,) * (images.ndim - 2)) if fill.ndim == 1 else fill
 
 
 def masked_copies(
@@ -96,14 +119,14 @@ def masked_copies(
     """Images with their ``steps[i]`` most relevant cells set to ``mask_value``.
 
     Args:
-        images: ``(N, C, H, W)``.
-        ranks: ``(N, H, W)`` pixel cell ranks from `cell_ranks`.
+        images: ``(N, C, H, W)`` (volumes: ``(N, C, D, H, W)``).
+        ranks: ``(N, H, W)`` (``(N, D, H, W)``) pixel cell ranks from `cell_ranks`.
         steps: ``(N,)`` number of cells to mask per image.
         mask_value: a number, or ``C`` per-channel values (default 0: the dataset mean of
             normalised images, as in the released code).
 
     Returns:
-        ``(N, C, H, W)`` masked images.
+        masked images of ``images``' shape.
     """
-    hidden = (ranks < steps.view(-1, 1, 1))[:, None]
+    hidden = (ranks < steps.view(-1, *(1,) * (ranks.ndim - 1)))[:, None]
     return torch.where(hidden, fill_value(mask_value, images), images)

@@ -10,10 +10,18 @@ from typing import Literal, NamedTuple
 import torch
 from torch import nn
 
-from camkit._checks import check_choice, check_int, check_probability, check_tensor, flagged_rows
+from camkit._checks import (
+    check_choice,
+    check_input_rank,
+    check_int,
+    check_probability,
+    check_tensor,
+    flagged_rows,
+)
 from camkit._config import config_setting
 from camkit.cam import CAMExtractor, frozen_state
-from camkit.tta._masking import cell_ranks, fill_value, masked_copies
+from camkit.cam._contract import model_name
+from camkit.tta._masking import cell_ranks, cell_sides, fill_value, masked_copies
 
 VoteRule = Literal["threshold", "argmax", "relative"]
 _RULES = ("threshold", "argmax", "relative")
@@ -54,7 +62,7 @@ class _TTAConfig:
 
     k: int = 31
     theta: float = 0.2
-    patch_size: int = 8
+    patch_size: int | tuple[int, ...] = 8
     early_exit: bool = True
     count_original: bool = False
     mask_value: float | tuple[float, ...] = 0.0
@@ -64,7 +72,12 @@ class _TTAConfig:
     def __post_init__(self) -> None:
         check_choice(self.rule, "rule", _RULES)
         check_int(self.k, "k", minimum=1)
-        check_int(self.patch_size, "patch_size", minimum=1)
+        if isinstance(self.patch_size, (tuple, list)):
+            for side in self.patch_size:
+                check_int(side, "patch_size", minimum=1)
+            object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        else:
+            check_int(self.patch_size, "patch_size", minimum=1)
         check_int(self.chunk_size, "chunk_size", minimum=1)
         set_ = object.__setattr__
         set_(self, "theta", check_probability(self.theta, "theta"))
@@ -135,7 +148,8 @@ class CAMMaskingTTA(nn.Module):
             unchanged).
         k: number of masked copies (paper: 31; released code: 100).
         theta: vote threshold θ (paper: 0.2; released code: 0.3).
-        patch_size: cell side in pixels (paper: 8, a 28×28 grid at 224²).
+        patch_size: cell side in pixels (paper: 8, a 28×28 grid at 224²); a cube's side for
+            volumes, or one side per spatial axis (a tuple).
         early_exit: stop evaluating an image once the vote is decided (same labels, fewer
             forwards).
         count_original: count the unmasked image as a vote (released code).
@@ -145,7 +159,10 @@ class CAMMaskingTTA(nn.Module):
         rule: ``"threshold"`` (paper), ``"argmax"`` or ``"relative"``; see the convention.
 
     Shape:
-        - images: ``(B, C, H, W)`` float, with at least ``k`` cells of ``patch_size``.
+        - images: ``(B, C, H, W)`` float, with at least ``k`` cells of ``patch_size``; or
+          ``(B, C, D, H, W)`` volumes for a model whose input layer is 3-D (the cells are then
+          cuboids, ranked by the trilinearly upsampled CAM: one code path, a depth-1 volume
+          votes as the image it holds).
         - output: ``(B, K)`` float32 probabilities after voting (`forward`);
           [`TTAResult`][camkit.TTAResult] with ``(B,)``, ``(B, K)`` and ``(B, k)`` fields
           (`predict`).
@@ -192,6 +209,11 @@ class CAMMaskingTTA(nn.Module):
         )
         self.extractor = model if isinstance(model, CAMExtractor) else CAMExtractor(model)
 
+    def _check_rank(self, images: object) -> None:
+        """Images for a 2-D model, volumes for a 3-D one (the extractor's input layer)."""
+        ext = self.extractor
+        check_input_rank(images, "images", ext._input_ndim, model_name(ext.model))
+
     def _probs(self, images: torch.Tensor) -> torch.Tensor:
         model = self.extractor.model
         with frozen_state(model):
@@ -199,7 +221,7 @@ class CAMMaskingTTA(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> TTAResult:
-        """Classify ``images`` (B, C, H, W) with CAM-masking voting; see the class doc.
+        """Classify ``images`` (B, C, H, W) (or volumes) with CAM-masking voting; see the class.
 
         One forward gives the prediction and its CAM, then the masked copies of the images not yet
         decided are classified in chunks of ``chunk_size`` until every vote is decided (or all
@@ -215,13 +237,15 @@ class CAMMaskingTTA(nn.Module):
                 ``mask_value`` has neither 1 nor ``C`` values.
         """
         cfg = self.config
-        check_tensor(images, "images", ndim=4, floating=True)
-        b, c, height, width = images.shape
-        grid = -(-height // cfg.patch_size) * -(-width // cfg.patch_size)
+        self._check_rank(images)
+        b, c, *size = images.shape
+        sides = cell_sides(cfg.patch_size, len(size))
+        grid = math.prod(-(-s // p) for s, p in zip(size, sides, strict=True))
         if cfg.k > grid:
+            kind = "image" if len(size) == 2 else "volume"
             raise ValueError(
-                f"k: {cfg.k} masks need as many cells, but a {height}×{width} image has only "
-                f"{grid} cells of {cfg.patch_size}×{cfg.patch_size}"
+                f"k: {cfg.k} masks need as many cells, but a {'×'.join(map(str, size))} {kind} "
+                f"has only {grid} cells of {'×'.join(map(str, sides))}"
             )
         fill = fill_value(cfg.mask_value, images)
         if fill.numel() not in (1, c):
@@ -233,7 +257,7 @@ class CAMMaskingTTA(nn.Module):
         _check_finite_probs(~torch.isfinite(probs0).all(1), "the images themselves")
         pred = out.target
         runner_up = probs0.topk(min(2, probs0.shape[1]), dim=1).indices[:, -1]
-        ranks = cell_ranks(out.cams, (height, width), cfg.patch_size)
+        ranks = cell_ranks(out.cams, tuple(size), cfg.patch_size)
 
         votes = cfg.k + int(cfg.count_original)
         flip_at = votes // 2 + 1  # non-supporting votes needed to flip
@@ -311,21 +335,21 @@ class CAMMaskingTTA(nn.Module):
         ties to the lower row-major index) and filled with ``mask_value``.
 
         Args:
-            images: ``(N, C, H, W)`` model inputs.
+            images: ``(N, C, H, W)`` model inputs (volumes: ``(N, C, D, H, W)``).
             steps: ``(N,)`` int64 number of cells to mask per image (0: the image itself).
-            cams: ``(N, h, w)`` CAMs ranking the cells (default: the extractor's CAM of each
-                image's predicted class, one forward).
+            cams: ``(N, h, w)`` (``(N, d, h, w)``) CAMs ranking the cells (default: the
+                extractor's CAM of each image's predicted class, one forward).
 
         Returns:
-            ``(N, C, H, W)`` masked copies.
+            masked copies of ``images``' shape.
         """
-        check_tensor(images, "images", ndim=4, floating=True)
+        self._check_rank(images)
         n = images.shape[0]
         check_tensor(steps, "steps", shape=(n,), floating=False)
         if cams is None:
             cams = self.extractor.forward_frozen(images).cams
-        check_tensor(cams, "cams", shape=(n, None, None), floating=True)
-        ranks = cell_ranks(cams, tuple(images.shape[-2:]), self.config.patch_size)
+        check_tensor(cams, "cams", shape=(n, *(None,) * (images.ndim - 2)), floating=True)
+        ranks = cell_ranks(cams, tuple(images.shape[2:]), self.config.patch_size)
         fill = fill_value(self.config.mask_value, images)
         return masked_copies(images, ranks, steps.to(images.device), fill)
 
