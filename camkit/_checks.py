@@ -214,14 +214,19 @@ def check_permutation(perm: torch.Tensor, name: str) -> None:
     _require(ok, perm, name, f"a permutation of 0 … {n - 1} (each image's partner)", got)
 
 
-def check_boxes(boxes: torch.Tensor, name: str, size: tuple[int, int]) -> None:
-    """Refuse ``(N, 4)`` half-open boxes ``(y0, x0, y1, x1)`` that leave an ``(H, W)`` image.
+def check_boxes(boxes: torch.Tensor, name: str, size: tuple[int, ...]) -> None:
+    """Refuse ``(N, 4)`` half-open boxes ``(y0, x0, y1, x1)`` that leave an ``(H, W)`` image
+    (volumes: ``(N, 6)`` cuboids ``(z0, y0, x0, z1, y1, x1)`` that leave a ``(D, H, W)`` one).
 
     No host sync on an accelerator (see `check_finite`).
     """
-    height, width = size
-    y0, x0, y1, x1 = boxes.unbind(1)
-    ok = (y0 >= 0) & (y0 <= y1) & (y1 <= height) & (x0 >= 0) & (x0 <= x1) & (x1 <= width)
+    rank = len(size)
+    columns = boxes.unbind(1)
+    ok = None
+    for axis, side in enumerate(size):  # for images: y0 ≤ y1 ≤ H, then x0 ≤ x1 ≤ W
+        low, high = columns[axis], columns[axis + rank]
+        inside = (low >= 0) & (low <= high) & (high <= side)
+        ok = inside if ok is None else ok & inside
 
     def got() -> str:
         count, rows = flagged_rows(~ok, limit=3)
@@ -231,22 +236,25 @@ def check_boxes(boxes: torch.Tensor, name: str, size: tuple[int, int]) -> None:
             "another image size?"
         )
 
-    expected = (
-        f"boxes (y0, x0, y1, x1) inside the {height}×{width} image, 0 ≤ y0 ≤ y1 ≤ {height} and "
-        f"0 ≤ x0 ≤ x1 ≤ {width}"
-    )
+    names = "zyx"[3 - rank :]
+    corners = ", ".join([f"{a}0" for a in names] + [f"{a}1" for a in names])
+    bounds = " and ".join(f"0 ≤ {a}0 ≤ {a}1 ≤ {side}" for a, side in zip(names, size, strict=True))
+    kind = "image" if rank == 2 else "volume"
+    expected = f"boxes ({corners}) inside the {'×'.join(map(str, size))} {kind}, {bounds}"
     _require(ok, boxes, name, expected, got)
 
 
-def check_size(size: object, name: str) -> tuple[int, int]:
-    """Check an image size ``(H, W)`` of two ints ≥ 1; returns it as a tuple."""
+def check_size(size: object, name: str, ranks: tuple[int, ...] = (2,)) -> tuple[int, ...]:
+    """Check an image size ``(H, W)`` of two ints ≥ 1 (with ``ranks=(2, 3)`` also a volume's
+    ``(D, H, W)``); returns it as a tuple."""
     if (
         not isinstance(size, (tuple, list, torch.Size))
-        or len(size) != 2
+        or len(size) not in ranks
         or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size)
     ):
-        raise ValueError(f"{name}: expected (H, W), two ints >= 1, got {size!r}")
-    return int(size[0]), int(size[1])
+        volumes = "; or (D, H, W), three, for volumes" if 3 in ranks else ""
+        raise ValueError(f"{name}: expected (H, W), two ints >= 1, got {size!r}{volumes}")
+    return tuple(int(s) for s in size)
 
 
 def check_input_layer(

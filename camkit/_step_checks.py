@@ -38,7 +38,8 @@ def check_step_inputs(
     if images.ndim == 5 and step.mix is not None and not step.mix.volumes:
         raise ValueError(
             f"mix: {type(step.mix).__name__} mixes (B, C, H, W) images and does not take volumes "
-            f"yet, got images of shape {tuple(images.shape)}; Mixup (or no mix) trains on volumes"
+            f"yet, got images of shape {tuple(images.shape)}; CutMix, Mixup (or no mix) train "
+            "on volumes"
         )
     batch = images.shape[0]
     if batch == 0:
@@ -76,7 +77,7 @@ def check_step_inputs(
                 "whose mix needs no model to mix (needs_cams 'none' or 'mixed', e.g. CutMix, "
                 f"Mixup or SnapMix(cam_source='mixed')); this step has mix={step.mix!r}"
             )
-        step.mix.check_params(mixed_params, batch, tuple(images.shape[-2:]))
+        step.mix.check_params(mixed_params, batch, tuple(images.shape[2:]))
 
 
 def train_forward(step: TrainStep, forward: Callable, inputs: torch.Tensor, **kwargs: Any) -> Any:

@@ -46,8 +46,8 @@ class TrainStepOutput(NamedTuple):
             or one-hot labels, after label smoothing.
         classification_loss: scalar criterion value (part of ``loss``).
         cpe_loss: scalar CPE value before ``cpe_weight``, or ``None`` without CPE.
-        inputs: ``(B, C, H, W)`` the images the model was trained on (the mixed batch with a mix,
-            the given images otherwise), e.g. to draw the mix.
+        inputs: ``(B, C, H, W)`` (volumes: ``(B, C, D, H, W)``) the images the model was trained
+            on (the mixed batch with a mix, the given images otherwise), e.g. to draw the mix.
     """
 
     loss: torch.Tensor
@@ -104,7 +104,8 @@ class TrainStep(nn.Module):
     Shape:
         - images: ``(B, C, H, W)`` float, the model's normalised input; ``(B, C, D, H, W)``
           volumes for a model whose input layer is a 3-D convolution (without a mix, with
-          [`Mixup`][camkit.Mixup], with the CPE; the other mixes refuse volumes).
+          [`CutMix`][camkit.CutMix] (cuboids) or [`Mixup`][camkit.Mixup], with the CPE; the other
+          mixes refuse volumes).
         - labels: ``(B,)`` int64 class indices in ``[0, K)``.
         - output: [`TrainStepOutput`][camkit.TrainStepOutput] with ``loss`` ``()``, ``logits``
           and ``targets`` ``(B, K)``, ``inputs`` ``(B, C, H, W)``.
@@ -283,7 +284,7 @@ class TrainStep(nn.Module):
         labels: torch.Tensor,
         mixed_params: object = None,
     ) -> TrainStepOutput:
-        """Compute the step's loss for ``images`` (B, C, H, W) and ``labels`` (B,); see the class.
+        """Compute the step's loss for ``images`` (B, C, H, W) (or volumes) and ``labels`` (B,).
 
         The model's mode is not changed (put it in train mode yourself); only the training
         forward updates BatchNorm statistics. ``mixed_params``: the draws with which
@@ -294,7 +295,7 @@ class TrainStep(nn.Module):
         # int64 for the one-hot and the mixes' scatters; non_blocking: a pageable host-to-device
         # copy would otherwise synchronise the stream
         labels = labels.to(images.device, torch.long, non_blocking=True)
-        mix, size = self.mix, (images.shape[-2], images.shape[-1])
+        mix, size = self.mix, tuple(images.shape[2:])
         if mix is not None and mix.needs_cams == "mixed":
             return self._mixed_cam_step(images, labels, mixed_params)
         if mix is None:

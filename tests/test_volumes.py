@@ -124,10 +124,16 @@ def test_the_step_refuses_the_other_rank_naming_images_and_shapes():
 
 
 def test_mixes_without_volumes_refuse_them():
-    with pytest.raises(ValueError, match=r"^mix: CutMix mixes \(B, C, H, W\) images"):
-        TrainStep(_net3d(), mix=CutMix(num_classes=2))(_volumes(), LABELS)
-    with pytest.raises(ValueError, match=r"^images: CutMix mixes \(B, C, H, W\) images"):
-        CutMix(num_classes=2)(_volumes(), LABELS)
+    from camkit import AttentiveCutMix, SnapMix
+
+    for mix in (SnapMix(2), SnapMix(2, cam_source="mixed"), AttentiveCutMix(2)):
+        name = type(mix).__name__
+        with pytest.raises(ValueError, match=rf"^mix: {name} mixes \(B, C, H, W\) images"):
+            TrainStep(_net3d(), mix=mix)(_volumes(), LABELS)
+    with pytest.raises(ValueError, match=r"^images: SnapMix mixes \(B, C, H, W\) images"):
+        SnapMix(2).mix_images(_volumes())
+    with pytest.raises(ValueError, match=r"^depth: SnapMix mixes \(B, C, H, W\) images"):
+        SnapMix(2).sample(4, 16, 16, depth=16)
     mixed, soft = Mixup(num_classes=2)(_volumes(), LABELS)
     assert mixed.shape == (4, 1, 16, 16, 16) and soft.shape == (4, 2)
 
@@ -314,3 +320,114 @@ def test_volume_tta_refusals():
         CAMMaskingTTA(model, k=2, patch_size=4).predict(torch.randn(2, 1, 8, 8))
     with pytest.raises(ValueError, match=r"^patch_size: expected an int >= 1, got 0"):
         CAMMaskingTTA(model, patch_size=(4, 0, 4))
+
+
+# --- CutMix with cuboids ----------------------------------------------------------------------
+
+
+def _cutmix_loop(volumes, labels, params):
+    """Per volume: the partner's cuboid copied in, the target weighed by its share."""
+    out, targets = volumes.clone(), []
+    for i in range(volumes.shape[0]):
+        z0, y0, x0, z1, y1, x1 = params.box[i].tolist()
+        j = int(params.perm[i])
+        share = 0.0
+        if bool(params.apply[i]):
+            out[i, :, z0:z1, y0:y1, x0:x1] = volumes[j, :, z0:z1, y0:y1, x0:x1]
+            share = (z1 - z0) * (y1 - y0) * (x1 - x0) / volumes[0, 0].numel()
+        t = torch.zeros(2, dtype=torch.float64)
+        t[labels[i]] += 1.0 - share
+        t[labels[j]] += share
+        targets.append(t)
+    return out, torch.stack(targets).float()
+
+
+def test_cutmix_on_volumes_equals_a_per_volume_loop():
+    x = torch.randn(4, 2, 12, 10, 8, generator=torch.Generator().manual_seed(8))
+    for mode, seed in (("batch", 0), ("batch", 1), ("sample", 2)):
+        mix = CutMix(2, mode=mode, generator=torch.Generator().manual_seed(seed))
+        params = mix.sample(4, 10, 8, depth=12)
+        assert params.box.shape == (4, 6)
+        assert (params.shared_box is not None) == (mode == "batch")
+        assert bool(params.apply.any())  # a mixed batch: the comparison can fail
+        mixed, soft = mix(x, LABELS, params=params)
+        want_mixed, want_soft = _cutmix_loop(x, LABELS, params)
+        assert torch.equal(mixed, want_mixed)
+        torch.testing.assert_close(soft, want_soft, rtol=0, atol=1e-7)
+        if mode == "batch":  # the tensor path (no host box) pastes the same cuboids
+            tensor_only = params._replace(shared_box=None)
+            assert torch.equal(mix.apply(x, tensor_only), want_mixed)
+    # the draws: side ratio (1 − λ)^(1/3) per axis, a uniform centre, timm's far edge, clipped
+    from camkit.mix._random import _sample_cuboids
+
+    size = (32, 24, 16)
+    lam = torch.tensor([1 - 0.3**3, 0.0, 1.0, 1 - 0.3**3], dtype=torch.float64)
+    boxes = _sample_cuboids(lam, size, torch.Generator().manual_seed(0))
+    centres = torch.rand((4, 3), generator=torch.Generator().manual_seed(0))
+    for row, cuts in enumerate([(9, 7, 4), size, (0, 0, 0), (9, 7, 4)]):
+        want = [0] * 6
+        for axis, (side, cut) in enumerate(zip(size, cuts, strict=True)):
+            c = min(int(centres[row, axis] * side), side - 1)
+            want[axis] = min(max(c - cut // 2, 0), side)
+            want[axis + 3] = min(max(c + (cut + 1) // 2, 0), side)
+        assert boxes[row].tolist() == want
+
+
+def test_the_cutmix_step_on_volumes_equals_a_mix_by_hand():
+    model, x = _net3d(), _volumes()
+    mix = CutMix(2, generator=torch.Generator().manual_seed(1))
+    out = TrainStep(model, mix=mix)(x, LABELS)
+    params = CutMix(2, generator=torch.Generator().manual_seed(1)).sample(4, 16, 16, depth=16)
+    assert params.shared_box[1]  # mixed
+    want_mixed, want_soft = _cutmix_loop(x, LABELS, params)
+    assert torch.equal(out.inputs, want_mixed)
+    torch.testing.assert_close(out.targets, want_soft, rtol=0, atol=1e-7)
+    by_hand = _soft_ce(model(want_mixed), want_soft)
+    torch.testing.assert_close(out.loss, by_hand, rtol=0, atol=1e-6)
+
+
+def test_cutmix_refuses_image_boxes_for_volumes():
+    mix = CutMix(2, generator=torch.Generator().manual_seed(0))
+    image_params = mix.sample(4, 16, 16)
+    with pytest.raises(ValueError, match=r"^params.box: expected shape \(4, 6\)"):
+        mix(_volumes(), LABELS, params=image_params)
+    params = mix.sample(4, 16, 16, depth=16)
+    with pytest.raises(
+        ValueError,
+        match=r"^params.box: expected boxes \(z0, y0, x0, z1, y1, x1\) "
+        r"inside the 8×16×16 volume",
+    ):
+        mix(
+            _volumes()[:, :, :8],
+            LABELS,
+            params=params._replace(box=torch.tensor([[0, 0, 0, 9, 4, 4]] * 4), shared_box=None),
+        )
+    with pytest.raises(
+        ValueError, match=r"^size: expected \(H, W\), two ints >= 1, got \(16,\); or \(D, H, W\)"
+    ):
+        mix.targets(LABELS, None, params, (16,))
+
+
+def test_mix_collate_of_volumes_feeds_the_step_the_same_mix():
+    from camkit import MixCollate
+
+    model, x = _net3d(), _volumes()
+    samples = list(zip(x, LABELS, strict=True))
+    for mix in (CutMix(2, generator=torch.Generator().manual_seed(1)), Mixup(2)):
+        mixed, labels, params = MixCollate(mix)(samples)
+        if isinstance(mix, CutMix):
+            want_mixed, want_soft = _cutmix_loop(x, LABELS, params)
+            assert torch.equal(mixed, want_mixed)
+        else:
+            lam = params.lam.float().view(-1, 1, 1, 1, 1)
+            want_mixed = lam * x + (1 - lam) * x[params.perm]
+            torch.testing.assert_close(mixed, want_mixed, rtol=0, atol=1e-6)
+            onehot = F.one_hot(LABELS, 2).double()
+            lam = params.lam[:, None]
+            want_soft = (lam * onehot + (1 - lam) * onehot[params.perm]).float()
+        out = TrainStep(model, mix=mix)(mixed, labels, mixed_params=params)
+        torch.testing.assert_close(out.targets, want_soft, rtol=0, atol=1e-7)
+    from camkit import SnapMix
+
+    with pytest.raises(ValueError, match=r"^collate_fn: expected \(images \(B, C, H, W\), labels"):
+        MixCollate(SnapMix(2, cam_source="mixed"))(samples)

@@ -55,7 +55,7 @@ class Mix(nn.Module):
 
     needs_cams: ClassVar[CamNeed] = "none"
     draws_need_cams: ClassVar[bool] = False
-    #: whether the mix takes ``(B, C, D, H, W)`` volumes as well as images (Mixup)
+    #: whether the mix takes ``(B, C, D, H, W)`` volumes as well as images (CutMix, Mixup)
     volumes: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -186,6 +186,7 @@ class Mix(nn.Module):
         *,
         cams: torch.Tensor | None = None,
         device: torch.device | str | None = None,
+        depth: int | None = None,
     ) -> Any:
         """Draw the parameters of one batch with this mix's generator.
 
@@ -193,6 +194,8 @@ class Mix(nn.Module):
             batch_size: ``B`` ≥ 1.
             height: image height ``H`` ≥ 1.
             width: image width ``W`` ≥ 1.
+            depth: the depth ``D`` ≥ 1 of ``(B, C, D, H, W)`` volumes, for a mix that takes them
+                (``volumes``); ``None`` for images.
             cams: ``(B, h, w)`` maps of the un-mixed batch for its labels, for a mix whose draws
                 depend on them (``draws_need_cams``); ignored otherwise.
             device: where to draw (default: the generator's device, else the host).
@@ -211,8 +214,20 @@ class Mix(nn.Module):
                 )
             check_tensor(cams, "cams", shape=(batch_size, None, None), floating=True)
             check_finite(cams, "cams")
+        if depth is not None:
+            if not self.volumes:
+                raise ValueError(
+                    f"depth: {type(self).__name__} mixes (B, C, H, W) images and does not take "
+                    f"volumes yet, got depth={depth!r}"
+                )
+            check_int(depth, "depth", minimum=1)
         where = self._device(device)
-        return self._draw(batch_size, height, width, cams, where, self.generator)
+        return self._draw_for(batch_size, height, width, cams, where, self.generator, depth)
+
+    def _draw_for(self, batch_size, height, width, cams, device, generator, depth) -> Any:
+        """``_draw``, with ``depth=`` only for volumes (a mix of images never sees it)."""
+        extra = {} if depth is None else {"depth": depth}
+        return self._draw(batch_size, height, width, cams, device, generator, **extra)
 
     def _device(self, device: torch.device | str | None) -> torch.device:
         if device is None:
@@ -236,14 +251,15 @@ class Mix(nn.Module):
         """
         if validate_args:
             self._check_images(images)
-            self.check_params(params, images.shape[0], tuple(images.shape[-2:]))
+            self.check_params(params, images.shape[0], tuple(images.shape[2:]))
         return self._apply(images, params)
 
     def _check_images(self, images: object) -> None:
         if not self.volumes and isinstance(images, torch.Tensor) and images.ndim == 5:
             raise ValueError(
                 f"images: {type(self).__name__} mixes (B, C, H, W) images and does not take "
-                f"volumes yet, got a tensor of shape {tuple(images.shape)} (Mixup takes volumes)"
+                f"volumes yet, got a tensor of shape {tuple(images.shape)} (CutMix and Mixup take "
+                "them)"
             )
         check_tensor(images, "images", ndim=(4, 5) if self.volumes else 4, floating=True)
         check_finite(images, "images")  # a NaN pixel would be pasted into its partner too
@@ -265,12 +281,12 @@ class Mix(nn.Module):
                 un-mixed images for their labels (``"unmixed"``), or ``(B, 2, h, w)`` maps of the
                 mixed images for ``labels`` and ``labels[params.perm]`` (``"mixed"``).
             params: draws of this mix for ``B`` images.
-            size: the image size ``(H, W)`` the draws were made for.
+            size: the image size ``(H, W)`` the draws were made for (volumes: ``(D, H, W)``).
             validate_args: check the inputs (the training step checks once and passes False).
         """
         if validate_args:
             batch = labels.shape[0] if isinstance(labels, torch.Tensor) else -1
-            size = check_size(size, "size")
+            size = check_size(size, "size", (2, 3) if self.volumes else (2,))
             self.check_params(params, batch, size)
             check_labels(labels, "labels", self.num_classes, batch=params.perm.shape[0])
             self._check_cams(cams, params.perm.shape[0])
@@ -295,14 +311,15 @@ class Mix(nn.Module):
         if validate_args:
             self._check_images(images)
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
+        depth = images.shape[2] if images.ndim == 5 else None
         if params is None:
             device = self.draw_device(images)
             if validate_args:
-                params = self.sample(b, h, w, cams=cams, device=device)
+                params = self.sample(b, h, w, cams=cams, device=device, depth=depth)
             else:
-                params = self._draw(b, h, w, cams, device, self.generator)
+                params = self._draw_for(b, h, w, cams, device, self.generator, depth)
         elif validate_args:
-            self.check_params(params, b, (h, w))
+            self.check_params(params, b, tuple(images.shape[2:]))
         return self._apply(images, params), params
 
     def forward(
@@ -326,18 +343,19 @@ class Mix(nn.Module):
             )
         self._check_images(images)
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
+        depth = images.shape[2] if images.ndim == 5 else None
         self._check_cams(cams, b)
         if cams is not None:
             cams = cams.to(images.device)
         if params is None:
-            params = self.sample(b, h, w, cams=cams, device=self.draw_device(images))
+            params = self.sample(b, h, w, cams=cams, device=self.draw_device(images), depth=depth)
         else:
-            self.check_params(params, b, (h, w))
+            self.check_params(params, b, tuple(images.shape[2:]))
         mixed = self._apply(images, params)
         # after the draws: under torch.compile a check before them would be a graph of its own;
         # on an accelerator the range check is queued (torch._assert_async), no host sync
         check_labels(labels, "labels", self.num_classes, batch=b)
         dtype = torch.promote_types(images.dtype, torch.float32)
-        size = (images.shape[-2], images.shape[-1])
+        size = tuple(images.shape[2:])
         soft = self._weigh(labels.long().to(images.device), cams, params, size, dtype)
         return mixed, soft

@@ -40,8 +40,10 @@ class MixCollate:
             torch's ``default_collate``).
 
     Shape:
-        - Input: a list of ``(image (C, H, W), label)`` samples.
-        - Output: ``(mixed (B, C, H, W), labels (B,) int64, params)``, the params on the host.
+        - Input: a list of ``(image (C, H, W), label)`` samples (``(C, D, H, W)`` volumes for a
+          mix that takes them: CutMix, Mixup).
+        - Output: ``(mixed (B, C, H, W), labels (B,) int64, params)``, the params on the host
+          (``mixed`` of the batch's shape for volumes).
     """
 
     def __init__(
@@ -62,9 +64,12 @@ class MixCollate:
 
     def __call__(self, samples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor, Any]:
         images, labels = self.collate_fn(samples)
-        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        ranks = (4, 5) if self.mix.volumes else (4,)
+        if not isinstance(images, torch.Tensor) or images.ndim not in ranks:
+            volumes = " or (B, C, D, H, W)" if self.mix.volumes else ""
             raise ValueError(
-                "collate_fn: expected (images (B, C, H, W), labels (B,)), got images of type "
+                f"collate_fn: expected (images (B, C, H, W){volumes}, labels (B,)), got images of "
+                "type "
                 f"{type(images).__name__}"
                 + (f" and shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else "")
             )
@@ -74,8 +79,9 @@ class MixCollate:
         generator = self.mix.generator if get_worker_info() is None else None
         if generator is not None and generator.device.type != "cpu":
             generator = None
-        b, _, h, w = images.shape
-        params = self.mix._draw(b, h, w, None, torch.device("cpu"), generator)
+        b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
+        depth = images.shape[2] if images.ndim == 5 else None  # volumes (CutMix, Mixup)
+        params = self.mix._draw_for(b, h, w, None, torch.device("cpu"), generator, depth)
         return self.mix._apply(images, params), labels, params
 
     def __repr__(self) -> str:

@@ -14,6 +14,7 @@ image border, so that the targets misstate the pasted area; timm's default is ``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,7 +32,12 @@ from camkit._checks import (
 from camkit._config import config_setting
 from camkit.mix._base import Mix
 from camkit.mix._ops import paste, soft_targets
-from camkit.mix._random import _sample_beta_device, _sample_beta_host, _sample_boxes
+from camkit.mix._random import (
+    _sample_beta_device,
+    _sample_beta_host,
+    _sample_boxes,
+    _sample_cuboids,
+)
 from camkit.mix._snapmix import Box, BoxMode, SnapMixParams, _check_box_params
 
 
@@ -41,7 +47,7 @@ class CutMixParams(NamedTuple):
     Attributes:
         perm: ``(B,)`` partner index of each image.
         box: ``(B, 4)`` box ``(y0, x0, y1, x1)``, half-open, cut from the partner and pasted at the
-            same place.
+            same place (volumes: ``(B, 6)`` cuboids ``(z0, y0, x0, z1, y1, x1)``).
         apply: ``(B,)`` bool, whether the image is mixed (the ``prob`` coin and a non-empty box).
         shared_box: ``(box, mixed)`` as host ints when the batch shares one box drawn on the host;
             ``None`` otherwise (set it to ``None`` when editing the tensors by hand).
@@ -144,9 +150,14 @@ class CutMix(_TimmLikeMix):
     ``sample`` draws a [`CutMixParams`][camkit.CutMixParams] (on the host by default, where a
     batch-wide box is also kept as host ints, so the paste is a slice copy); it reads no CAMs.
 
+    Volumes ``(B, C, D, H, W)`` get cuboids ``(z0, y0, x0, z1, y1, x1)``: side ratio
+    ``(1 − λ)^(1/3)``, the same centre and far-edge rule per axis, the target weighed by the
+    cuboid's share of the volume (one code path: the box has one more axis).
+
     Shape:
-        - images: ``(B, C, H, W)`` float (not modified); labels ``(B,)`` integer in ``[0, K)``.
-        - output: ``mixed`` ``(B, C, H, W)``, ``soft`` ``(B, K)`` float32 or wider.
+        - images: ``(B, C, H, W)`` float (not modified), or ``(B, C, D, H, W)`` volumes; labels
+          ``(B,)`` integer in ``[0, K)``.
+        - output: ``mixed`` of the images' shape, ``soft`` ``(B, K)`` float32 or wider.
 
     Examples:
         >>> import torch
@@ -157,15 +168,21 @@ class CutMix(_TimmLikeMix):
         tensor([1., 1., 1., 1.])
     """
 
-    def _draw(self, batch_size, height, width, cams, device, generator) -> CutMixParams:
-        return _sample_cutmix(self.config, batch_size, height, width, generator, device)
+    volumes = True
+
+    def _draw(self, batch_size, height, width, cams, device, generator, depth=None) -> CutMixParams:
+        size = (height, width) if depth is None else (depth, height, width)
+        return _sample_cutmix(self.config, batch_size, size, generator, device)
 
     def _apply(self, images: torch.Tensor, params: CutMixParams) -> torch.Tensor:
+        if images.ndim == 5:
+            return _paste_cuboids(images, params)
         return paste(images, _as_snapmix(params))
 
     def _weigh(self, labels, cams, params, size, dtype) -> torch.Tensor:
         box = params.box.to(labels.device, non_blocking=True)
-        share = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).double() / (size[0] * size[1])
+        rank = len(size)  # the box's share of the image (volume), exact in int64 then float64
+        share = (box[:, rank:] - box[:, :rank]).prod(1).double() / math.prod(size)
         apply = params.apply.to(labels.device, non_blocking=True)
         lam = torch.where(apply, 1.0 - share, 1.0)
         return _pair_targets(self, labels, params.perm, lam, dtype)
@@ -175,22 +192,49 @@ class CutMix(_TimmLikeMix):
 
 
 @torch.compiler.disable  # host-side draws: one opaque call under torch.compile
-def _sample_cutmix(config: _MixConfig, b, h, w, generator, device) -> CutMixParams:
+def _sample_cutmix(config: _MixConfig, b, size, generator, device) -> CutMixParams:
     draws = 1 if config.mode == "batch" else b
     perm = torch.randperm(b, generator=generator, device=device)
     lam = _beta(config, draws, generator, device)
-    box = _sample_boxes(lam, h, w, generator, far_edge_up=True)
+    if len(size) == 2:
+        box = _sample_boxes(lam, *size, generator, far_edge_up=True)
+    else:
+        box = _sample_cuboids(lam, size, generator)
     coin = torch.rand(draws, generator=generator, device=device) < config.prob
-    apply = coin & ((box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1]))
+    rank = len(size)
+    apply = coin & (box[:, rank:] > box[:, :rank]).all(1)  # a non-empty box
     shared = None
     if device.type == "cpu" and config.mode == "batch":
         shared = (tuple(box[0].tolist()), bool(apply[0]))
     return CutMixParams(
         perm=perm,
-        box=box.expand(b, 4).contiguous(),
+        box=box.expand(b, 2 * rank).contiguous(),
         apply=apply.expand(b).contiguous(),
         shared_box=shared,
     )
+
+
+def _paste_cuboids(volumes: torch.Tensor, params: CutMixParams) -> torch.Tensor:
+    """CutMix of volumes: each cuboid of the partner copied voxel for voxel (no resize).
+
+    A batch-wide host box is one slice write; otherwise a mask of each volume's own cuboid.
+    """
+    perm = params.perm.to(volumes.device, non_blocking=True)
+    if params.shared_box is not None:
+        (z0, y0, x0, z1, y1, x1), mixed_any = params.shared_box
+        if not mixed_any:
+            return volumes
+        mixed = volumes.clone()
+        crops = volumes[:, :, z0:z1, y0:y1, x0:x1].index_select(0, perm)
+        mixed[:, :, z0:z1, y0:y1, x0:x1] = crops
+        return mixed
+    box = params.box.to(volumes.device, non_blocking=True)
+    inside = params.apply.to(volumes.device, non_blocking=True)[:, None, None, None]
+    for axis, side in enumerate(volumes.shape[2:]):
+        index = torch.arange(side, device=volumes.device)
+        along = (index >= box[:, axis, None]) & (index < box[:, axis + 3, None])  # (B, side)
+        inside = inside & along.view(-1, *(side if a == axis else 1 for a in range(3)))
+    return torch.where(inside[:, None], volumes.index_select(0, perm), volumes)
 
 
 def _pair_targets(mix: _TimmLikeMix, labels, perm, lam: torch.Tensor, dtype) -> torch.Tensor:
@@ -247,7 +291,7 @@ class Mixup(_TimmLikeMix):
 
     volumes = True
 
-    def _draw(self, batch_size, height, width, cams, device, generator) -> MixupParams:
+    def _draw(self, batch_size, height, width, cams, device, generator, depth=None) -> MixupParams:
         return _sample_mixup(self.config, batch_size, generator, device)
 
     def _apply(self, images: torch.Tensor, params: MixupParams) -> torch.Tensor:

@@ -117,21 +117,23 @@ def _check_box_params(
     params: object,
     batch: int,
     kind: type,
-    size: tuple[int, int],
+    size: tuple[int, ...],
     *,
     nonempty: bool = False,
     name: str = "params",
 ) -> None:
     """``params`` is a ``kind`` of box draws for ``batch`` images of ``size``: shapes, dtypes and
     values (``perm`` a permutation, boxes inside the image, non-empty where applied when
-    ``nonempty``, a ``shared_box`` that agrees with the tensors)."""
+    ``nonempty``, a ``shared_box`` that agrees with the tensors). A volume's ``size``
+    ``(D, H, W)`` takes cuboids ``(B, 6)``."""
     if not isinstance(params, kind):
         raise TypeError(f"{name}: expected a {kind.__name__}, got {type(params).__name__}")
     check_tensor(params.perm, f"{name}.perm", shape=(batch,), floating=False)
     check_tensor(params.apply, f"{name}.apply", shape=(batch,), dtype=torch.bool)
     fields = [field for field in params._fields if field.startswith("box")]
+    n = 2 * len(size)  # (y0, x0, y1, x1); volumes (z0, y0, x0, z1, y1, x1)
     for field in fields:
-        check_tensor(getattr(params, field), f"{name}.{field}", shape=(batch, 4), floating=False)
+        check_tensor(getattr(params, field), f"{name}.{field}", shape=(batch, n), floating=False)
     check_permutation(params.perm, f"{name}.perm")
     for field in fields:
         boxes = getattr(params, field)
@@ -149,16 +151,17 @@ def _check_box_params(
         _check_shared_box(params, fields, size, name)
 
 
-def _check_shared_box(params: object, fields: list[str], size: tuple[int, int], name: str) -> None:
+def _check_shared_box(params: object, fields: list[str], size: tuple[int, ...], name: str) -> None:
     """The host copy of a batch-wide draw: ``(box, ..., mixed)``, equal to every tensor row."""
     shared = params.shared_box
-    want = f"({', '.join(['(y0, x0, y1, x1)'] * len(fields))}, mixed) of host ints and a bool"
+    n, box = 2 * len(size), "(y0, x0, y1, x1)" if len(size) == 2 else "(z0, y0, x0, z1, y1, x1)"
+    want = f"({', '.join([box] * len(fields))}, mixed) of host ints and a bool"
     if (
         not isinstance(shared, tuple)
         or len(shared) != len(fields) + 1
         or not isinstance(shared[-1], bool)
         or any(
-            not isinstance(box, tuple) or len(box) != 4 or not all(type(v) is int for v in box)
+            not isinstance(box, tuple) or len(box) != n or not all(type(v) is int for v in box)
             for box in shared[:-1]
         )
     ):
