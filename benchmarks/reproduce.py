@@ -793,7 +793,12 @@ def site_a_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
             "",
             "Share of the predicted class's positive CAM mass inside the body on each fold's test",
             "images (`benchmarks.runner.cams`: the body is all but the dark background connected",
-            "to the border), mean ± std over the folds.",
+            "to the border), mean ± std over the folds. A map spread evenly over the image would",
+            "put "
+            + mean_sd(
+                [r["body_area"] for r in blocks if r["method"] == "baseline" and "body_area" in r]
+            )
+            + " % inside (the body's share of the image area).",
             "",
             "| method | folds | CAM mass inside the body (%) |",
             "|---|---|---|",

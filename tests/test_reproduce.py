@@ -214,7 +214,7 @@ def test_the_site_a_table_reports_folds_the_leaking_split_and_the_proxy(tmp_path
     for fold, shift in enumerate((0.0, 2.0, -2.0, 1.0, -1.0)):
         rows += [
             _row("site-A", "baseline", fold, 80 + shift, 85 + shift, settings=blocks,
-                 cam_body_share=95 + shift),
+                 cam_body_share=95 + shift, body_area=90.0),
             _row("site-A", "cutmix", fold, 79 + shift, 84 + shift,
                  settings={**blocks, "mix": "cutmix"}),
             _row("site-A", "snapmix", fold, 81 + shift, 86 + 2 * shift,
@@ -236,6 +236,7 @@ def test_the_site_a_table_reports_folds_the_leaking_split_and_the_proxy(tmp_path
     assert "Over the 15 models above: validation − test accuracy 5.00 ± " in proxy
     assert "Training the models above took 0.33 h" in md  # 20 trainings of 60 s
     assert "| baseline | 5 | 95.00 ± 1.58 |" in md.split("## Where the CAMs sit")[1]
+    assert "evenly over the image would put 90.00 ± 0.00 % inside" in " ".join(md.split())
 
 
 def test_the_site_a_recipe_report_shows_the_validation_curves(tmp_path):

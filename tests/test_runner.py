@@ -120,6 +120,7 @@ def test_a_run_writes_its_rows_and_a_checkpoint_and_a_rerun_skips(tmp_path):
     for key in ("acc", "precision", "recall", "f1", "val_acc", "tta_flipped", "tta_forwards"):
         assert key in row, key
     assert 0 < row["cam_body_share"] <= 100 and len(row["val_curve"]) == 2  # CT: where CAMs sit
+    assert 0 < row["body_area"] < 100
     assert row["settings"]["mix"] == "snapmix" and row["settings"]["cpe_form"] == "paper"
     assert (
         row["settings"]["img_size"] == 64 and row["n_test"] == 4 and len(row["train_losses"]) == 2

@@ -22,7 +22,7 @@ import timm
 import torch
 
 import camkit
-from benchmarks.runner.cams import body_share
+from benchmarks.runner.cams import body_mask, body_share
 from benchmarks.runner.data import Data
 from benchmarks.runner.io import atomic_save, load_checkpoint
 from benchmarks.runner.methods import METHODS, build_step, training_name
@@ -391,7 +391,8 @@ def evaluate_run(
             }
         if index == 0 and cfg.recipe.deletion_images > 0:
             row["deletion_auc"] = deletion(cfg, data, model, split)
-        if data.info.get("body_share"):  # CT slices: where the CAMs sit
+        if data.info.get("body_share"):  # CT slices: where the CAMs sit, and an even map's share
             row["cam_body_share"] = 100 * float(body_share(model, data, split[0]).mean())
+            row["body_area"] = 100 * float(body_mask(split[0]).float().mean())
         rows.append(row)
     return rows
