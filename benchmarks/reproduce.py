@@ -836,6 +836,9 @@ def site_a_recipe_markdown(rows: list[dict], path: Path) -> None:
             + " ".join(f"{v:.1f}" for v in curve)
             + " |"
         )
+    missing = [f"{lr:g}" for lr in SITE_A_LRS if lr not in {r["settings"]["lr"] for r in rows}]
+    if missing:
+        lines += ["", f"Not measured yet: lr {', '.join(missing)}; no lr is chosen before all are."]
     atomic_write_text("\n".join([*lines, ""]), path)
 
 

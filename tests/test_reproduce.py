@@ -249,6 +249,7 @@ def test_the_site_a_recipe_report_shows_the_validation_curves(tmp_path):
     md = (tmp_path / "site_a_recipe_cpu.md").read_text()
     assert "| 0.01 | 75.50 | 3 | 60.0 75.5 |\n| 0.1 | 84.00 | 3 | 70.0 84.0 |" in md
     assert "80.00" not in md  # test accuracy is not shown
+    assert "Not measured yet: lr 0.03; no lr is chosen before all are." in md
 
 
 def test_site_a_is_recommended_over_both_sites(tmp_path):
