@@ -84,8 +84,8 @@ def check_tensor(
         if x.dtype not in allowed_dt:
             want = " or ".join(str(d) for d in allowed_dt)
             raise TypeError(f"{name}: expected dtype {want}, got a {_describe(x)}")
-    if finite and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: expected finite values, got NaN or inf in a {_describe(x)}")
+    if finite:
+        check_finite(x, name)
     return x
 
 
