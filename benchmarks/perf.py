@@ -13,8 +13,10 @@ step's finiteness check of its images: ``TrainStep(model)`` vs ``check_finite=Fa
 (CAM extraction vs
 pytorch-grad-cam and torchcam), ``snapmix`` (the SnapMix op vs a per-sample loop and timm CutMix),
 ``tta`` (CAM-masking TTA with early exit vs full vote vs the released protocol), ``memory`` (peak
-memory of each training-step variant, one subprocess each). Every timing is a median of
-per-repetition ratios, each contender timed right next to its baseline in one process (see
+memory of each training-step variant, one subprocess each), ``cam3d`` (camkit's CAM of a MONAI 3-D
+DenseNet121 at 64³ vs MONAI's ``CAM`` and ``GradCAM``) and ``snapmix3d`` (the SnapMix op on a
+batch of volumes vs one copy of it); the volume rows are in ``perf3d.py``. Every timing is a
+median of per-repetition ratios, each contender timed right next to its baseline in one process (see
 ``harness.py``); ``--profile`` writes torch.profiler tables instead.
 
 Writes ``perf_<device>.json`` and ``perf_<device>.md`` (``perf_<device>_smoke.*`` with
@@ -47,12 +49,13 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import perf3d
 from benchmarks.harness import machine_info, paired, sync
 from benchmarks.reference import loop_snapmix, released_tta
 from benchmarks.runner.io import atomic_save, atomic_write_text, load_checkpoint
 from benchmarks.steps import FINITE_VARIANTS, PART_VARIANTS, STEP_VARIANTS, StepBench
 
-BENCHMARKS = ("train", "finite", "cam", "snapmix", "tta", "memory")
+BENCHMARKS = ("train", "finite", "cam", "snapmix", "tta", "memory", "cam3d", "snapmix3d")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # Full run: the sizes. Smoke: the same code paths on tiny inputs.
@@ -76,6 +79,9 @@ FULL = {
     "memory_variants": tuple(v for v in STEP_VARIANTS if v != "full_hand"),
     "memory_steps": 2,
     "memory_parallel": 2,
+    # MONAI DenseNet121 3-D at 64³ (a 2³ final map); cls: the class of every map (see perf3d.py)
+    "cam3d": {"size": 64, "batch": 2, "reps": 8, "warmup": 1, "cls": 1},
+    "snapmix3d": {"batch": 32, "size": 64, "reps": 15, "warmup": 2},
 }
 SMOKE = {
     "train": [("resnet18", 64, 4, 1)],  # 64 px: a 2×2 feature map, the least CPE accepts
@@ -97,6 +103,8 @@ SMOKE = {
     "memory_variants": ("plain", "full"),  # three processes: keep the smoke run short
     "memory_steps": 1,
     "memory_parallel": 3,
+    "cam3d": {"size": 64, "batch": 1, "reps": 1, "warmup": 1, "cls": 1},
+    "snapmix3d": {"batch": 4, "size": 32, "reps": 2, "warmup": 1},
 }
 
 # key, target text, predicate (None: informational)
@@ -136,6 +144,12 @@ TARGETS: list[tuple[str, str, Callable[[float], bool] | None]] = [
     ("memory_ratio_snapmix", "(info)", None),
     ("memory_ratio_full", "≤ 1.25× plain", lambda v: v <= 1.25),
     ("memory_ratio_timm_cutmix", "(peer)", None),
+    ("cam3d_speedup_vs_monai_cam", "(peer: MONAI CAM time / camkit's)", None),
+    ("cam3d_speedup_vs_monai_gradcam", "(peer: MONAI GradCAM time / camkit's)", None),
+    ("cam3d_ratio_forward_only", "(info: bare no-grad forward / camkit)", None),
+    ("cam3d_corr_vs_monai_cam", "≥ 0.999", lambda v: v >= 0.999),
+    ("cam3d_corr_vs_monai_gradcam", "≥ 0.999", lambda v: v >= 0.999),
+    ("snapmix3d_op_ratio_vs_clone", "(info: time / one batch copy)", None),
 ]
 
 
@@ -857,6 +871,7 @@ def merge_previous(results: dict, path: Path) -> dict:
     prefixes = {"train": ("train_",), "cam": ("cam_",), "snapmix": ("snapmix_",)}
     prefixes.update(finite=("finite_",))
     prefixes.update(tta=("tta_",), memory=("memory_",))
+    prefixes.update(cam3d=("cam3d_",), snapmix3d=("snapmix3d_",))
     kept = {
         key: value
         for key, value in previous.items()
@@ -965,6 +980,7 @@ def write_report(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
             ratio = f"{e['ratio']:.3f}" if "ratio" in e else "1"
             lines.append(f"| {name} | {e['median_ms']:.1f} | {ratio} |")
         lines.append("")
+    lines += perf3d.report_lines(details)
     if "tta" in details:
         lines += ["## TTA", "", "```", json.dumps(details["tta"], indent=2), "```", ""]
     if "memory" in details:
@@ -1054,6 +1070,8 @@ def main(argv: list[str] | None = None) -> dict:
         "snapmix": lambda: bench_snapmix(cfg, device),
         "tta": lambda: bench_tta(cfg, device, args),
         "memory": lambda: bench_memory(cfg, device),
+        "cam3d": lambda: perf3d.bench_cam3d(cfg, device),
+        "snapmix3d": lambda: perf3d.bench_snapmix3d(cfg, device),
     }
     for name in BENCHMARKS:
         if name not in only:

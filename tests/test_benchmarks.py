@@ -232,3 +232,84 @@ def test_curve_plot_draws_each_runs_validation_curve_and_marks_the_kept_epoch(tm
     (results / "site_a_recipe_cpu.json").write_text(json.dumps({"rows": rows}))
     written = plots.main(["--results", str(results), "--out", str(tmp_path)])
     assert [p.name for p in written] == ["site_a_recipe_curves.png"]
+
+
+def _tiny_monai_densenet3d():
+    """A MONAI 3-D DenseNet of DenseNet121's layer names and stride 32, a thousandth the size."""
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    net = nets.DenseNet(
+        spatial_dims=3, in_channels=1, out_channels=2, init_features=8, growth_rate=4,
+        block_config=(1, 1, 1, 1),
+    )  # fmt: skip
+    return net.eval()
+
+
+def test_cam3d_contenders_return_the_same_maps_as_monai():
+    """The 3-D CAM row's contenders: camkit's maps, MONAI's CAM and GradCAM as documented (its
+    normaliser maps (min, max) to (1, 0)), on one class for the batch, agree to r ≥ 0.999."""
+    from benchmarks.perf3d import cam3d_agreement, cam3d_contenders
+
+    model = _tiny_monai_densenet3d()
+    x = torch.randn(2, 1, 64, 64, 64, generator=torch.Generator().manual_seed(1))
+    outputs: dict = {}
+    fns = cam3d_contenders(model, x, 1, outputs)
+    assert set(fns) == {"camkit", "monai_cam", "monai_gradcam", "forward_only"}
+    for fn in fns.values():
+        fn()
+    assert outputs["camkit_raw"].shape == (2, 2, 2, 2)  # 64³ / 32: a 2³ map
+    for name in ("camkit", "monai_cam", "monai_gradcam"):
+        assert outputs[name].shape == (2, 64, 64, 64), name
+    table = cam3d_agreement(outputs, (64, 64, 64))
+    for key in ("corr_vs_monai_cam", "corr_vs_monai_gradcam"):
+        assert table[key]["maps"] == 2 and table[key]["min"] >= 0.999, (key, table[key])
+    # the model the row times is left as it was: MONAI's hooks sit on copies
+    assert not model._forward_hooks and not model.class_layers.relu._forward_hooks
+
+
+def test_the_volume_rows_are_kept_and_replaced_by_their_own_runs_and_reported(tmp_path):
+    """``--only cam`` keeps the ``cam3d_*`` numbers, ``--only cam3d`` replaces only them; the
+    report shows their tables."""
+    from benchmarks.perf import merge_previous, write_report
+
+    def run(benchmarks, values, details):
+        meta = {"command": "c", "smoke": False, "benchmarks": benchmarks, "machine": {}}
+        return {"meta": meta, **values, "details": details}
+
+    cam3d = {
+        "densenet121_3d_64cube_b2": {
+            "camkit": {"median_ms": 900.0},
+            "monai_gradcam": {"median_ms": 2700.0, "ratio": 3.0, "ratio_q1": 2.9, "ratio_q3": 3.1},
+            "corr_vs_monai_gradcam": {"min": 1.0, "mean": 1.0, "maps": 2},
+            "corr_vs_monai_cam": {"min": 1.0, "mean": 1.0, "maps": 2},
+        }
+    }
+    snap3d = {"camkit": {"median_ms": 20.0}, "clone": {"median_ms": 10.0, "ratio": 0.5}}
+    path = tmp_path / "perf_cpu.json"
+    first = run(
+        ["cam", "cam3d", "snapmix3d"],
+        {"cam_speedup_vs_gradcam": 3.1, "cam3d_speedup_vs_monai_gradcam": 3.0,
+         "snapmix3d_op_ratio_vs_clone": 2.0},
+        {"cam": {}, "cam3d": cam3d, "snapmix3d": snap3d},
+    )  # fmt: skip
+    path.write_text(json.dumps(merge_previous(first, path)))
+    second = merge_previous(run(["cam"], {"cam_speedup_vs_gradcam": 4.0}, {"cam": {}}), path)
+    assert second["cam_speedup_vs_gradcam"] == 4.0
+    assert second["cam3d_speedup_vs_monai_gradcam"] == 3.0  # a 2-D run keeps the 3-D rows
+    assert second["details"]["cam3d"] == cam3d
+    path.write_text(json.dumps(second))
+    third = merge_previous(
+        run(["cam3d"], {"cam3d_speedup_vs_monai_gradcam": 2.5}, {"cam3d": cam3d}), path
+    )
+    assert third["cam3d_speedup_vs_monai_gradcam"] == 2.5
+    assert third["cam_speedup_vs_gradcam"] == 4.0 and third["snapmix3d_op_ratio_vs_clone"] == 2.0
+    machine = {k: "x" for k in ("platform", "processor", "cpu_count", "torch_threads", "torch")}
+    machine.update({"timm": "x", "grad-cam": "x", "torchcam": "x"})
+    report = run(["cam3d", "snapmix3d"], {"cam3d_corr_vs_monai_cam": 0.9995},
+                 {"cam3d": cam3d, "snapmix3d": snap3d})  # fmt: skip
+    report["meta"].update(device="cpu", machine=machine, wall_seconds=1.0)
+    _, md = write_report(report, tmp_path / "out", "perf_cpu")
+    text = md.read_text()
+    assert "| `cam3d_corr_vs_monai_cam` | 0.9995 | ≥ 0.999 | yes |" in text
+    assert "| monai_gradcam | 2700.0 | 3.00 |" in text
+    assert "## SnapMix op on volumes" in text and "| clone | 10.0 | 0.500 |" in text
