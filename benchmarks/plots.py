@@ -14,6 +14,9 @@ Usage (from the repository root; ``make figures`` runs it)::
   pretrained table (``pretrained_cpu.json``), a panel per schedule;
 - ``site_a_recipe_curves.png``: the site-A baseline's validation curve at each lr of the recipe
   study (``site_a_recipe_cpu.json``), the epoch kept marked.
+- ``results_sites.png``: the two CT sites side by side (``site_a_cpu.json`` and the 10-epoch
+  rows of ``pretrained_cpu.json``): test accuracy per method, mean ± std over the paired units,
+  each unit a dot, and the paper's figure for the method (its 200-epoch ResNet-50) a red diamond.
 
 The gallery's figures come from ``benchmarks/figures.py``.
 """
@@ -249,6 +252,47 @@ def curve_figure(rows: list[dict], key: str, title: str):
     return fig
 
 
+def sites_figure(sites: dict[str, list[dict]], paper: dict, recommended: str | None = None):
+    """One panel per site: each method's test accuracy, mean ± std over its units, each unit a
+    dot, and the paper's accuracy for the same method a red diamond (where the paper has one)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6 * len(sites), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(sites), squeeze=False)[0]
+    for ax, (site, rows) in zip(axes, sites.items(), strict=True):
+        accs: dict[str, list[float]] = {}
+        for r in rows:
+            accs.setdefault(r["method"], []).append(float(r["acc"]))
+        methods = list(accs)
+        means = [statistics.fmean(accs[m]) for m in methods]
+        stds = [statistics.stdev(accs[m]) if len(accs[m]) > 1 else 0.0 for m in methods]
+        colors = [
+            {"baseline": "tab:gray", recommended: "tab:green"}.get(m, "tab:blue") for m in methods
+        ]
+        xs = range(len(methods))
+        ax.bar(xs, means, yerr=stds, color=colors, alpha=0.75, capsize=3)
+        for x, m in zip(xs, methods, strict=True):
+            ax.plot([x] * len(accs[m]), accs[m], "k.", markersize=4)
+            reported = paper.get(site, {}).get(m)
+            if reported is not None:
+                label = "the paper (ResNet-50, 200 epochs)" if x == 0 else None
+                ax.plot([x], [reported[0]], "D", color="tab:red", markersize=6, label=label)
+        ax.set_xticks(list(xs), methods, rotation=45, ha="right", fontsize=8)
+        n = max((len(v) for v in accs.values()), default=0)
+        ax.set_title(f"{site} ({n} paired units)", fontsize=10)
+        ax.set_ylabel("test accuracy (%)")
+        low = min((v for a in accs.values() for v in a), default=0.0)
+        ax.set_ylim(max(0.0, low - 8), 100.0)
+        if paper.get(site):
+            ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(
+        "The two CT sites, EfficientNet-Lite0 from ImageNet at 128² on the CPU\n"
+        "bars: mean ± std, dots: units; red diamonds: the paper's reported accuracy",
+        fontsize=10,
+    )
+    return fig
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -284,6 +328,19 @@ def main(argv: list[str] | None = None) -> list[Path]:
         title = "Site A: the baseline's validation curve (fold 0), per lr"
         fig = curve_figure(rows, "lr", title)
         written.append(save_figure(fig, args.out / "site_a_recipe_curves.png", dpi=90))
+    site_a = args.results / "site_a_cpu.json"
+    if site_a.is_file() and pretrained.is_file():
+        from benchmarks.reproduce import PAPER
+
+        data = json.loads(site_a.read_text())
+        main_rows = [r for r in data["rows"] if r["settings"].get("split") == "patient-blocks:5"]
+        site_b = json.loads(pretrained.read_text())["rows"]
+        sites = {
+            "site-A": main_rows,
+            "site-B": [r for r in site_b if r["dataset"] == "site-B" and r["epochs"] == 10],
+        }
+        fig = sites_figure(sites, PAPER, data.get("recommended"))
+        written.append(save_figure(fig, args.out / "results_sites.png", dpi=90))
     runs = {}
     for device in ("cpu", "cuda"):
         path = args.results / f"perf_{device}.json"
