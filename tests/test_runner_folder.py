@@ -87,7 +87,8 @@ def test_runner_refuses_a_bad_dataset_name(capsys):
         main(["train", "--dataset", "folder:"])
     assert err.value.code == 2
     assert (
-        "expected one of covidx, digits, site-A, site-B or folder:PATH" in capsys.readouterr().err
+        "expected one of adrenal3d, covidx, digits, site-A, site-B or folder:PATH"
+        in capsys.readouterr().err
     )
     with pytest.raises(SystemExit):
         main(["train", "--dataset", "site-B", "--split", "patient-blocks:5"])

@@ -10,7 +10,9 @@ is trained with by default (`recipes.py`). Adding one is a function here and a r
 - ``digits``: MNIST (10,000 training digits, 5,000 validation digits, a fixed draw) tested on
   USPS (framed like MNIST) and MNIST-M;
 - ``folder:PATH``: a user's images, ``PATH/{train,val,test}/<class>/<image>``, read and trained
-  as the CT sites (`dataset_loader`).
+  as the CT sites (`dataset_loader`);
+- ``adrenal3d``: AdrenalMNIST3D's volumes (shape masks, not CT intensities), in
+  `benchmarks.runner.volumes`.
 
 Images are decoded once into uint8 tensors (CT: cached in the run folder, keyed by size, path,
 length and mtime) and stay on the device; `Data.to_input` turns a batch into the model input.
@@ -350,11 +352,19 @@ def load_folder(recipe, options, cache_dir: Path, device, log, *, path: str) -> 
     return _ct_data(datasets, name, classes, recipe, cache, device, {"root": str(root)})
 
 
+def load_adrenal3d(recipe, options, cache_dir: Path, device, log) -> Data:
+    """AdrenalMNIST3D: `benchmarks.runner.volumes.load_adrenal3d` (imported when used)."""
+    from benchmarks.runner import volumes
+
+    return volumes.load_adrenal3d(recipe, options, cache_dir, device, log)
+
+
 DATASETS: dict[str, Callable[..., Data]] = {
     "site-B": load_site_b,
     "site-A": load_site_a,
     "covidx": load_covidx,
     "digits": load_digits,
+    "adrenal3d": load_adrenal3d,
 }
 
 

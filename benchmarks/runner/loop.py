@@ -28,6 +28,7 @@ from benchmarks.runner.io import atomic_save, load_checkpoint
 from benchmarks.runner.methods import METHODS, build_step, training_name
 from benchmarks.runner.models import (
     create_model,
+    library_versions,
     make_optimizer,
     onecycle,
     step_lr_scale,
@@ -87,6 +88,7 @@ def run_settings(cfg: RunConfig) -> dict[str, Any]:
         timm=str(timm.__version__),
         camkit=camkit.__version__,
     )
+    settings.update(library_versions(cfg.recipe))  # MONAI's networks: its version
     return settings
 
 

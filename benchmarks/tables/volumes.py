@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.runner.io import atomic_write_text
+from benchmarks.runner.models import feature_grid
+from benchmarks.runner.recipes import RECIPES
 from benchmarks.runner.report import by_seed, ci_cell, mean_sd, paired_diffs
 from benchmarks.tables.rows import _cpe_form, recipe_detail, shared_settings
 from benchmarks.tables.sections import method_groups
@@ -29,6 +31,29 @@ SHAPE_MASKS = (
 def _method_settings(method: str) -> str:
     detail = recipe_detail(method)
     return f"mix {detail['mix'] or 'none'}, CPE {_cpe_form(detail)}"
+
+
+def _network(shared: dict) -> list[str]:
+    """The rows' network in words, its final feature map measured (`feature_grid`)."""
+    if not shared:
+        return []
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in shared["model_kwargs"].items()}
+    recipe = RECIPES[DATASET].replace(
+        model=shared["model"], model_kwargs=tuple(kwargs.items()), img_size=shared["img_size"]
+    )
+    grid = "×".join(map(str, feature_grid(recipe, 2)))
+    return [
+        "Every model is trained from scratch by the runner's `adrenal3d` recipe",
+        "(`benchmarks/runner/recipes.py` gives the timings behind the choice): "
+        f"`{shared['model']}`",
+        f"(layers {list(kwargs.get('layers', ()))}, channels "
+        f"{list(kwargs.get('block_inplanes', ()))}, first convolution stride "
+        f"{kwargs.get('conv1_t_stride')}, no max-pool: {kwargs.get('no_max_pool')}) read through",
+        f"camkit's MONAI adapter; at {shared['img_size']}³ its final feature map is {grid} cells,",
+        "2 a side being the least a CAM needs. A stride-1 first convolution (a 4³ map) costs about",
+        "4 times as much per epoch here, MONAI's 3-D DenseNet121 on the 64³ file about 40 times:",
+        "more than this CPU could give 4 methods × 3 seeds.",
+    ]
 
 
 def volumes_markdown(rows: list[dict], path: Path) -> None:
@@ -48,17 +73,13 @@ def volumes_markdown(rows: list[dict], path: Path) -> None:
         "    python benchmarks/reproduce.py --table volumes --publish",
         "",
         "AdrenalMNIST3D (MedMNIST v2, CC BY 4.0), its official split: train 1,188, validation 98,",
-        "test 298 volumes of 28³ voxels, normal adrenal gland (0) or mass (1). " + SHAPE_MASKS,
+        f"test 298 volumes of {shared.get('img_size', 28)}³ voxels, normal adrenal gland (0) or "
+        "mass (1). " + SHAPE_MASKS,
         "",
-        "Every model is trained from scratch by the runner's `adrenal3d` recipe",
-        "(`benchmarks/runner/recipes.py`): a shallow MONAI 3-D ResNet (one basic block per stage,",
-        "16–128 channels, a stride-1 first convolution, no max-pool) read through camkit's MONAI",
-        "adapter, whose final feature map is 4³ cells, so the CAMs, SnapMix's label weights and",
-        "the CPE's cells have something to resolve. A 3-D DenseNet121 on the 64³ file (a 2³ map)",
-        "costs far more per epoch on this CPU (the recipe gives the measurements). Training",
-        "augmentation: a random flip along each axis (no crops or intensity changes: the voxels",
-        "are masks). The lr and the epochs were chosen on the baseline's validation accuracy",
-        "before the other methods ran; the epoch of each run is chosen on validation.",
+        *_network(shared),
+        "Training augmentation: a random flip along each axis (no crops or intensity changes: the",
+        "voxels are masks). The lr and the epochs were chosen on the baseline's validation",
+        "accuracy (seed 0) before the other methods ran; each run's epoch is chosen on validation.",
         "`cpe_norm` is camkit's default CPE (L2-normalised cells, τ = 0.1, weight 1), SnapMix and",
         "CutMix use cuboid boxes. Test metrics in percent (F1 with mass as the positive class),",
         "mean ± std over the seeds; `Δ`: the mean paired difference to the baseline over the",
