@@ -11,7 +11,10 @@ so that outputs can be compared to rounding.
   time on host integers: for each image, crop the partner's box, ``F.interpolate`` it to the
   receiving box (``align_corners=True``, as the SnapMix authors' code), paste it, and sum the CAM
   distributions inside the boxes; a constant CAM is uniform (camkit) or takes the authors'
-  fallback (``constant_cam="released"``).
+  fallback (``constant_cam="released"``). `loop_snapmix_apply` takes volumes too (cuboids,
+  trilinear), one volume at a time.
+- `loop_attentive_cutmix`: Attentive CutMix one image (volume) at a time: the partner's ``k``
+  highest CAM cells, each cell's pixels (voxels) copied in, the target by the pasted share.
 - `reference_cpe`: the contrastive patch embedding loss (Eq. 1, generalised to ``n`` cells, a
   temperature and L2 normalisation), one image and one pair at a time in float64, differentiable.
 - `reference_cams`: CAMs of a timm classifier from ``forward_features``/``forward_head`` and
@@ -37,7 +40,7 @@ from torch import nn
 # SnapMix, per-sample loop
 # --------------------------------------------------------------------------------------------
 
-Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open
+Box = tuple[int, ...]  # (y0, x0, y1, x1), half-open; volumes (z0, y0, x0, z1, y1, x1)
 
 
 def _cutmix_box(lam: float, height: int, width: int, rng: np.random.Generator) -> Box:
@@ -104,36 +107,44 @@ def loop_snapmix_apply(
     mass after the shift) is the uniform distribution (``constant_cam="uniform"``, camkit's
     convention: ``ρ`` is then the box's area share) or, as the authors' code (its ``0/0`` is NaN,
     replaced afterwards), gives ``ρ_a = 1 − |A|/(H·W)`` and ``ρ_b = |A|/(H·W)``, box A's area
-    share for the partner too (``constant_cam="released"``).
+    share for the partner too (``constant_cam="released"``). Volumes ``(B, C, D, H, W)`` with
+    ``(B, d, h, w)`` CAMs and cuboids ``(z0, y0, x0, z1, y1, x1)``: the same with trilinear
+    resizing and ``|A|/(D·H·W)``.
     """
-    b, _, h, w = images.shape
+    b = images.shape[0]
+    size = tuple(images.shape[2:])
+    rank = len(size)
+    mode = "bilinear" if rank == 2 else "trilinear"
     dists = []
     for i in range(b):
         # shifted by its minimum first: a resized constant map is not exactly constant in floating
         # point, and its rounding noise would otherwise be normalised into a distribution
         cam = cams[i].float() - cams[i].float().min()
-        up = F.interpolate(cam[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        up = F.interpolate(cam[None, None], size=size, mode=mode, align_corners=False)[0, 0]
         shifted = up - up.min()
         total = shifted.sum()
         dists.append(shifted / total if total > 0 else None)
     mixed = images.clone()
     soft = torch.zeros(b, num_classes, device=images.device)
     label_list = labels.tolist()
+    voxels = math.prod(size)
     for i in range(b):
         j = perm[i]
-        ya0, xa0, ya1, xa1 = box_a[i]
-        yb0, xb0, yb1, xb1 = box_b[i]
+        sides_a = [box_a[i][k + rank] - box_a[i][k] for k in range(rank)]
+        sides_b = [box_b[i][k + rank] - box_b[i][k] for k in range(rank)]
+        in_a = tuple(slice(box_a[i][k], box_a[i][k + rank]) for k in range(rank))
+        in_b = tuple(slice(box_b[i][k], box_b[i][k + rank]) for k in range(rank))
         if apply[i]:
-            crop = images[j : j + 1, :, yb0:yb1, xb0:xb1]
-            mixed[i, :, ya0:ya1, xa0:xa1] = F.interpolate(
-                crop, size=(ya1 - ya0, xa1 - xa0), mode="bilinear", align_corners=align_corners
+            crop = images[(slice(j, j + 1), slice(None), *in_b)]
+            mixed[(i, slice(None), *in_a)] = F.interpolate(
+                crop, size=tuple(sides_a), mode=mode, align_corners=align_corners
             )[0]
-            share_a = (ya1 - ya0) * (xa1 - xa0) / (h * w)
-            share_b = (yb1 - yb0) * (xb1 - xb0) / (h * w)
+            share_a = math.prod(sides_a) / voxels
+            share_b = math.prod(sides_b) / voxels
             if constant_cam == "released":
                 share_b = share_a  # the partner's NaN weight replaced by box A's share
-            rho_a = 1.0 - (share_a if dists[i] is None else dists[i][ya0:ya1, xa0:xa1].sum())
-            rho_b = share_b if dists[j] is None else dists[j][yb0:yb1, xb0:xb1].sum()
+            rho_a = 1.0 - (share_a if dists[i] is None else dists[i][in_a].sum())
+            rho_b = share_b if dists[j] is None else dists[j][in_b].sum()
         else:
             rho_a, rho_b = 1.0, 0.0
         soft[i, label_list[i]] += rho_a
@@ -168,6 +179,48 @@ def params_to_lists(params) -> tuple[list[int], list[Box], list[Box], list[bool]
         [tuple(int(v) for v in box) for box in params.box_b.tolist()],
         [bool(v) for v in params.apply.tolist()],
     )
+
+
+def loop_attentive_cutmix(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cams: torch.Tensor,
+    perm: list[int],
+    mixed: bool,
+    top_k: int,
+    num_classes: int,
+) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Attentive CutMix one image (volume) at a time, with a given partner and coin.
+
+    The partner's CAM ``cams[perm[i]]`` (``(h, w)`` or ``(d, h, w)``) ranks its cells (ties to
+    the lower row-major index); each of its ``top_k`` cells ``(r, …)`` covers the pixels
+    (voxels) ``⌈r·S/g⌉ … ⌈(r+1)·S/g⌉ − 1`` along each axis (side ``S``, ``g`` cells), copied
+    from the partner. The target is ``(1 − a)·onehot(y_i) + a·onehot(y_perm[i])``, ``a`` the
+    pasted share. Returns the mixed batch, the targets and each image's pasted cells
+    (row-major indices, empty where ``mixed`` is False).
+    """
+    size, grid = tuple(images.shape[2:]), tuple(cams.shape[1:])
+    out = images.clone()
+    soft = torch.zeros(images.shape[0], num_classes, dtype=torch.float64)
+    chosen = []
+    for i, j in enumerate(perm):
+        values = cams[j].flatten().tolist()
+        order = sorted(range(len(values)), key=lambda c: (-values[c], c))
+        cells = sorted(order[:top_k]) if mixed else []
+        pasted = 0
+        for cell in cells:
+            index = np.unravel_index(cell, grid)
+            region = tuple(
+                slice(-(-r * s // g), -(-(r + 1) * s // g))
+                for r, s, g in zip(index, size, grid, strict=True)
+            )
+            out[(i, slice(None), *region)] = images[(j, slice(None), *region)]
+            pasted += math.prod(sl.stop - sl.start for sl in region)
+        share = pasted / math.prod(size)
+        soft[i, int(labels[i])] += 1.0 - share
+        soft[i, int(labels[j])] += share
+        chosen.append(cells)
+    return out, soft.float(), chosen
 
 
 # --------------------------------------------------------------------------------------------

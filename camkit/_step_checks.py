@@ -38,7 +38,7 @@ def check_step_inputs(
     if images.ndim == 5 and step.mix is not None and not step.mix.volumes:
         raise ValueError(
             f"mix: {type(step.mix).__name__} mixes (B, C, H, W) images and does not take volumes "
-            f"yet, got images of shape {tuple(images.shape)}; CutMix, Mixup (or no mix) train "
+            f"yet, got images of shape {tuple(images.shape)}; camkit's mixes (or no mix) train "
             "on volumes"
         )
     batch = images.shape[0]

@@ -341,11 +341,12 @@ class TrainStep(nn.Module):
         both = torch.stack([labels, partner], 1)
         out = train_forward(self, self.extractor, inputs, target=both, validate_args=False)
         pair = out.cams.detach().float()
-        targets = mix.targets(labels, pair, params, tuple(inputs.shape[-2:]), validate_args=False)
+        targets = mix.targets(labels, pair, params, tuple(inputs.shape[2:]), validate_args=False)
         cpe_loss = None
         if self.cpe is not None:  # cells ranked by the CAM of each image's dominant class
             first = targets.gather(1, labels[:, None]) >= targets.gather(1, partner[:, None])
-            cams = torch.where(first[:, :, None], out.cams[:, 0], out.cams[:, 1])
+            first = first.view(-1, *(1,) * (out.cams.ndim - 2))  # (B, 1, 1), volumes (B, 1, 1, 1)
+            cams = torch.where(first, out.cams[:, 0], out.cams[:, 1])
             cpe_loss = self.cpe(out.features, cams, validate_args=False)
         return self._loss(inputs, out.logits, targets, cpe_loss)
 

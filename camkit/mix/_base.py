@@ -55,7 +55,7 @@ class Mix(nn.Module):
 
     needs_cams: ClassVar[CamNeed] = "none"
     draws_need_cams: ClassVar[bool] = False
-    #: whether the mix takes ``(B, C, D, H, W)`` volumes as well as images (CutMix, Mixup)
+    #: whether the mix takes ``(B, C, D, H, W)`` volumes as well as images (camkit's mixes do)
     volumes: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -149,8 +149,9 @@ class Mix(nn.Module):
             "camkit.Mix hook: refuse draws that are not this mix's for the batch)"
         )
 
-    def _check_cams(self, cams: object, batch_size: int, name: str = "cams") -> None:
-        """``(B, h, w)`` maps of the un-mixed batch, or ``(B, 2, h, w)`` of the mixed one."""
+    def _check_cams(self, cams: object, batch_size: int, name: str = "cams", rank: int = 2) -> None:
+        """``(B, h, w)`` maps of the un-mixed batch, or ``(B, 2, h, w)`` of the mixed one
+        (``rank=3``, volumes: ``(B, d, h, w)``, ``(B, 2, d, h, w)``)."""
         if self.needs_cams == "none":
             return
         if cams is None:
@@ -159,9 +160,9 @@ class Mix(nn.Module):
                 f"{name}: {type(self).__name__} needs the CAMs of the {which} batch, got None"
             )
         if self.needs_cams == "mixed":
-            check_tensor(cams, name, shape=(batch_size, 2, None, None), floating=True)
+            check_tensor(cams, name, shape=(batch_size, 2, *(None,) * rank), floating=True)
         else:
-            check_tensor(cams, name, ndim=3, floating=True)
+            check_tensor(cams, name, ndim=rank + 1, floating=True)
             if cams.shape[0] != batch_size:
                 raise ValueError(
                     f"{name}: expected {batch_size} maps (one per image), got shape "
@@ -196,8 +197,9 @@ class Mix(nn.Module):
             width: image width ``W`` ≥ 1.
             depth: the depth ``D`` ≥ 1 of ``(B, C, D, H, W)`` volumes, for a mix that takes them
                 (``volumes``); ``None`` for images.
-            cams: ``(B, h, w)`` maps of the un-mixed batch for its labels, for a mix whose draws
-                depend on them (``draws_need_cams``); ignored otherwise.
+            cams: ``(B, h, w)`` maps of the un-mixed batch for its labels (volumes:
+                ``(B, d, h, w)``), for a mix whose draws depend on them (``draws_need_cams``);
+                ignored otherwise.
             device: where to draw (default: the generator's device, else the host).
 
         Returns:
@@ -212,7 +214,8 @@ class Mix(nn.Module):
                     f"cams: the draws of {type(self).__name__} depend on the CAMs of the "
                     "un-mixed batch: pass cams (B, h, w)"
                 )
-            check_tensor(cams, "cams", shape=(batch_size, None, None), floating=True)
+            grid = (None,) * (2 if depth is None else 3)  # volumes: (B, d, h, w)
+            check_tensor(cams, "cams", shape=(batch_size, *grid), floating=True)
             check_finite(cams, "cams")
         if depth is not None:
             if not self.volumes:
@@ -258,10 +261,12 @@ class Mix(nn.Module):
         if not self.volumes and isinstance(images, torch.Tensor) and images.ndim == 5:
             raise ValueError(
                 f"images: {type(self).__name__} mixes (B, C, H, W) images and does not take "
-                f"volumes yet, got a tensor of shape {tuple(images.shape)} (CutMix and Mixup take "
+                f"volumes yet, got a tensor of shape {tuple(images.shape)} (camkit's mixes take "
                 "them)"
             )
-        check_tensor(images, "images", ndim=(4, 5) if self.volumes else 4, floating=True)
+        volume = self.volumes and isinstance(images, torch.Tensor) and images.ndim == 5
+        # any other rank is told (B, C, H, W): the images every mix takes
+        check_tensor(images, "images", ndim=5 if volume else 4, floating=True)
         check_finite(images, "images")  # a NaN pixel would be pasted into its partner too
 
     def targets(
@@ -289,7 +294,7 @@ class Mix(nn.Module):
             size = check_size(size, "size", (2, 3) if self.volumes else (2,))
             self.check_params(params, batch, size)
             check_labels(labels, "labels", self.num_classes, batch=params.perm.shape[0])
-            self._check_cams(cams, params.perm.shape[0])
+            self._check_cams(cams, params.perm.shape[0], rank=len(size))
         labels = labels.long()  # uint8/int32 labels are valid; the scatters need int64
         dtype = (
             torch.promote_types(cams.dtype, torch.float32) if cams is not None else torch.float32
@@ -344,7 +349,7 @@ class Mix(nn.Module):
         self._check_images(images)
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
         depth = images.shape[2] if images.ndim == 5 else None
-        self._check_cams(cams, b)
+        self._check_cams(cams, b, rank=images.ndim - 2)
         if cams is not None:
             cams = cams.to(images.device)
         if params is None:

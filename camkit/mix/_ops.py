@@ -4,23 +4,28 @@
 weights from the CAMs of the un-mixed batch (exact SnapMix) or from those of the mixed batch it
 forwards anyway (no extra forward); `soft_targets` turns the weights into the soft labels.
 ``snapmix(images, labels, cams, ..., params=p)`` is ``paste`` + ``mix_weights`` + ``soft_targets``.
+Images ``(B, C, H, W)`` and volumes ``(B, C, D, H, W)`` take the same code: boxes or cuboids,
+bilinear or trilinear by rank.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import TYPE_CHECKING, Literal, NamedTuple
+import math
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 
 from camkit._checks import check_choice
+from camkit.mix._boxes import _box_masks, _box_sizes
+from camkit.mix._shares import _box_cam_shares, _resize_tables
 
 if TYPE_CHECKING:
     from camkit.mix._snapmix import SnapMixParams
 
 CamSource = Literal["unmixed", "mixed"]
-_SAFE_PEAK = 1e18  # a map's range above which its box sums are computed on the rescaled map
+_MODES = {2: "bilinear", 3: "trilinear"}  # the resize of a box, by the images' spatial rank
+_UPSAMPLE = {2: torch.ops.aten.upsample_bilinear2d, 3: torch.ops.aten.upsample_trilinear3d}
 
 
 def _params_on(params: SnapMixParams, device: torch.device) -> SnapMixParams:
@@ -30,24 +35,16 @@ def _params_on(params: SnapMixParams, device: torch.device) -> SnapMixParams:
     return params._replace(**dict(zip(("perm", "box_a", "box_b", "apply"), moved, strict=True)))
 
 
-def _box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``(N, H, W)`` boolean masks, ``True`` inside each half-open ``(y0, x0, y1, x1)`` box."""
-    rows = torch.arange(height, device=boxes.device)
-    cols = torch.arange(width, device=boxes.device)
-    in_rows = (rows >= boxes[:, 0, None]) & (rows < boxes[:, 2, None])
-    in_cols = (cols >= boxes[:, 1, None]) & (cols < boxes[:, 3, None])
-    return in_rows[:, :, None] & in_cols[:, None, :]
-
-
 def _paste_grid(
-    box_a: torch.Tensor, box_b: torch.Tensor, height: int, width: int, align_corners: bool
+    box_a: torch.Tensor, box_b: torch.Tensor, size: tuple[int, ...], align_corners: bool
 ) -> torch.Tensor:
-    """``grid_sample`` grid mapping each pixel of box A onto box B (bilinear resize geometry).
+    """``grid_sample`` grid mapping each pixel (voxel) of box A onto box B (the resize geometry).
 
-    Matches ``F.interpolate(crop_b, size=box_a_size, mode="bilinear",
-    align_corners=align_corners)``: source = ``b0 + (dst − a0)·(len_b − 1)/(len_a − 1)``
-    (``b0`` when ``len_a`` is 1) with ``align_corners``, else
-    ``b0 + (dst − a0 + 0.5)·len_b/len_a − 0.5``; clamped to the crop.
+    Matches ``F.interpolate(crop_b, size=box_a_size, mode="bilinear"`` (``"trilinear"`` for
+    volumes) ``, align_corners=align_corners)``, along each axis: source =
+    ``b0 + (dst − a0)·(len_b − 1)/(len_a − 1)`` (``b0`` when ``len_a`` is 1) with
+    ``align_corners``, else ``b0 + (dst − a0 + 0.5)·len_b/len_a − 0.5``; clamped to the crop.
+    Returns ``(N, *size, rank)``, the coordinates in ``grid_sample``'s order (x first).
     """
     dtype = torch.float32
 
@@ -66,12 +63,12 @@ def _paste_grid(
         src = torch.maximum(src, b0.to(dtype)[:, None])
         return (2.0 * src + 1.0) / size - 1.0
 
-    gy = axis(box_a[:, 0], box_a[:, 2], box_b[:, 0], box_b[:, 2], height)
-    gx = axis(box_a[:, 1], box_a[:, 3], box_b[:, 1], box_b[:, 3], width)
-    n = box_a.shape[0]
-    return torch.stack(
-        [gx[:, None, :].expand(n, height, width), gy[:, :, None].expand(n, height, width)], dim=-1
-    )
+    rank, n = len(size), box_a.shape[0]
+    coords = []
+    for k, side in enumerate(size):
+        g = axis(box_a[:, k], box_a[:, k + rank], box_b[:, k], box_b[:, k + rank], side)
+        coords.append(g.view(n, *(side if a == k else 1 for a in range(rank))).expand(n, *size))
+    return torch.stack(coords[::-1], dim=-1)
 
 
 def paste(
@@ -84,33 +81,40 @@ def paste(
         (``F.interpolate(..., align_corners=align_corners)``; ``True``: the SnapMix authors'
         code) of ``images[perm[i]]``'s ``box_b[i]``; images with ``apply[i] == False`` are
         unchanged. CutMix's draws (one box tensor for both boxes) are copied, not resampled.
+        Volumes ``(B, C, D, H, W)`` take cuboids ``(z0, y0, x0, z1, y1, x1)``, resized
+        trilinearly (the same code with one more axis).
 
     With ``params.shared_box`` (one box pair drawn on the host) this is one batch copy and a slice
     write: only the partners' crops are gathered and resized, and a batch the coin leaves un-mixed
     is returned as ``images`` itself. Otherwise one ``grid_sample`` pastes every image's own box.
 
     Args:
-        images: ``(B, C, H, W)`` float batch (not modified).
+        images: ``(B, C, H, W)`` float batch, or ``(B, C, D, H, W)`` volumes (not modified).
         params: the draws (checked by the caller).
         align_corners: the resize's geometry (see above).
 
     Returns:
-        ``(B, C, H, W)`` mixed batch, ``images``' dtype.
+        The mixed batch, of ``images``' shape and dtype.
     """
-    b, c, h, w = images.shape
+    b, c = images.shape[:2]
+    spatial = tuple(images.shape[2:])
+    rank = len(spatial)
     same_boxes = params.box_a is params.box_b  # CutMix's draws (one box tensor)
     params = _params_on(params, images.device)
     autograd = torch.is_grad_enabled() and images.requires_grad
     if params.shared_box is not None:
-        (ya0, xa0, ya1, xa1), (yb0, xb0, yb1, xb1), mixed_any = params.shared_box
+        box_a, box_b, mixed_any = params.shared_box
         if not mixed_any:
             return images
         mixed = images.clone()  # first: it may reuse memory the allocator holds, unfaulted
         # index_select on the crop view gathers only the partners' crops, not whole images
-        crops = images[:, :, yb0:yb1, xb0:xb1].index_select(0, params.perm)
-        box = mixed[:, :, ya0:ya1, xa0:xa1]
-        size = [ya1 - ya0, xa1 - xa0]
-        if size == [yb1 - yb0, xb1 - xb0]:
+        crop_a, crop_b = (
+            tuple(slice(r[k], r[k + rank]) for k in range(rank)) for r in (box_a, box_b)
+        )
+        crops = images[(slice(None), slice(None), *crop_b)].index_select(0, params.perm)
+        box = mixed[(slice(None), slice(None), *crop_a)]
+        size = [box_a[k + rank] - box_a[k] for k in range(rank)]
+        if size == [box_b[k + rank] - box_b[k] for k in range(rank)]:
             box.copy_(crops)
             return mixed
         # each plane resized as a one-channel image: the same bilinear resize, and on the CPU the
@@ -121,18 +125,18 @@ def paste(
         if direct and not torch.compiler.is_compiling():  # dynamo refuses a strided out=
             # written straight into the box of the copy (B·C planes: a view of the box)
             out = box.view(b * c, 1, *size)
-            torch.ops.aten.upsample_bilinear2d.out(planes, size, align_corners, out=out)
+            _UPSAMPLE[rank].out(planes, size, align_corners, out=out)
         else:
             resized = F.interpolate(
-                planes.float(), size=size, mode="bilinear", align_corners=align_corners
+                planes.float(), size=size, mode=_MODES[rank], align_corners=align_corners
             )
             box.copy_(resized.view(b, c, *size))
         return mixed
-    inside = _box_masks(params.box_a, h, w) & params.apply[:, None, None]
+    inside = _box_masks(params.box_a, *spatial) & params.apply.view(-1, *(1,) * rank)
     if same_boxes:
         # CutMix's boxes: the partner's pixels copied as they are, no resampling
         return torch.where(inside[:, None], images.index_select(0, params.perm), images)
-    grid = _paste_grid(params.box_a, params.box_b, h, w, align_corners)
+    grid = _paste_grid(params.box_a, params.box_b, spatial, align_corners)
     pasted = F.grid_sample(
         images[params.perm].float(),
         grid,
@@ -146,92 +150,10 @@ def paste(
     return torch.where(inside[:, None], pasted, images, out=pasted)
 
 
-class _ResizeTables(NamedTuple):
-    """1-D linear resizing ``src → dst`` (``R``, ``(dst, src)``) in the forms the box sums need."""
-
-    cumulative: torch.Tensor  # (dst + 1, src): row i is the sum of R's first i rows
-    extremes: torch.Tensor  # the rows of R where a resized signal can reach its extrema
-    column_sums: torch.Tensor  # (src,): the sum of all rows of R
-
-
-@torch.compiler.disable  # host-side, cached: one opaque call under torch.compile
-@functools.lru_cache(maxsize=64)
-def _resize_tables(
-    size: tuple[int, int], image_size: tuple[int, int], device: torch.device
-) -> tuple[_ResizeTables, _ResizeTables]:
-    """`_axis_tables` of both axes, resizing a ``size`` map to ``image_size``, on ``device``."""
-    return tuple(_axis_tables(s, d, device) for s, d in zip(size, image_size, strict=True))
-
-
-def _axis_tables(src: int, dst: int, device: torch.device) -> _ResizeTables:
-    """Tables of ``R``, with ``R @ v == F.interpolate(v, dst, mode="linear", align_corners=False)``.
-
-    Bilinear resizing is this along each axis. Between two knots a resized signal is linear in the
-    output position, so over each run of rows sharing a lower knot its extrema lie on the run's
-    first or last row: those rows are enough to find the exact minimum of a resized map without
-    resizing it. Built once per size pair in float64 on the host, stored as float32.
-    """
-    eye = torch.eye(src, dtype=torch.float64)[None]
-    matrix = F.interpolate(eye, size=dst, mode="linear", align_corners=False)[0].T
-    lower = (matrix > 0).to(torch.int8).argmax(1)
-    change = torch.ones(dst + 1, dtype=torch.bool)
-    change[1:-1] = lower[1:] != lower[:-1]
-    rows = torch.unique(torch.cat([change[:-1].nonzero(), change[1:].nonzero()])[:, 0])
-    cumulative = torch.cat([matrix.new_zeros(1, src), matrix.cumsum(0)])
-    tables = (cumulative, matrix[rows], matrix.sum(0))
-    # non_blocking: a host-to-device copy from pageable memory is otherwise a stream sync
-    return _ResizeTables(
-        *(t.to(device=device, dtype=torch.float32, non_blocking=True) for t in tables)
-    )
-
-
-def _box_cam_shares(
-    cams: torch.Tensor,
-    box: torch.Tensor,
-    height: int,
-    width: int,
-    tables: tuple[_ResizeTables, _ResizeTables] | None = None,
-    fallback: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``ΣS(box)`` per map, ``S = normalize_cams(upsample_cams(cams, (H, W)), "distribution")``.
-
-    A constant map (no mass after the shift) gives ``fallback`` (default: the box's area share,
-    what the uniform distribution gives).
-
-    Computed at the CAM's resolution: with ``U = Ry·M·Rxᵀ`` the upsampled map, a box sum is
-    ``ay·M·ax − min(U)·area`` (``ay``, ``ax`` the summed rows of ``Ry``, ``Rx`` over the box) and
-    ``min(U)`` is taken over the rows and columns where it can lie. Mathematically identical to
-    upsampling and summing, at ``O(h·w)`` rather than ``O(H·W)`` per map; ``M`` is first shifted
-    by its own minimum so that the subtraction does not cancel (a constant map becomes exactly 0,
-    hence uniform).
-    """
-    _, h, w = cams.shape
-    if tables is None:
-        tables = _resize_tables((h, w), (height, width), cams.device)
-    ry, rx = tables
-    flat = cams.float().flatten(1)
-    shifted = flat - flat.amin(1, keepdim=True)
-    # the shares do not depend on the map's scale: a map so large that its weighted sums would
-    # overflow float32 (1e36 gives inf, then NaN) is brought to [0, 1] first; every other map is
-    # divided by 1, exactly
-    peak = shifted.amax(1, keepdim=True)
-    shifted = (shifted / torch.where(peak > _SAFE_PEAK, peak, 1.0)).view_as(cams)
-    low = (ry.extremes @ shifted @ rx.extremes.T).flatten(1).amin(1)
-    total = (shifted * (ry.column_sums[:, None] * rx.column_sums)).sum((1, 2))
-    total = total - low * (height * width)
-    ay = ry.cumulative[box[:, 2]] - ry.cumulative[box[:, 0]]
-    ax = rx.cumulative[box[:, 3]] - rx.cumulative[box[:, 1]]
-    area = ((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1])).float()
-    inside = (ay[:, :, None] * shifted * ax[:, None, :]).sum((1, 2)) - low * area
-    if fallback is None:
-        fallback = area / (height * width)
-    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), fallback)
-
-
 def mix_weights(
     cams: torch.Tensor,
     params: SnapMixParams,
-    size: tuple[int, int],
+    size: tuple[int, ...],
     *,
     source: CamSource = "unmixed",
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,6 +162,8 @@ def mix_weights(
     Convention:
         ``S`` is a CAM upsampled to the image size ``(H, W)``, shifted by its minimum and divided
         by its sum (uniform when constant); the box sums are computed at the CAMs' resolution.
+        Volumes: ``(B, d, h, w)`` maps upsampled trilinearly to ``(D, H, W)``, summed over the
+        cuboids, the fallback ``|A|/DHW`` (the same code with one more axis).
 
         - ``source="unmixed"`` (SnapMix): ``cams`` ``(B, h, w)`` are the CAMs of the un-mixed
           images for their own labels; ``ρ_a = 1 − ΣS_a(box A)`` on image ``a``'s CAM and
@@ -256,20 +180,31 @@ def mix_weights(
         the mixed image the partner's content covers, not box B's share of the partner).
 
     Args:
-        cams: ``(B, h, w)`` (``"unmixed"``) or ``(B, 2, h, w)`` (``"mixed"``) float maps.
+        cams: ``(B, h, w)`` (``"unmixed"``) or ``(B, 2, h, w)`` (``"mixed"``) float maps;
+            volumes ``(B, d, h, w)`` or ``(B, 2, d, h, w)``.
         params: the draws of the batch.
-        size: the image size ``(H, W)``.
+        size: the image size ``(H, W)`` (volumes: ``(D, H, W)``).
         source: which CAMs ``cams`` are.
 
     Returns:
         ``(ρ_a, ρ_b)``, two ``(B,)`` float32 tensors on ``cams``' device.
     """
     check_choice(source, "source", ("unmixed", "mixed"))
-    height, width = size
+    size = tuple(size)
+    rank = len(size)
+    want = rank + (1 if source == "unmixed" else 2)
+    if cams.ndim != want:  # a shape, read on the host: no sync
+        layout = "(B, h, w)" if rank == 2 else "(B, d, h, w)"
+        if source == "mixed":
+            layout = layout.replace("(B, ", "(B, 2, ")
+        raise ValueError(
+            f"cams: expected {want}-D maps {layout} for the {'×'.join(map(str, size))} "
+            f"{'images' if rank == 2 else 'volumes'}, got shape {tuple(cams.shape)}"
+        )
     params = _params_on(params, cams.device)
-    tables = _resize_tables(tuple(cams.shape[-2:]), (height, width), cams.device)
+    tables = _resize_tables(tuple(cams.shape[-rank:]), size, cams.device)
     box_a = params.box_a
-    area_a = ((box_a[:, 2] - box_a[:, 0]) * (box_a[:, 3] - box_a[:, 1])) / (height * width)
+    area_a = _box_sizes(box_a) / math.prod(size)
     if source == "unmixed":
         maps = torch.cat([cams, cams[params.perm]])
         boxes = torch.cat([box_a, params.box_b])
@@ -277,7 +212,7 @@ def mix_weights(
         maps = cams.transpose(0, 1).flatten(0, 1)
         boxes = torch.cat([box_a, box_a])
     fallback = torch.cat([area_a, area_a]).float()
-    shares = _box_cam_shares(maps, boxes, height, width, tables, fallback)
+    shares = _box_cam_shares(maps, boxes, *size, tables=tables, fallback=fallback)
     share_a, share_b = shares.chunk(2)
     rho_a = torch.where(params.apply, 1.0 - share_a, 1.0)
     rho_b = torch.where(params.apply, share_b, 0.0)

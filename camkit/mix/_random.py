@@ -128,7 +128,11 @@ def _boxes_at(
 
 
 def _sample_cuboids(
-    lam: torch.Tensor, size: tuple[int, ...], generator: torch.Generator | None
+    lam: torch.Tensor,
+    size: tuple[int, ...],
+    generator: torch.Generator | None,
+    *,
+    far_edge_up: bool = True,
 ) -> torch.Tensor:
     """CutMix cuboids of a volume ``size = (D, H, W)``: `_sample_boxes` with one more axis.
 
@@ -136,7 +140,8 @@ def _sample_cuboids(
         The side ratio is ``(1 − λ)^(1/3)`` (the cuboid's share of the volume is ``1 − λ`` before
         clipping); per axis, in the order ``(D, H, W)``, ``cut = floor(side·ratio)``, a uniform
         centre ``c`` (one draw of three per cuboid) and timm's far edge: ``c − cut // 2`` to
-        ``c + (cut + 1) // 2``, half-open, clipped. Boxes are ``(z0, y0, x0, z1, y1, x1)``.
+        ``c + (cut + 1) // 2``, half-open, clipped (``far_edge_up=False``: the SnapMix authors'
+        ``c + cut // 2``, SnapMix's cuboids). Boxes are ``(z0, y0, x0, z1, y1, x1)``.
 
     Returns:
         ``(N, 6)`` int64 cuboids on ``lam``'s device.
@@ -144,10 +149,11 @@ def _sample_cuboids(
     rank = len(size)
     centre = torch.rand((lam.shape[0], rank), generator=generator, device=lam.device)
     ratio = (1.0 - lam).clamp(0.0, 1.0) ** (1.0 / rank)
+    up = 1 if far_edge_up else 0
     low, high = [], []
     for axis, side in enumerate(size):
         c = torch.floor(centre[:, axis] * side).long().clamp(max=side - 1)
         cut = torch.floor(side * ratio).long()
         low.append((c - cut // 2).clamp(0, side))
-        high.append((c + (cut + 1) // 2).clamp(0, side))
+        high.append((c + (cut + up) // 2).clamp(0, side))
     return torch.stack(low + high, dim=1)

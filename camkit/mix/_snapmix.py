@@ -7,25 +7,21 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from camkit._checks import (
-    _require,
-    check_boxes,
-    check_choice,
-    check_int,
-    check_permutation,
-    check_positive,
-    check_probability,
-    check_tensor,
-    flagged_rows,
-)
+from camkit._checks import check_choice, check_int, check_positive, check_probability
 from camkit._config import config_setting
 from camkit.mix._base import Mix
+from camkit.mix._boxes import _check_box_params
 from camkit.mix._ops import CamSource, mix_weights, paste, soft_targets
-from camkit.mix._random import _sample_beta_device, _sample_beta_host, _sample_boxes
+from camkit.mix._random import (
+    _sample_beta_device,
+    _sample_beta_host,
+    _sample_boxes,
+    _sample_cuboids,
+)
 
 BoxMode = Literal["batch", "sample"]
 LabelWeights = Literal["cam", "area"]
-Box = tuple[int, int, int, int]
+Box = tuple[int, ...]  # (y0, x0, y1, x1); volumes (z0, y0, x0, z1, y1, x1)
 
 
 class SnapMixParams(NamedTuple):
@@ -33,8 +29,9 @@ class SnapMixParams(NamedTuple):
 
     Attributes:
         perm: ``(B,)`` partner index of each image.
-        box_a: ``(B, 4)`` box receiving the paste in each image, ``(y0, x0, y1, x1)``, half-open.
-        box_b: ``(B, 4)`` box cut from the partner.
+        box_a: ``(B, 4)`` box receiving the paste in each image, ``(y0, x0, y1, x1)``, half-open
+            (volumes: ``(B, 6)`` cuboids ``(z0, y0, x0, z1, y1, x1)``).
+        box_b: ``(B, 4)`` box cut from the partner (volumes: ``(B, 6)``).
         apply: ``(B,)`` bool, whether the image is mixed (the ``prob`` coin, and both boxes
             non-empty).
         shared_box: ``(box_a, box_b, mixed)`` as host ints when the whole batch shares one box
@@ -83,113 +80,37 @@ class _SnapMixConfig:
 def _sample_snapmix_params(
     config: _SnapMixConfig,
     batch_size: int,
-    height: int,
-    width: int,
+    size: tuple[int, ...],
     generator: torch.Generator | None,
     device: torch.device,
 ) -> SnapMixParams:
-    """Draw the partner permutation, the boxes and the coin on ``device`` (see `SnapMix.sample`)."""
+    """Draw the partner permutation, the boxes and the coin on ``device`` (see `SnapMix.sample`);
+    ``size`` ``(H, W)``, or ``(D, H, W)`` for cuboids."""
     draws = 1 if config.box_mode == "batch" else batch_size
     host = device.type == "cpu"
+    rank = len(size)
     perm = torch.randperm(batch_size, generator=generator, device=device)
     if host:
         lam = _sample_beta_host(config.alpha, (2 * draws,), generator)
     else:
         lam = _sample_beta_device(config.alpha, (2 * draws,), generator, device)
-    boxes = _sample_boxes(lam, height, width, generator).view(2, draws, 4)
+    if rank == 2:
+        boxes = _sample_boxes(lam, *size, generator)
+    else:  # the authors' far edge (c + cut // 2) on each axis, as their 2-D rand_bbox
+        boxes = _sample_cuboids(lam, size, generator, far_edge_up=False)
+    boxes = boxes.view(2, draws, 2 * rank)
     coin = torch.rand(draws, generator=generator, device=device) < config.prob
-    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-    apply = coin & (area > 0).all(0)
+    apply = coin & (boxes[..., rank:] > boxes[..., :rank]).all(-1).all(0)  # both non-empty
     shared = None
     if host and config.box_mode == "batch":  # CPU tensors: reading them is no device sync
         box_a, box_b = (tuple(boxes[k, 0].tolist()) for k in (0, 1))
         shared = (box_a, box_b, bool(apply[0]))
     return SnapMixParams(
         perm=perm,
-        box_a=boxes[0].expand(batch_size, 4).contiguous(),
-        box_b=boxes[1].expand(batch_size, 4).contiguous(),
+        box_a=boxes[0].expand(batch_size, 2 * rank).contiguous(),
+        box_b=boxes[1].expand(batch_size, 2 * rank).contiguous(),
         apply=apply.expand(batch_size).contiguous(),
         shared_box=shared,
-    )
-
-
-def _check_box_params(
-    params: object,
-    batch: int,
-    kind: type,
-    size: tuple[int, ...],
-    *,
-    nonempty: bool = False,
-    name: str = "params",
-) -> None:
-    """``params`` is a ``kind`` of box draws for ``batch`` images of ``size``: shapes, dtypes and
-    values (``perm`` a permutation, boxes inside the image, non-empty where applied when
-    ``nonempty``, a ``shared_box`` that agrees with the tensors). A volume's ``size``
-    ``(D, H, W)`` takes cuboids ``(B, 6)``."""
-    if not isinstance(params, kind):
-        raise TypeError(f"{name}: expected a {kind.__name__}, got {type(params).__name__}")
-    check_tensor(params.perm, f"{name}.perm", shape=(batch,), floating=False)
-    check_tensor(params.apply, f"{name}.apply", shape=(batch,), dtype=torch.bool)
-    fields = [field for field in params._fields if field.startswith("box")]
-    n = 2 * len(size)  # (y0, x0, y1, x1); volumes (z0, y0, x0, z1, y1, x1)
-    for field in fields:
-        check_tensor(getattr(params, field), f"{name}.{field}", shape=(batch, n), floating=False)
-    check_permutation(params.perm, f"{name}.perm")
-    for field in fields:
-        boxes = getattr(params, field)
-        check_boxes(boxes, f"{name}.{field}", size)
-        if nonempty:  # a mixed image whose box is empty would be weighed as if it were pasted
-            empty = params.apply & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
-            _require(
-                ~empty,
-                boxes,
-                f"{name}.{field}",
-                "a non-empty box wherever apply is True",
-                lambda empty=empty: f"empty boxes in the mixed rows {flagged_rows(empty)[1]}",
-            )
-    if params.shared_box is not None:
-        _check_shared_box(params, fields, size, name)
-
-
-def _check_shared_box(params: object, fields: list[str], size: tuple[int, ...], name: str) -> None:
-    """The host copy of a batch-wide draw: ``(box, ..., mixed)``, equal to every tensor row."""
-    shared = params.shared_box
-    n, box = 2 * len(size), "(y0, x0, y1, x1)" if len(size) == 2 else "(z0, y0, x0, z1, y1, x1)"
-    want = f"({', '.join([box] * len(fields))}, mixed) of host ints and a bool"
-    if (
-        not isinstance(shared, tuple)
-        or len(shared) != len(fields) + 1
-        or not isinstance(shared[-1], bool)
-        or any(
-            not isinstance(box, tuple) or len(box) != n or not all(type(v) is int for v in box)
-            for box in shared[:-1]
-        )
-    ):
-        raise TypeError(f"{name}.shared_box: expected None or {want}, got {shared!r}")
-    for field, box in zip(fields, shared[:-1], strict=True):
-        check_boxes(torch.tensor([box]), f"{name}.shared_box", size)
-        rows = getattr(params, field)
-        same = (rows == torch.tensor(box, device=rows.device, dtype=rows.dtype)).all(1)
-
-        def got(rows=rows, same=same, field=field) -> str:
-            i = int((~same).nonzero()[0, 0])
-            return f"{tuple(rows[i].tolist())} in row {i} of {name}.{field}"
-
-        _require(
-            same,
-            rows,
-            f"{name}.shared_box",
-            f"the box of every row of {name}.{field} ({box}); after editing the tensors, set "
-            "shared_box=None",
-            got,
-        )
-    _require(
-        params.apply == shared[-1],
-        params.apply,
-        f"{name}.shared_box",
-        f"mixed = {shared[-1]} in every row of {name}.apply; after editing the tensors, set "
-        "shared_box=None",
-        lambda: f"apply = {params.apply.tolist()}",
     )
 
 
@@ -216,7 +137,7 @@ def snapmix(
     are replayed and ``alpha``, ``prob``, ``box_mode`` and ``generator`` are not used.
 
     Returns:
-        ``(mixed (B, C, H, W), soft_targets (B, K))``.
+        ``(mixed (B, C, H, W), soft_targets (B, K))`` (volumes: ``mixed`` ``(B, C, D, H, W)``).
 
     Examples:
         >>> images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
@@ -295,11 +216,20 @@ class SnapMix(Mix):
     un-mixed images (``cam_source="unmixed"``) or the ``(B, 2, h, w)`` CAMs of the mixed images
     for their two labels, ``y`` and ``y[params.perm]`` (``"mixed"``).
 
+    Volumes ``(B, C, D, H, W)`` take the same code with one more axis
+    (``sample(B, H, W, depth=D)``): cuboids ``(z0, y0, x0, z1, y1, x1)`` of side ratio
+    ``(1 − λ)^(1/3)`` with the authors' ``cut // 2`` on each side of the centre on every axis,
+    box B resized trilinearly into box A (the same ``align_corners``), the weights summed over
+    the cuboids from the ``(B, d, h, w)`` CAMs upsampled trilinearly, a constant CAM falling back
+    to the cuboid's share ``|A|/DHW``. A depth-1 volume with boxes spanning its one slice gives
+    the image's result.
+
     Shape:
-        - images: ``(B, C, H, W)`` float (not modified).
+        - images: ``(B, C, H, W)`` float (not modified), or ``(B, C, D, H, W)`` volumes.
         - labels: ``(B,)`` integer class indices in ``[0, K)``.
-        - cams: ``(B, h, w)`` CAMs of the un-mixed images for their labels, any resolution.
-        - Output: ``mixed`` ``(B, C, H, W)`` of ``images``' dtype (``images`` itself when the
+        - cams: ``(B, h, w)`` CAMs of the un-mixed images for their labels, any resolution
+          (volumes: ``(B, d, h, w)``).
+        - Output: ``mixed`` of ``images``' shape and dtype (``images`` itself when the
           batch's coin leaves it un-mixed) and ``soft`` ``(B, K)``, float32 or wider.
 
     Raises:
@@ -323,6 +253,7 @@ class SnapMix(Mix):
         True
     """
 
+    volumes = True
     num_classes = config_setting("num_classes")
     alpha = config_setting("alpha")
     prob = config_setting("prob")
@@ -366,8 +297,9 @@ class SnapMix(Mix):
     def _host_draws(self) -> bool:
         return self.config.box_mode == "batch"
 
-    def _draw(self, batch_size, height, width, cams, device, generator) -> SnapMixParams:
-        return _sample_snapmix_params(self.config, batch_size, height, width, generator, device)
+    def _draw(self, batch_size, height, width, cams, device, generator, depth=None):
+        size = (height, width) if depth is None else (depth, height, width)
+        return _sample_snapmix_params(self.config, batch_size, size, generator, device)
 
     def _apply(self, images: torch.Tensor, params: SnapMixParams) -> torch.Tensor:
         return paste(images, params, align_corners=self.config.align_corners)
@@ -387,7 +319,7 @@ class SnapMix(Mix):
             dtype=dtype,
         )
 
-    def check_params(self, params: object, batch_size: int, size: tuple[int, int]) -> None:
+    def check_params(self, params: object, batch_size: int, size: tuple[int, ...]) -> None:
         _check_box_params(params, batch_size, SnapMixParams, size, nonempty=True)
 
     def extra_repr(self) -> str:
