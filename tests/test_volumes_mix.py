@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.reference import loop_snapmix_apply, params_to_lists
-from camkit import SnapMix, TrainStep
+from benchmarks.reference import loop_attentive_cutmix, loop_snapmix_apply, params_to_lists
+from camkit import AttentiveCutMix, CellMixParams, SnapMix, TrainStep
 from camkit.mix._ops import mix_weights
 from tests.helpers import one_thread
 from tests.test_volumes import TinyNet3d
@@ -290,3 +290,97 @@ def test_mix_collate_of_volumes_feeds_the_mixed_cam_snapmix_step():
     assert torch.equal(collated.inputs, in_step.inputs)
     torch.testing.assert_close(collated.targets, in_step.targets, rtol=0, atol=0)
     torch.testing.assert_close(collated.loss, in_step.loss, rtol=0, atol=0)
+
+
+# --- Attentive CutMix over 3-D cells --------------------------------------------------------------
+
+
+def _tied_cams(shape, seed: int = 11) -> torch.Tensor:
+    """Maps with ties: one constant (row-major order), one of few distinct values."""
+    cams = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    cams[1] = 0.5
+    cams[2] = cams[2].round()
+    return cams
+
+
+def test_attentive_cutmix_on_volumes_equals_a_per_volume_loop():
+    """Grids that do not divide the volume (10/4, 8/3): cells of unequal sides, as the 2-D image."""
+    cases = [(_volumes(), _tied_cams((4, 3, 4, 3))), (_volumes()[:, :, 0], _tied_cams((4, 4, 3)))]
+    for x, cams in cases:
+        size = tuple(x.shape[2:])
+        depth = size[0] if len(size) == 3 else None
+        for top_k, prob, seed in ((1, 1.0, 0), (5, 1.0, 1), (11, 1.0, 2), (5, 0.0, 3)):
+            mix = AttentiveCutMix(2, top_k, prob, torch.Generator().manual_seed(seed))
+            params = mix.sample(4, *size[-2:], cams=cams, depth=depth)
+            assert params.cells.shape == cams.shape
+            mixed, soft = mix(x, LABELS, cams, params)
+            perm = params.perm.tolist()
+            want_mixed, want_soft, chosen = loop_attentive_cutmix(
+                x, LABELS, cams, perm, prob > 0, top_k, 2
+            )
+            for i in range(4):
+                assert params.cells[i].flatten().nonzero()[:, 0].tolist() == chosen[i]
+            assert torch.equal(mixed, want_mixed)
+            torch.testing.assert_close(soft, want_soft, rtol=0, atol=1e-7)
+            assert torch.equal(mixed, x) == (prob == 0)  # mixed, or not: the check can fail
+            # the draws replay: a twin drawing inside its forward mixes the same
+            twin = AttentiveCutMix(2, top_k, prob, torch.Generator().manual_seed(seed))
+            assert torch.equal(twin(x, LABELS, cams)[0], mixed)
+
+
+def test_attentive_cutmix_of_a_depth_one_volume_is_the_images():
+    gen = torch.Generator().manual_seed(12)
+    x, cams = torch.randn(6, 3, 20, 14, generator=gen), _tied_cams((6, 5, 4))
+    labels = torch.randint(0, 3, (6,), generator=gen)
+    for top_k in (1, 4, 19):
+        image = AttentiveCutMix(3, top_k, generator=torch.Generator().manual_seed(top_k))
+        volume = AttentiveCutMix(3, top_k, generator=torch.Generator().manual_seed(top_k))
+        want_mixed, want_soft = image(x, labels, cams)
+        mixed, soft = volume(x[:, :, None], labels, cams[:, None])
+        assert torch.equal(mixed[:, :, 0], want_mixed) and torch.equal(soft, want_soft)
+        assert not torch.equal(want_mixed, x)
+
+
+def test_attentive_cutmix_step_on_volumes_equals_the_mix_by_hand():
+    from camkit import CAMExtractor
+
+    torch.manual_seed(0)
+    model, x = TinyNet3d().train(), _volumes(size=(16, 16, 16), channels=1)
+    mix = AttentiveCutMix(2, top_k=5, generator=torch.Generator().manual_seed(1))
+    out = TrainStep(model, mix=mix)(x, LABELS)
+    cams = CAMExtractor(model).forward_frozen(x, LABELS).cams
+    assert cams.shape == (4, 4, 4, 4)
+    twin = AttentiveCutMix(2, top_k=5, generator=torch.Generator().manual_seed(1))
+    params = twin.sample(4, 16, 16, cams=cams, depth=16)
+    mixed, soft, _ = loop_attentive_cutmix(x, LABELS, cams, params.perm.tolist(), True, 5, 2)
+    assert torch.equal(out.inputs, mixed) and not torch.equal(mixed, x)
+    torch.testing.assert_close(out.targets, soft, rtol=0, atol=1e-7)
+    torch.testing.assert_close(out.loss, _soft_ce(model(mixed), soft), rtol=0, atol=1e-6)
+
+
+def test_attentive_cutmix_refuses_image_cells_for_volumes_naming_the_argument():
+    x, cams = _volumes(), _tied_cams((4, 3, 4, 3))
+    mix = AttentiveCutMix(2, top_k=3, generator=torch.Generator().manual_seed(0))
+    image_params = mix.sample(4, 10, 8, cams=cams[:, 0])
+    with pytest.raises(ValueError, match=r"^params.cells: expected a 4-D tensor"):
+        mix.apply(x, image_params)
+    with pytest.raises(ValueError, match=r"^params.cells: expected a 4-D tensor"):
+        mix.targets(LABELS, cams, image_params, (12, 10, 8))
+    params = mix.sample(4, 10, 8, cams=cams, depth=12)
+    with pytest.raises(ValueError, match=r"^params.cells: expected a 3-D tensor"):
+        mix.apply(x[:, :, 0], params)
+    with pytest.raises(ValueError, match=r"^cams: expected a 4-D tensor"):
+        mix.sample(4, 10, 8, cams=cams[:, 0], depth=12)
+    with pytest.raises(ValueError, match=r"^cams: expected a 4-D tensor"):
+        mix(x, LABELS, cams[:, 0])
+    with pytest.raises(
+        ValueError,
+        match=r"^top_k: 36 cells leave nothing of the volume in a 3×4×3 grid; expected at most 35",
+    ):
+        AttentiveCutMix(2, top_k=36).sample(4, 10, 8, cams=cams, depth=12)
+    fine = CellMixParams(params.perm, torch.zeros(4, 13, 4, 3, dtype=torch.bool))
+    with pytest.raises(
+        ValueError,
+        match=r"^params.cells: expected a grid no finer than the 12×10×8 volume, got a 13×4×3",
+    ):
+        mix.apply(x, fine)

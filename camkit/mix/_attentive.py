@@ -2,11 +2,13 @@
 
 A CAM-guided mix whose *draws* depend on the CAMs: the cells pasted are the ``top_k`` cells of the
 partner's CAM (the un-mixed batch's, from the frozen side pass of the training step), where the
-paper used the attention grid of a separate pretrained network.
+paper used the attention grid of a separate pretrained network. Volumes take the same code with
+one more axis: the cells of a 3-D CAM, upsampled to voxels.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,8 +26,9 @@ class CellMixParams(NamedTuple):
     Attributes:
         perm: ``(B,)`` partner index of each image.
         cells: ``(B, h, w)`` bool, the cells of the feature grid pasted from the partner (all
-            ``False`` where the image is not mixed). Cell ``(r, c)`` covers the pixel rows
-            ``⌊r·H/h⌋ … ⌊(r+1)·H/h⌋ − 1`` and the columns alike.
+            ``False`` where the image is not mixed); volumes: ``(B, d, h, w)``. Cell ``(r, c)``
+            covers the pixel rows ``⌈r·H/h⌉ … ⌈(r+1)·H/h⌉ − 1`` (the rows ``y`` with
+            ``⌊y·h/H⌋ = r``) and the columns (slices) alike.
     """
 
     perm: torch.Tensor
@@ -44,12 +47,14 @@ class _AttentiveConfig:
         object.__setattr__(self, "prob", check_probability(self.prob, "prob"))
 
 
-def _pixel_mask(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``(B, H, W)`` bool: the pixels of the ``True`` cells of ``cells`` ``(B, h, w)``."""
-    _, h, w = cells.shape
-    rows = torch.arange(height, device=cells.device) * h // height
-    cols = torch.arange(width, device=cells.device) * w // width
-    return cells[:, rows][:, :, cols]
+def _pixel_mask(cells: torch.Tensor, *size: int) -> torch.Tensor:
+    """``(B, *size)`` bool: the pixels (voxels) of the ``True`` cells of ``cells`` ``(B, *grid)``,
+    ``size`` ``(H, W)`` or ``(D, H, W)``: pixel ``y`` lies in cell ``⌊y·h/H⌋`` along each axis."""
+    mask = cells
+    for axis, (side, grid) in enumerate(zip(size, cells.shape[1:], strict=True)):
+        index = torch.arange(side, device=cells.device) * grid // side
+        mask = mask.index_select(axis + 1, index)
+    return mask
 
 
 class AttentiveCutMix(Mix):
@@ -61,18 +66,21 @@ class AttentiveCutMix(Mix):
         lower row-major index); ``mixed[i]`` takes the partner's pixels in its ``top_k`` cells
         and keeps its own elsewhere. The target is ``(1 − a)·onehot(y_i) + a·onehot(y_perm[i])``
         with ``a`` the pasted share of the image (the paper's ``k/N`` when the grid divides the
-        image). Each batch (one coin) is mixed with probability ``prob``.
+        image). Each batch (one coin) is mixed with probability ``prob``. Volumes: the ``d·h·w``
+        cells of the ``(B, d, h, w)`` CAMs, ranked row-major over ``(d, h, w)``, each pasted as
+        its voxels; ``a`` the pasted share of the volume (the same code with one more axis).
 
     Args:
         num_classes: ``K``.
-        top_k: cells pasted (the paper: 6 of a 7×7 grid); at most ``h·w − 1``.
+        top_k: cells pasted (the paper: 6 of a 7×7 grid); at most ``h·w − 1`` (``d·h·w − 1``).
         prob: probability that a batch is mixed.
         generator: random generator of the draws (the permutation and the coin).
 
     Shape:
-        - images: ``(B, C, H, W)`` float; labels ``(B,)``; cams ``(B, h, w)``, the CAMs of the
-          un-mixed images for their labels (e.g. ``CAMExtractor.forward_frozen(images, labels)``).
-        - output: ``mixed`` ``(B, C, H, W)``, ``soft`` ``(B, K)``.
+        - images: ``(B, C, H, W)`` float, or ``(B, C, D, H, W)`` volumes; labels ``(B,)``; cams
+          ``(B, h, w)`` (volumes: ``(B, d, h, w)``), the CAMs of the un-mixed images for their
+          labels (e.g. ``CAMExtractor.forward_frozen(images, labels)``).
+        - output: ``mixed`` of the images' shape, ``soft`` ``(B, K)``.
 
     Examples:
         >>> import torch
@@ -86,6 +94,7 @@ class AttentiveCutMix(Mix):
 
     needs_cams = "unmixed"
     draws_need_cams = True
+    volumes = True
     num_classes = config_setting("num_classes")
     top_k = config_setting("top_k")
     prob = config_setting("prob")
@@ -99,24 +108,26 @@ class AttentiveCutMix(Mix):
     ) -> None:
         super().__init__(_AttentiveConfig(num_classes, top_k, prob), generator)
 
-    def _draw(self, batch_size, height, width, cams, device, generator) -> CellMixParams:
-        b, h, w = cams.shape
-        if self.config.top_k >= h * w:
+    def _draw(self, batch_size, height, width, cams, device, generator, depth=None):
+        b, grid = cams.shape[0], tuple(cams.shape[1:])
+        count = math.prod(grid)
+        if self.config.top_k >= count:
+            kind = "image" if depth is None else "volume"
             raise ValueError(
-                f"top_k: {self.config.top_k} cells leave nothing of the image in a {h}×{w} grid; "
-                f"expected at most {h * w - 1}"
+                f"top_k: {self.config.top_k} cells leave nothing of the {kind} in a "
+                f"{'×'.join(map(str, grid))} grid; expected at most {count - 1}"
             )
         perm = torch.randperm(batch_size, generator=generator, device=device)
         coin = torch.rand(1, generator=generator, device=device) < self.config.prob
         perm = perm.to(cams.device, non_blocking=True)
         order = torch.argsort(cams.detach()[perm].flatten(1), dim=1, descending=True, stable=True)
-        cells = torch.zeros(b, h * w, dtype=torch.bool, device=cams.device)
+        cells = torch.zeros(b, count, dtype=torch.bool, device=cams.device)
         cells.scatter_(1, order[:, : self.config.top_k], True)
         cells &= coin.to(cams.device, non_blocking=True)
-        return CellMixParams(perm=perm, cells=cells.view(b, h, w))
+        return CellMixParams(perm=perm, cells=cells.view(b, *grid))
 
     def _apply(self, images: torch.Tensor, params: CellMixParams) -> torch.Tensor:
-        mask = _pixel_mask(params.cells.to(images.device), *images.shape[-2:])
+        mask = _pixel_mask(params.cells.to(images.device), *images.shape[2:])
         partner = images.index_select(0, params.perm.to(images.device, non_blocking=True))
         return torch.where(mask[:, None], partner, images)
 
@@ -125,17 +136,19 @@ class AttentiveCutMix(Mix):
         share = mask.flatten(1).double().mean(1)
         return soft_targets(labels, params.perm, 1.0 - share, share, self.num_classes, dtype=dtype)
 
-    def check_params(self, params: object, batch_size: int, size: tuple[int, int]) -> None:
+    def check_params(self, params: object, batch_size: int, size: tuple[int, ...]) -> None:
         if not isinstance(params, CellMixParams):
             raise TypeError(f"params: expected a CellMixParams, got {type(params).__name__}")
         check_tensor(params.perm, "params.perm", shape=(batch_size,), floating=False)
-        check_tensor(params.cells, "params.cells", shape=(batch_size, None, None), dtype=torch.bool)
+        grid = (None,) * len(size)  # (h, w); volumes (d, h, w)
+        check_tensor(params.cells, "params.cells", shape=(batch_size, *grid), dtype=torch.bool)
         check_permutation(params.perm, "params.perm")
-        h, w = params.cells.shape[1:]
-        if h > size[0] or w > size[1]:  # a cell must cover at least one pixel
+        grid = tuple(params.cells.shape[1:])
+        if any(g > s for g, s in zip(grid, size, strict=True)):  # a cell covers a pixel or more
+            kind = "image" if len(size) == 2 else "volume"
             raise ValueError(
-                f"params.cells: expected a grid no finer than the {size[0]}×{size[1]} image, got "
-                f"a {h}×{w} grid"
+                f"params.cells: expected a grid no finer than the {'×'.join(map(str, size))} "
+                f"{kind}, got a {'×'.join(map(str, grid))} grid"
             )
 
     def extra_repr(self) -> str:
