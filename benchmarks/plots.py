@@ -49,6 +49,8 @@ PERF_KEYS = [
     ("cam_speedup_vs_gradcam", "CAM speed-up vs pytorch-grad-cam", 3.0, False),
     ("snapmix_op_speedup_vs_loop", "SnapMix op speed-up vs loop", 10.0, False),
     ("tta_speedup_vs_full_vote", "TTA early exit speed-up", 1.6, False),
+    ("cam3d_speedup_vs_monai_gradcam", "3-D CAM speed-up vs MONAI GradCAM", None, False),
+    ("cam3d_speedup_vs_monai_cam", "3-D CAM speed-up vs MONAI CAM", None, False),
 ]
 
 
