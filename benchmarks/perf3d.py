@@ -15,7 +15,10 @@
   method gets its own copy of the model (the same weights), and camkit the original.
 - ``snapmix3d``: the ``camkit.SnapMix`` op on a batch of volumes ``(B, 1, S, S, S)``
   with given CAMs at DenseNet121's feature resolution, against one copy of the batch
-  (``x.clone()``), as the 2-D ``snapmix`` row's ``clone`` entry.
+  (``x.clone()``), as the 2-D ``snapmix`` row's ``clone`` entry, and against a per-volume loop
+  (``loop``: camkit's draws, ``SnapMix.sample``, applied one volume at a time by
+  ``benchmarks/reference.py``'s ``loop_snapmix_apply``, the reference the tests pin SnapMix's
+  volumes against).
 
 Both time their contenders in adjacent pairs against camkit's (``harness.paired``).
 """
@@ -152,7 +155,9 @@ def bench_cam3d(cfg: dict, device: torch.device) -> dict:
 
 
 def bench_snapmix3d(cfg: dict, device: torch.device) -> dict:
-    """The SnapMix op on ``(B, 1, S, S, S)`` volumes against one copy of the batch."""
+    """The SnapMix op on ``(B, 1, S, S, S)`` volumes against one copy of the batch and a
+    per-volume loop."""
+    from benchmarks.reference import loop_snapmix_apply, params_to_lists
     from camkit import SnapMix
 
     c = cfg["snapmix3d"]
@@ -163,10 +168,18 @@ def bench_snapmix3d(cfg: dict, device: torch.device) -> dict:
     y = torch.randint(0, 2, (b,), generator=gen).to(device)
     cams = torch.randn(b, grid, grid, grid, generator=gen).to(device)
     mix = SnapMix(2)
-    fns = {"camkit": lambda: mix(x, y, cams), "clone": lambda: x.clone()}
+
+    def loop() -> None:
+        params = params_to_lists(mix.sample(b, s, s, depth=s, cams=cams))
+        loop_snapmix_apply(x, y, cams, *params, 2)
+
+    fns = {"camkit": lambda: mix(x, y, cams), "clone": lambda: x.clone(), "loop": loop}
     comp = paired(fns, "camkit", c["reps"], c["warmup"], device)
     details = comp.summary()
-    flat = {"snapmix3d_op_ratio_vs_clone": 1.0 / comp.median_ratio("clone")}
+    flat = {
+        "snapmix3d_op_ratio_vs_clone": 1.0 / comp.median_ratio("clone"),
+        "snapmix3d_op_speedup_vs_loop": comp.median_ratio("loop"),
+    }
     _log("  " + ", ".join(f"{k}={v['median_ms']:.1f}ms" for k, v in details.items()))
     return {"flat": flat, "details": details}
 

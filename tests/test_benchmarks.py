@@ -38,6 +38,12 @@ FLOAT_KEYS = (
     "tta_speedup_vs_full_vote",
     "tta_speedup_vs_released",
     "memory_ratio_full",
+    "cam3d_speedup_vs_monai_cam",
+    "cam3d_speedup_vs_monai_gradcam",
+    "cam3d_corr_vs_monai_cam",
+    "cam3d_corr_vs_monai_gradcam",
+    "snapmix3d_op_ratio_vs_clone",
+    "snapmix3d_op_speedup_vs_loop",
 )
 
 
@@ -60,6 +66,7 @@ def test_smoke_run_writes_all_keys(tmp_path):
         assert value > 0, (key, value)
     assert isinstance(results["tta_labels_identical"], bool)
     assert -1.0 <= results["cam_corr_vs_gradcam"] <= 1.0 + 1e-9
+    assert results["cam3d_corr_vs_monai_cam"] >= 0.999  # the same maps as MONAI's
     assert results["meta"]["smoke"] is True
     md = (tmp_path / "perf_cpu_smoke.md").read_text()
     assert "memory_ratio_full" in md and "python benchmarks/perf.py --smoke" in md
