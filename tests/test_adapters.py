@@ -8,7 +8,7 @@ and must:
 - run CAMExtractor (``exact`` as the head says), TrainStep with SnapMix + CPE (one step, finite
   loss, gradients on the model's parameters), and CAMMaskingTTA.
 
-A new family is one adapter module plus its entry in `FAMILIES`.
+A new family is one adapter module plus its entry in `FAMILIES` (3-D ones in `VOLUME_FAMILIES`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from camkit import (
     as_classifier,
 )
 from camkit.models import ClassifierAdapter, eval_module, source_model, unwrap_logits
+from tests.helpers import one_thread  # noqa: F401  (the volume families' fixture)
 
 monai_nets = pytest.importorskip("monai.networks.nets")  # the dev extra installs it
 transformers = pytest.importorskip("transformers")
@@ -533,3 +534,77 @@ def test_the_your_model_page_snippets_run(capsys):
     assert printed[0] == "False"  # the paper's ResNet-50: head-gradient CAM
     assert "torch.Size([2, 7, 7])" in printed
     assert "torch.Size([1, 1024, 2, 2, 2]) torch.Size([1, 2, 2, 2])" in printed
+
+
+# --- the volume families: the contract on (B, 1, D, H, W) batches ------------------------------
+
+
+def _monai_efficientnet_3d() -> nn.Module:
+    """EfficientNetBN's base class, three stages (a /8 network): b0 at 64³ would take seconds."""
+    from monai.networks.nets.efficientnet import EfficientNet
+
+    blocks = ["r1_k3_s11_e1_i32_o16_se0.25", "r1_k3_s22_e6_i16_o24_se0.25",
+              "r1_k3_s22_e6_i24_o40_se0.25"]  # fmt: skip
+    return EfficientNet(blocks, spatial_dims=3, in_channels=1, num_classes=K,
+                        width_coefficient=0.5, image_size=32)  # fmt: skip
+
+
+def _monai_densenet_3d() -> nn.Module:
+    return monai_nets.DenseNet(spatial_dims=3, in_channels=1, out_channels=K, init_features=8,
+                               growth_rate=4, block_config=(2, 2))  # fmt: skip
+
+
+def _monai_resnet_3d() -> nn.Module:
+    return monai_nets.ResNet("basic", [1, 1, 1, 1], [8, 8, 16, 16], spatial_dims=3,
+                             n_input_channels=1, num_classes=K)  # fmt: skip
+
+
+def _monai_senet_3d() -> nn.Module:  # SENet's planes are fixed (up to 2048 channels)
+    return monai_nets.SENet(spatial_dims=3, in_channels=1, block="se_resnet_bottleneck",
+                            layers=(1, 1, 1, 1), groups=1, reduction=4, inplanes=8,
+                            downsample_kernel_size=1, input_3x3=False, num_classes=K)  # fmt: skip
+
+
+VOLUME_FAMILIES = {  # (builder, side, batch): SENet divides by 32, so 64³ for a 2³ map
+    "monai_densenet_3d": (_monai_densenet_3d, 32, 4),
+    "monai_resnet_3d": (_monai_resnet_3d, 32, 4),
+    "monai_efficientnet_3d": (_monai_efficientnet_3d, 32, 4),
+    "monai_senet_3d": (_monai_senet_3d, 64, 2),
+}
+
+
+@pytest.mark.usefixtures("one_thread")  # 3-D convolutions: many times slower on a shared CPU
+@pytest.mark.parametrize("family", sorted(VOLUME_FAMILIES))
+def test_every_part_accepts_the_volume_family(family):
+    """The 3-D families through the same parts: exact CAMs, SnapMix + CPE, the TTA (last in the
+    module: the one-thread fixture lasts to the module's end)."""
+    builder, side, batch = VOLUME_FAMILIES[family]
+    torch.manual_seed(0)
+    model = builder()
+    volumes = torch.randn(batch, 1, side, side, side, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 1, 2, 0])[:batch]
+    user = source_model(model)
+
+    ext = CAMExtractor(model.eval())
+    out = ext(volumes, labels)
+    assert ext.exact and out.cams.ndim == 4 and min(out.cams.shape[1:]) >= 2
+    torch.testing.assert_close(out.logits, _logits(model, volumes), rtol=0, atol=0)
+    bias = ext.model.get_classifier().bias.detach()
+    torch.testing.assert_close(
+        out.cams.mean((1, 2, 3)) + bias[labels], out.logits[range(batch), labels]
+    )
+
+    user.train()
+    step = TrainStep(model, mix=SnapMix(K, generator=torch.Generator().manual_seed(1)),
+                     cpe=ContrastivePatchLoss())  # fmt: skip
+    result = step(volumes, labels)
+    assert result.inputs.shape == volumes.shape and not torch.equal(result.inputs, volumes)
+    assert torch.isfinite(result.loss) and result.cpe_loss is not None
+    result.loss.backward()
+    grads = [p.grad for p in user.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads[-2:])  # the class layer trains
+    assert sum(1 for g in grads if g is not None and g.abs().sum() > 0) > len(grads) // 2
+
+    user.eval()
+    res = CAMMaskingTTA(model, k=3, patch_size=side // 4).predict(volumes)
+    assert res.labels.shape == (batch,) and (res.forwards >= 1).all()
