@@ -175,9 +175,7 @@ class CutMix(_TimmLikeMix):
         return _sample_cutmix(self.config, batch_size, size, generator, device)
 
     def _apply(self, images: torch.Tensor, params: CutMixParams) -> torch.Tensor:
-        if images.ndim == 5:
-            return _paste_cuboids(images, params)
-        return paste(images, _as_snapmix(params))
+        return paste(images, _as_snapmix(params))  # boxes or cuboids: one paste
 
     def _weigh(self, labels, cams, params, size, dtype) -> torch.Tensor:
         box = params.box.to(labels.device, non_blocking=True)
@@ -212,29 +210,6 @@ def _sample_cutmix(config: _MixConfig, b, size, generator, device) -> CutMixPara
         apply=apply.expand(b).contiguous(),
         shared_box=shared,
     )
-
-
-def _paste_cuboids(volumes: torch.Tensor, params: CutMixParams) -> torch.Tensor:
-    """CutMix of volumes: each cuboid of the partner copied voxel for voxel (no resize).
-
-    A batch-wide host box is one slice write; otherwise a mask of each volume's own cuboid.
-    """
-    perm = params.perm.to(volumes.device, non_blocking=True)
-    if params.shared_box is not None:
-        (z0, y0, x0, z1, y1, x1), mixed_any = params.shared_box
-        if not mixed_any:
-            return volumes
-        mixed = volumes.clone()
-        crops = volumes[:, :, z0:z1, y0:y1, x0:x1].index_select(0, perm)
-        mixed[:, :, z0:z1, y0:y1, x0:x1] = crops
-        return mixed
-    box = params.box.to(volumes.device, non_blocking=True)
-    inside = params.apply.to(volumes.device, non_blocking=True)[:, None, None, None]
-    for axis, side in enumerate(volumes.shape[2:]):
-        index = torch.arange(side, device=volumes.device)
-        along = (index >= box[:, axis, None]) & (index < box[:, axis + 3, None])  # (B, side)
-        inside = inside & along.view(-1, *(side if a == axis else 1 for a in range(3)))
-    return torch.where(inside[:, None], volumes.index_select(0, perm), volumes)
 
 
 def _pair_targets(mix: _TimmLikeMix, labels, perm, lam: torch.Tensor, dtype) -> torch.Tensor:
