@@ -103,9 +103,9 @@ class TrainStep(nn.Module):
 
     Shape:
         - images: ``(B, C, H, W)`` float, the model's normalised input; ``(B, C, D, H, W)``
-          volumes for a model whose input layer is a 3-D convolution (without a mix, with
-          [`CutMix`][camkit.CutMix] (cuboids) or [`Mixup`][camkit.Mixup], with the CPE; the other
-          mixes refuse volumes).
+          volumes for a model whose input layer is a 3-D convolution (without a mix or with any
+          of camkit's: SnapMix and CutMix take cuboids, Attentive CutMix 3-D cells; with the
+          CPE).
         - labels: ``(B,)`` int64 class indices in ``[0, K)``.
         - output: [`TrainStepOutput`][camkit.TrainStepOutput] with ``loss`` ``()``, ``logits``
           and ``targets`` ``(B, K)``, ``inputs`` ``(B, C, H, W)``.
