@@ -263,7 +263,7 @@ def test_snapmix_cpe_step_on_a_monai_3d_densenet121_equals_the_mix_by_hand():
             x, labels, cams, *params_to_lists(params), 2, constant_cam="released"
         )
         assert torch.equal(out.inputs, mixed)
-        torch.testing.assert_close(out.targets, soft, rtol=0, atol=1e-6)
+        torch.testing.assert_close(out.targets, soft, rtol=1e-5, atol=1e-6)  # as the 2-D test
         assert (soft > 0).all()  # each volume's target weighs both labels
         ref = ext(mixed, soft.argmax(1))
         cpe = contrastive_patch_loss(ref.features, ref.cams)
