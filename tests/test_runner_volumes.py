@@ -126,6 +126,10 @@ def _cli_error(argv: list[str], capsys) -> tuple[int, str]:
          "monai:<Net> with <Net> a class of monai.networks.nets"),
         (["--img-size", "32"], 1, "error: --img-size: AdrenalMNIST3D comes at 28 or 64 voxels "
          "a side, got 32"),
+        (["--model", "resnet18"], 2, "error: --model resnet18: adrenal3d holds volumes; it needs "
+         "a 3-D network, monai:<Net> with spatial_dims 3"),
+        (["--model", "monai:DenseNet121"], 2, "error: --model monai:DenseNet121: could not be "
+         "built from the recipe's arguments {'block': 'basic', "),
     ],
 )  # fmt: skip
 def test_the_command_line_refuses_what_volumes_lack_in_one_line(
@@ -169,3 +173,17 @@ def test_the_volumes_table_gives_settings_paired_intervals_and_cpu_time(tmp_path
     assert lines["| baseline"].startswith("| baseline | mix none, CPE off | 3 | 70.00 ± 0.00 | — |")
     assert "Training the 9 models above took 9.0 min" in md
     assert "recommended" not in json.loads((tmp_path / "adrenal3d_cpu.json").read_text())
+
+
+def test_the_volume_loader_refuses_a_2d_model_and_other_sizes():
+    from benchmarks.runner.volumes import load_adrenal3d
+
+    def load(recipe):
+        load_adrenal3d(recipe, {}, None, torch.device("cpu"), lambda _: None)
+
+    with pytest.raises(ValueError, match=r"--model resnet18: adrenal3d holds volumes; it needs a "):
+        load(RECIPES["site-B"])
+    with pytest.raises(ValueError, match=r"--img-size: AdrenalMNIST3D comes at 28 or 64 voxels"):
+        load(RECIPES["adrenal3d"].replace(img_size=32))
+    with pytest.raises(ValueError, match=r"mean, std: the volumes have one channel, got mean "):
+        load(RECIPES["adrenal3d"].replace(mean=(0.1, 0.2, 0.3)))

@@ -145,7 +145,14 @@ def _monai_model(recipe, num_classes: int) -> nn.Module:
         raise ValueError(
             f"--model {recipe.model}: takes neither num_classes nor out_channels; not a classifier"
         )
-    return as_classifier(cls(**dict(recipe.model_kwargs), **{classes: num_classes}))
+    try:
+        net = cls(**dict(recipe.model_kwargs), **{classes: num_classes})
+    except (TypeError, ValueError) as err:  # arguments the network does not take
+        raise ValueError(
+            f"--model {recipe.model}: could not be built from the recipe's arguments "
+            f"{dict(recipe.model_kwargs)} ({type(err).__name__}: {err})"
+        ) from err
+    return as_classifier(net)
 
 
 def library_versions(recipe) -> dict[str, str]:

@@ -303,6 +303,12 @@ def _main(argv: Sequence[str] | None = None) -> list[dict]:
             )
     if args.model is not None and not (timm.is_model(args.model) or args.model.startswith(MONAI)):
         parser.error(f"--model {args.model}: not a timm model (timm.list_models() names them)")
+    volumes = spatial_dims(recipe_for(args.dataset)) == 3
+    if args.model is not None and volumes and not args.model.startswith(MONAI):
+        parser.error(
+            f"--model {args.model}: {args.dataset} holds volumes; it needs a 3-D network, "
+            "monai:<Net> with spatial_dims 3 (the recipe's)"
+        )
     try:
         recipe = parse_recipe(args)
     except (OSError, ValueError, RuntimeError) as err:
@@ -320,7 +326,7 @@ def _main(argv: Sequence[str] | None = None) -> list[dict]:
             f"feature map, but the contrastive patch loss needs at least {2 * recipe.cpe_patches} "
             "cells"
         )
-    if spatial_dims(recipe) == 3:  # the TTA's cells and the vote rules are sized for images
+    if volumes:  # the TTA's cells and the vote rules are sized for images
         tta = [m for m in args.methods if METHODS[m].tta]
         if tta or args.vote_study:
             what = f"--methods {' '.join(tta)}" if tta else "--vote-study"

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.runner.data import Data, data_folder, first_n_per_class
+from benchmarks.runner.models import spatial_dims
 
 ADRENAL_FILES = {28: "adrenalmnist3d.npz", 64: "adrenalmnist3d_64.npz"}
 
@@ -42,6 +43,11 @@ def load_adrenal3d(recipe, options, cache_dir: Path, device, log) -> Data:
     (or ``--data`` FOLDER holding the files); see the module doc."""
     from camkit.datasets import MedMNIST
 
+    if spatial_dims(recipe) != 3:
+        raise ValueError(
+            f"--model {recipe.model}: adrenal3d holds volumes; it needs a 3-D network, "
+            "monai:<Net> with spatial_dims 3 (the recipe's)"
+        )
     if recipe.img_size not in ADRENAL_FILES:
         raise ValueError(
             f"--img-size: AdrenalMNIST3D comes at {' or '.join(map(str, ADRENAL_FILES))} "
