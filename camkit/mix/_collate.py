@@ -41,7 +41,7 @@ class MixCollate:
 
     Shape:
         - Input: a list of ``(image (C, H, W), label)`` samples (``(C, D, H, W)`` volumes for a
-          mix that takes them: CutMix, Mixup).
+          mix that takes them: CutMix, Mixup, ``SnapMix(cam_source="mixed")``).
         - Output: ``(mixed (B, C, H, W), labels (B,) int64, params)``, the params on the host
           (``mixed`` of the batch's shape for volumes).
     """
@@ -80,7 +80,7 @@ class MixCollate:
         if generator is not None and generator.device.type != "cpu":
             generator = None
         b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
-        depth = images.shape[2] if images.ndim == 5 else None  # volumes (CutMix, Mixup)
+        depth = images.shape[2] if images.ndim == 5 else None  # volumes
         params = self.mix._draw_for(b, h, w, None, torch.device("cpu"), generator, depth)
         return self.mix._apply(images, params), labels, params
 
