@@ -14,8 +14,9 @@ The defaults are the protocols the published tables were measured with:
   resumed from the saved random states);
 - ``adrenal3d``: AdrenalMNIST3D's 28³ volumes (shape masks, not CT intensities;
   `benchmarks.runner.volumes`) from scratch, the CT sites' SGD and step schedule, batch 32, random
-  flips along the three axes, inputs ``voxel / 255`` (0 or 1). `ADRENAL3D_NET` says which
-  network and why; `ADRENAL3D_STUDY` how its lr and epochs were chosen.
+  flips along the three axes, inputs ``voxel / 255`` (0 or 1), lr 0.03, 6 epochs, the epoch
+  chosen on validation. The comment above `ADRENAL3D_NET` says which network and why, and how
+  the lr and the epochs were chosen.
 """
 
 from __future__ import annotations
@@ -115,7 +116,14 @@ RECIPES: dict[str, Recipe] = {
 # average 4.5-5); this network with a stride-1 first convolution (a 4³ map) 159 s (load 4.5-5), and
 # side by side with the chosen one (128 volumes each, twice, load 7.4-8.1) 234-380 s against
 # 65-90 s (8-16-32-64 channels: no faster at stride 1, 304-531 s). Only the stride-2 network lets
-# 4 methods × 3 seeds finish in about 30-45 CPU minutes; the lr and epochs: ADRENAL3D_STUDY.
+# 4 methods × 3 seeds finish in about 30-45 CPU minutes.
+# The lr and the epochs, chosen on the baseline's validation accuracy (seed 0, the official val
+# split of 98 volumes: one volume is 1.02 points; test never read), best val acc (its epoch):
+#   lr 0.03, 12 epochs: 90.82 (6), 493 s | lr 0.1, 12 epochs: 90.82 (6), 592 s
+#   lr 0.03,  6 epochs: 88.78 (5), 184 s | lr 0.1,  6 epochs: 86.73 (6), 190 s
+# (train seconds at load average 4.8-8). Validation peaks right after the first lr decay; lr 0.03
+# is as good as 0.1 at 12 epochs and better at 6. 6 epochs: 2 volumes below 12 at half the time,
+# the most the 30-45 minutes allow; the 6-epoch baseline trains 30.6 s an epoch at load 4.9-5.0.
 ADRENAL3D_NET = (
     ("block", "basic"),
     ("layers", (1, 1, 1, 1)),
@@ -130,7 +138,7 @@ RECIPES["adrenal3d"] = Recipe(
     model="monai:ResNet",
     model_kwargs=ADRENAL3D_NET,
     img_size=28,
-    epochs=10,
+    epochs=6,
     batch_size=32,
     lr=0.03,
     mean=(0.0,),

@@ -51,7 +51,7 @@ def _network(shared: dict) -> list[str]:
         f"{kwargs.get('conv1_t_stride')}, no max-pool: {kwargs.get('no_max_pool')}) read through",
         f"camkit's MONAI adapter; at {shared['img_size']}³ its final feature map is {grid} cells,",
         "2 a side being the least a CAM needs. A stride-1 first convolution (a 4³ map) costs about",
-        "4 times as much per epoch here, MONAI's 3-D DenseNet121 on the 64³ file about 40 times:",
+        "5 times as much per epoch here, MONAI's 3-D DenseNet121 on the 64³ file about 100 times:",
         "more than this CPU could give 4 methods × 3 seeds.",
     ]
 
