@@ -173,6 +173,19 @@ def test_the_volumes_table_gives_settings_paired_intervals_and_cpu_time(tmp_path
     assert lines["| baseline"].startswith("| baseline | mix none, CPE off | 3 | 70.00 ± 0.00 | — |")
     assert "Training the 9 models above took 9.0 min" in md
     assert "recommended" not in json.loads((tmp_path / "adrenal3d_cpu.json").read_text())
+    assert "A subset" not in md and "max-pool off" in md and "final feature map is 2×2×2" in md
+    smoke = _row("baseline", 0, 50.0, 50.0)
+    smoke["settings"].update(train_subset=2, test_subset=1)
+    smoke["n_test"] = 2
+    merge_results(tmp_path / "smoke" / "adrenal3d_cpu.json", [smoke], key=ROW_KEY)
+    with contextlib.redirect_stdout(io.StringIO()):
+        reproduce.main(
+            ["--table", "volumes", "--report-only", "--results", str(tmp_path / "smoke")]
+        )
+    assert (
+        "**A subset, not the table**: the first 2 training and 1 validation and test volumes of "
+        "each class (2 test volumes)." in (tmp_path / "smoke" / "adrenal3d_cpu.md").read_text()
+    )
 
 
 def test_the_volume_loader_refuses_a_2d_model_and_other_sizes():

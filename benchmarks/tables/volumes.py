@@ -48,7 +48,8 @@ def _network(shared: dict) -> list[str]:
         f"`{shared['model']}`",
         f"(layers {list(kwargs.get('layers', ()))}, channels "
         f"{list(kwargs.get('block_inplanes', ()))}, first convolution stride "
-        f"{kwargs.get('conv1_t_stride')}, no max-pool: {kwargs.get('no_max_pool')}) read through",
+        f"{kwargs.get('conv1_t_stride')}, max-pool {'off' if kwargs.get('no_max_pool') else 'on'})"
+        " read through",
         f"camkit's MONAI adapter; at {shared['img_size']}³ its final feature map is {grid} cells,",
         "2 a side being the least a CAM needs. A stride-1 first convolution (a 4³ map) costs about",
         "5 times as much per epoch here, MONAI's 3-D DenseNet121 on the 64³ file about 100 times:",
@@ -93,6 +94,14 @@ def volumes_markdown(rows: list[dict], path: Path) -> None:
     if not sel:
         atomic_write_text("\n".join([*lines, "(not run yet)", ""]), path)
         return
+    names = {"train_subset": "training", "test_subset": "validation and test"}
+    subsets = [f"{shared[k]} {name}" for k, name in names.items() if shared.get(k)]
+    if subsets:  # a smoke run: say so above the numbers
+        lines += [
+            f"**A subset, not the table**: the first {' and '.join(subsets)} volumes of each "
+            f"class ({sel[0]['n_test']} test volumes).",
+            "",
+        ]
     lines += [
         "| method | settings | seeds | val acc | Δ val vs baseline [95 % CI] | accuracy "
         "| Δ acc vs baseline [95 % CI] | F1 | best val epochs | train s/run | s/epoch |",
