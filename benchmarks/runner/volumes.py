@@ -80,5 +80,5 @@ def load_adrenal3d(recipe, options, cache_dir: Path, device, log) -> Data:
         to_input=to_input,
         augment=lambda x: flip_volumes(to_input(x)),
         mask_value=(0.0 - mean) / std,  # the background
-        info={"root": str(path), "volumes": True},
+        info={"root": str(path)},
     )
