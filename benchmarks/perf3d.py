@@ -17,7 +17,7 @@
   with given CAMs at DenseNet121's feature resolution, against one copy of the batch
   (``x.clone()``), as the 2-D ``snapmix`` row's ``clone`` entry, and against a per-volume loop
   (``loop``: camkit's draws, ``SnapMix.sample``, applied one volume at a time by
-  ``benchmarks/reference.py``'s ``loop_snapmix_apply``, the reference the tests pin SnapMix's
+  ``benchmarks/reference/``'s ``loop_snapmix_apply``, the reference the tests pin SnapMix's
   volumes against).
 
 Both time their contenders in adjacent pairs against camkit's (``harness.paired``).

@@ -4,7 +4,7 @@ For each op (SnapMix, ContrastivePatchLoss, CAMMaskingTTA), device, dtype and ti
 `check` builds a small seeded case and asserts:
 
 - the Module and the function give bit-identical results (same inputs, same random draws);
-- they agree with the reference of ``benchmarks/reference.py`` to the dtype's tolerance
+- they agree with the reference of ``benchmarks/reference/`` to the dtype's tolerance
   (`TOLERANCES`); the reference runs on the CPU, in float64, on exactly the values camkit got
   (bfloat16 inputs and weights are upcast, not redrawn), except the bf16 TTA, whose reference
   runs the same bf16 network (see `TOLERANCES`).

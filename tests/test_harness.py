@@ -1,7 +1,7 @@
 """camkit's Module == function == reference, over devices, dtypes and timm families.
 
 The checks and their per-dtype tolerances live in ``tests/harness.py``; the references in
-``benchmarks/reference.py``. CUDA cases carry the ``cuda`` mark (``pytest -m cuda`` selects them;
+``benchmarks/reference/``. CUDA cases carry the ``cuda`` mark (``pytest -m cuda`` selects them;
 ``benchmarks/gpu_check.sh`` runs them first on a GPU machine) and are skipped, with the reason
 shown, where ``torch.cuda.is_available()`` is False. Every op supports float32, bfloat16 and
 float64 on both devices, so no dtype case is skipped or expected to fail.

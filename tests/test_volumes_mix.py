@@ -1,6 +1,6 @@
 """SnapMix and Attentive CutMix on volumes ``(B, C, D, H, W)``.
 
-Each is pinned against the per-volume loop reference of ``benchmarks/reference.py`` (the one that
+Each is pinned against the per-volume loop reference of ``benchmarks/reference/`` (the one that
 the 2-D tests use) on the same draws, a depth-1 volume against the image it holds, and the
 training step on a MONAI 3-D DenseNet121 against the mix by hand.
 """
