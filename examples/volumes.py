@@ -11,12 +11,13 @@ Why the 64³ file: DenseNet121 divides each side by 32, so 64³ keeps a 2 × 2 �
 map. The 28³ file (``adrenalmnist3d.npz``) would leave 1 × 1 × 1: a CAM of one cell is one number
 per class and says nothing about where.
 
-DenseNet121 at 64³ is slow on a CPU (about 1 s per training volume on 2 cores): by default this
-trains on 24 volumes of each class for 3 epochs and tests on 16 of each, a few minutes, to show
-the steps; the numbers of that run mean little. The full split (1,188 / 298 volumes, hours on a
-CPU, minutes on a GPU):
+DenseNet121 at 64³ is slow on a CPU: one training step of 8 volumes with SnapMix and the CPE
+took 9-30 s on a shared 2-core CPU. By default this trains on 16 volumes of each class for 2
+epochs and tests on 8 of each, a few minutes, to show the steps; the numbers of that run mean
+nothing (a model that has seen 32 volumes twice). The full official split (1,188 training and
+298 test volumes) takes 20-70 minutes an epoch on such a CPU, 7-23 hours for these 20:
 
-    python examples/volumes.py                                        # ~5 min on a 2-core CPU
+    python examples/volumes.py                                        # a few minutes on a CPU
     python examples/volumes.py --train-subset 0 --test-subset 0 --epochs 20   # the full split
     python examples/volumes.py --mix cutmix --cpe none                # other recipes
 """
@@ -49,11 +50,11 @@ def at_least(low: int):  # an int option's type: one-line errors naming the opti
 
 
 p.add_argument("--data", type=Path, help="folder of adrenalmnist3d_64.npz ($CAMKIT_DATA/MedMNIST)")
-p.add_argument("--mix", choices=("none", "snapmix", "cutmix", "mixup"), default="cutmix")
+p.add_argument("--mix", choices=("none", "snapmix", "cutmix", "mixup"), default="snapmix")
 p.add_argument("--cpe", choices=("none", "norm", "paper"), default="norm")
-p.add_argument("--train-subset", type=at_least(0), default=24, help="volumes per class; 0: all")
-p.add_argument("--test-subset", type=at_least(0), default=16, help="volumes per class; 0: all")
-p.add_argument("--epochs", type=at_least(0), default=3)
+p.add_argument("--train-subset", type=at_least(0), default=16, help="volumes per class; 0: all")
+p.add_argument("--test-subset", type=at_least(0), default=8, help="volumes per class; 0: all")
+p.add_argument("--epochs", type=at_least(0), default=2)
 p.add_argument("--batch-size", type=at_least(2), default=8)
 p.add_argument("--lr", type=float, default=1e-3)
 p.add_argument("--tta-copies", type=at_least(1), default=7, help="masked copies per volume")
