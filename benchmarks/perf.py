@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/perf.py                      # full CPU run, ~12-18 min on 2 cores
+    python benchmarks/perf.py                      # full CPU run, ~15-22 min on 2 cores
     python benchmarks/perf.py --smoke --out /tmp/b # every benchmark, tiny sizes, seconds (CI)
     python benchmarks/perf.py --only train,memory  # a subset
     python benchmarks/perf.py --device cuda        # on a GPU
