@@ -14,6 +14,8 @@ Usage (from the repository root; ``make figures`` runs it)::
   pretrained table (``pretrained_cpu.json``), a panel per schedule;
 - ``site_a_recipe_curves.png``: the site-A baseline's validation curve at each lr of the recipe
   study (``site_a_recipe_cpu.json``), the epoch kept marked.
+- ``results_adrenal3d.png`` and ``results_adrenal3d_paired.png``: the same two plots of the
+  volume table (``adrenal3d_cpu.json``);
 - ``results_sites.png``: the two CT sites side by side (``site_a_cpu.json`` and the 10-epoch
   rows of ``pretrained_cpu.json``): test accuracy per method, mean ± std over the paired units,
   each unit a dot, and the paper's figure for the method (its 200-epoch ResNet-50) a red diamond.
@@ -330,6 +332,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
         title = "Site A: the baseline's validation curve (fold 0), per lr"
         fig = curve_figure(rows, "lr", title)
         written.append(save_figure(fig, args.out / "site_a_recipe_curves.png", dpi=90))
+    volumes = args.results / "adrenal3d_cpu.json"
+    if volumes.is_file():
+        from benchmarks.tables.rows import nest
+
+        rows = json.loads(volumes.read_text())["rows"]
+        title = "AdrenalMNIST3D (masks, 28³), 3-D ResNet"
+        fig = ablation_figure(nest(rows), None, title)
+        written.append(save_figure(fig, args.out / "results_adrenal3d.png", dpi=90))
+        fig = paired_figure(rows, None)
+        written.append(save_figure(fig, args.out / "results_adrenal3d_paired.png", dpi=90))
     site_a = args.results / "site_a_cpu.json"
     if site_a.is_file() and pretrained.is_file():
         from benchmarks.reproduce import PAPER
