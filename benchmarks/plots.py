@@ -243,10 +243,12 @@ def curve_figure(rows: list[dict], key: str, title: str):
 
     fig = Figure(figsize=(6.0, 3.6), layout="constrained")
     ax = fig.subplots()
-    for r in sorted(rows, key=lambda r: r["settings"][key]):
+    schedules = len({r.get("epochs") for r in rows}) > 1
+    for r in sorted(rows, key=lambda r: (r["settings"][key], -r.get("epochs", 0))):
         curve = r.get("val_curve") or []
         epochs = range(1, len(curve) + 1)
-        (line,) = ax.plot(epochs, curve, marker=".", label=f"{key} {r['settings'][key]:g}")
+        label = f"{key} {r['settings'][key]:g}" + (f", {r['epochs']} epochs" if schedules else "")
+        (line,) = ax.plot(epochs, curve, marker=".", label=label)
         if 1 <= r.get("best_epoch", 0) <= len(curve):
             ax.plot([r["best_epoch"]], [curve[r["best_epoch"] - 1]], "o", color=line.get_color())
     ax.set_xlabel("epoch")

@@ -93,12 +93,15 @@ DIGITS_METHODS = ("baseline", "cutmix", "mixup", "snapmix", "cpe_norm")
 # site A: the same fine-tuning, the schedule and lr chosen on the baseline's validation accuracy
 # (fold 0, `site-a-recipe`); the folds of the patient-block split are the paired units
 SITE_A_RECIPE = (*PRETRAINED[:3], ("batch_size", 32), ("head_init", "zero"))
-SITE_A = (*SITE_A_RECIPE, ("lr", 0.03), ("epochs", 12))
+SITE_A = (*SITE_A_RECIPE, ("lr", 0.1), ("epochs", 10))
 # ≥ 5 folds for the rows the comparison rests on (camkit's default CPE is the normalised form);
 # the exact SnapMix's mixed-CAM variant and the paper's unnormalised CPE on 3 folds
 SITE_A_METHODS = ("baseline", "cutmix", "mixup", "snapmix", "cpe_norm", "snapmix_cpe", "full")
 SITE_A_VARIANTS = ("snapmix_fast", "cpe")
 SITE_A_LRS = (0.01, 0.03, 0.1)
+# then a shorter schedule at the lr chosen over 20 epochs (lr 0.1: best validation 76.66 %);
+# SITE_A is what `choose_site_a_recipe` reads from the published study (a test holds them equal)
+SITE_A_SHORTER = ((0.1, 10),)
 TABLES = {
     "pretrained": (
         "pretrained_cpu",
@@ -160,6 +163,16 @@ TABLES = {
                 seeds=(0,),
             )
             for lr in SITE_A_LRS
+        ]
+        + [
+            Block(
+                "site-A",
+                (*SITE_A_RECIPE, ("lr", lr), ("epochs", epochs)),
+                ("baseline",),
+                f"site_a_recipe_lr{lr}_e{epochs}",
+                seeds=(0,),
+            )
+            for lr, epochs in SITE_A_SHORTER
         ],
     ),
     "scratch": (

@@ -247,9 +247,44 @@ def test_the_site_a_recipe_report_shows_the_validation_curves(tmp_path):
     merge_results(tmp_path / "site_a_recipe_cpu.json", rows, key=reproduce.ROW_KEY)
     _quiet(["--table", "site-a-recipe", "--report-only", "--results", str(tmp_path)])
     md = (tmp_path / "site_a_recipe_cpu.md").read_text()
-    assert "| 0.01 | 75.50 | 3 | 60.0 75.5 |\n| 0.1 | 84.00 | 3 | 70.0 84.0 |" in md
+    assert "| 0.01 | 20 | 75.50 | 3 | 60.0 75.5 |\n| 0.1 | 20 | 84.00 | 3 | 70.0 84.0 |" in md
     assert "80.00" not in md  # test accuracy is not shown
     assert "Not measured yet: lr 0.03; no lr is chosen before all are." in md
+    assert "Chosen" not in md
+
+
+def test_the_site_a_recipe_rule_picks_the_lr_then_the_shortest_schedule_near_it():
+    from benchmarks.tables.site_a import choose_site_a_recipe
+
+    def row(lr, epochs, val):
+        return {"settings": {"lr": lr}, "epochs": epochs, "val_acc": val}
+
+    lrs = (0.01, 0.03, 0.1)
+    long = [row(0.01, 20, 75.25), row(0.03, 20, 75.86), row(0.1, 20, 76.66)]
+    assert choose_site_a_recipe(long[:2], lrs) is None  # not every lr measured
+    assert choose_site_a_recipe(long, lrs) == (0.1, 20)
+    assert choose_site_a_recipe([*long, row(0.1, 10, 75.70)], lrs) == (0.1, 10)  # within 1
+    assert choose_site_a_recipe([*long, row(0.1, 10, 75.60)], lrs) == (0.1, 20)  # 1.06 below
+    # a shorter schedule at another lr is not read; a tie goes to the smaller lr
+    assert choose_site_a_recipe([*long, row(0.03, 10, 80.0)], lrs) == (0.1, 20)
+    assert choose_site_a_recipe([row(0.01, 20, 70.0), row(0.03, 20, 70.0)], (0.01, 0.03)) == (
+        0.01,
+        20,
+    )
+
+
+def test_the_site_a_table_runs_the_recipe_its_study_chose():
+    """SITE_A's lr and epochs are what the published recipe study chooses, never set by hand."""
+    from benchmarks.runner.io import read_results
+    from benchmarks.tables.site_a import choose_site_a_recipe
+
+    path = reproduce.RESULTS / "site_a_recipe_cpu.json"
+    chosen = choose_site_a_recipe(read_results(path), reproduce.SITE_A_LRS)
+    assert chosen is not None, f"{path}: the recipe study is unfinished"
+    recipe = dict(reproduce.SITE_A)
+    assert (recipe["lr"], recipe["epochs"]) == chosen
+    md = (reproduce.RESULTS / "site_a_recipe_cpu.md").read_text()
+    assert f"Chosen: **lr {chosen[0]:g}, {chosen[1]} epochs**" in md
 
 
 def test_site_a_is_recommended_over_both_sites(tmp_path):
