@@ -1,6 +1,7 @@
 """The gallery's figures, from the strongest models the benchmarks trained, and where CAMs sit.
 
     python benchmarks/figures.py             # after benchmarks/reproduce.py --table pretrained
+    python benchmarks/figures.py --volumes RUNS   # after reproduce.py --table volumes --out RUNS
 
 Which model each figure shows is decided by a rule written here, never by looking at tiles:
 
@@ -11,7 +12,9 @@ Which model each figure shows is decided by a rule written here, never by lookin
 - the tiles: the first four test images of each class in the official list order (digits: the
   first of each class); the SnapMix pair: the first training image whose partner has the other
   class; the TTA figure: the tile whose vote was closest (the smallest margin between votes for
-  and against; the first such); the deletion curves: the first two test images of each class.
+  and against; the first such); the deletion curves: the first two test images of each class;
+- volumes: the volume table's baseline, the seed with the highest validation accuracy, on the
+  first test volume of the last class (a mass), every class's CAM.
 
 It also measures, per method and seed of the pretrained table and for a from-scratch site-B
 baseline (trained here by the runner, the published recipe), the **share of CAM mass inside the
@@ -123,6 +126,34 @@ def gallery(cfg: RunConfig, data, out: Path, stem: str, names: list[str]) -> lis
     return written
 
 
+def volume_gallery(rows: list[dict], runs: Path, out: Path) -> Path:
+    """The volume table's baseline (the seed of the best validation accuracy) on the first test
+    volume of the last class (a mass): each class's CAM through its peak, and a projection."""
+    _, blocks = TABLES["volumes"]
+    recipe = block_recipe(blocks[0])
+    seed = best_seed(rows, "baseline", recipe.epochs)
+    cfg = RunConfig("adrenal3d", "baseline", seed, recipe, runs / blocks[0].folder)
+    data = Runner(runs / "figures.json", torch.device("cpu")).data(cfg)
+    model = _model(cfg, data.num_classes)
+    x_all, y_all = data.tests[next(iter(data.tests))]
+    index = int((y_all == data.num_classes - 1).nonzero()[0, 0])
+    x = data.to_input(x_all[index : index + 1])
+    every_class = torch.arange(data.num_classes)[None]
+    result = camkit.CAMExtractor(model).forward_frozen(x, every_class)
+    probs = result.logits.softmax(1)[0]
+    names = [f"{c} (p = {float(q):.2f})" for c, q in zip(data.class_names, probs, strict=True)]
+    truth = data.class_names[int(y_all[index])]
+    fig = camkit.volume_figure(
+        x[0],
+        result.cams[0],
+        names=names,
+        title=f"AdrenalMNIST3D test volume {index} ({truth}; shape masks, not CT intensities),"
+        f" baseline seed {seed}: each class's CAM through its peak (+)",
+    )
+    raw = camkit.save_figure(fig, RAW / "gallery_adrenal3d_cams.png")
+    return shrink_png(raw, out / "gallery_adrenal3d_cams.png", max_width=1000)
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=RESULTS / "pretrained_cpu.json")
@@ -135,7 +166,19 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--scratch", type=Path, default=ROOT / "runs" / "figures")
     parser.add_argument("--out", type=Path, default=FIGURES)
     parser.add_argument("--table", type=Path, default=RESULTS / "cam_body_share")
+    parser.add_argument(
+        "--volumes",
+        type=Path,
+        metavar="RUNS",
+        help="draw only the volume figure, from the volume table's checkpoints in RUNS "
+        "(reproduce.py --table volumes --out RUNS)",
+    )
     args = parser.parse_args(argv)
+    if args.volumes is not None:
+        rows = json.loads((RESULTS / "adrenal3d_cpu.json").read_text())["rows"]
+        written = [volume_gallery(rows, args.volumes, args.out)]
+        print(f"wrote {written[0]}")
+        return written
     torch.manual_seed(0)
     data_all = json.loads(args.results.read_text())
     rows = [r for r in data_all["rows"] if r["dataset"] == "site-B"]
