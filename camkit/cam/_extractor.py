@@ -312,7 +312,8 @@ class CAMExtractor(nn.Module):
         """One forward of the model returning logits, features and the method's CAMs.
 
         Args:
-            images: ``(B, 3, H, W)`` float input batch.
+            images: ``(B, C, H, W)`` float input batch (``(B, C, D, H, W)`` volumes for a 3-D
+                model).
             target: ``(B,)`` int64 class whose CAM to compute, or ``(B, T)`` for ``T`` maps per
                 image (one forward); ``None`` for the predicted class.
             validate_args: check the inputs ([`check_inputs`][camkit.CAMExtractor.check_inputs]);
@@ -324,10 +325,10 @@ class CAMExtractor(nn.Module):
         Raises:
             TypeError: ``images`` is not floating point, or (outside ``torch.autocast``) its
                 dtype differs from the model's weights; ``target`` is not an integer tensor.
-            ValueError: ``images`` is not 4-D or has a channel count other than the model's
-                input layer's; ``target`` is not ``(B,)`` or has a class outside ``[0, K)`` (on
-                an accelerator the range check is queued with ``torch._assert_async`` and
-                fails at the next synchronisation instead).
+            ValueError: ``images`` has another rank than the model's input layer takes (4-D
+                images, 5-D volumes) or another channel count; ``target`` is not ``(B,)`` or
+                has a class outside ``[0, K)`` (on an accelerator the range check is queued with
+                ``torch._assert_async`` and fails at the next synchronisation instead).
         """
         if validate_args:
             self.check_inputs(images, target)
@@ -352,7 +353,7 @@ class CAMExtractor(nn.Module):
         SnapMix uses it for the CAMs of the un-mixed batch; the TTA for its prediction pass.
 
         Args:
-            images: ``(B, 3, H, W)`` float input batch.
+            images: ``(B, C, H, W)`` float input batch (``(B, C, D, H, W)`` volumes).
             target: ``(B,)`` (or ``(B, T)``) int64 classes whose CAMs to compute; ``None`` for
                 the predicted class.
             validate_args: check the inputs (as for `forward`).
