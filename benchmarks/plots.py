@@ -76,7 +76,7 @@ def ablation_figure(results: dict, recommended: str | None = None, title: str | 
         stds = [statistics.stdev(a) if len(a) > 1 else 0.0 for a in accs]
         xs = range(len(methods))
         colors = [
-            {"baseline": "tab:gray", recommended: "tab:green"}.get(m, "tab:blue") for m in methods
+            {recommended: "tab:green", "baseline": "tab:gray"}.get(m, "tab:blue") for m in methods
         ]
         ax.bar(xs, means, yerr=stds, color=colors, alpha=0.75, capsize=3)
         for x, values in zip(xs, accs, strict=True):
@@ -273,23 +273,24 @@ def sites_figure(sites: dict[str, list[dict]], paper: dict, recommended: str | N
         means = [statistics.fmean(accs[m]) for m in methods]
         stds = [statistics.stdev(accs[m]) if len(accs[m]) > 1 else 0.0 for m in methods]
         colors = [
-            {"baseline": "tab:gray", recommended: "tab:green"}.get(m, "tab:blue") for m in methods
+            {recommended: "tab:green", "baseline": "tab:gray"}.get(m, "tab:blue") for m in methods
         ]
         xs = range(len(methods))
         ax.bar(xs, means, yerr=stds, color=colors, alpha=0.75, capsize=3)
+        label = "the paper (ResNet-50, 200 epochs)"  # on the first diamond only
         for x, m in zip(xs, methods, strict=True):
             ax.plot([x] * len(accs[m]), accs[m], "k.", markersize=4)
             reported = paper.get(site, {}).get(m)
             if reported is not None:
-                label = "the paper (ResNet-50, 200 epochs)" if x == 0 else None
                 ax.plot([x], [reported[0]], "D", color="tab:red", markersize=6, label=label)
+                label = None
         ax.set_xticks(list(xs), methods, rotation=45, ha="right", fontsize=8)
         n = max((len(v) for v in accs.values()), default=0)
         ax.set_title(f"{site} ({n} paired units)", fontsize=10)
         ax.set_ylabel("test accuracy (%)")
         low = min((v for a in accs.values() for v in a), default=0.0)
         ax.set_ylim(max(0.0, low - 8), 100.0)
-        if paper.get(site):
+        if label is None:
             ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(
         "The two CT sites, EfficientNet-Lite0 from ImageNet at 128² on the CPU\n"

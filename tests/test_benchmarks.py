@@ -241,6 +241,45 @@ def test_curve_plot_draws_each_runs_validation_curve_and_marks_the_kept_epoch(tm
     assert [p.name for p in written] == ["site_a_recipe_curves.png"]
 
 
+def test_sites_plot_shows_each_methods_units_and_the_papers_figure(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from benchmarks import plots
+
+    def row(site, method, seed, acc, split=None):
+        settings = {"split": split} if split else {}
+        return {"dataset": site, "method": method, "seed": seed, "acc": acc, "epochs": 10,
+                "settings": settings}  # fmt: skip
+
+    site_a = [row("site-A", m, s, a + s, "patient-blocks:5")
+              for m, a in (("baseline", 70.0), ("snapmix", 80.0)) for s in range(3)]  # fmt: skip
+    site_b = [row("site-B", "baseline", s, 60.0 + 2 * s) for s in range(2)]
+    paper = {"site-A": {"snapmix": (92.38, 91.92)}, "site-B": {"baseline": (85.23, 84.51)}}
+    fig = plots.sites_figure({"site-A": site_a, "site-B": site_b}, paper, "baseline")
+    ax_a, ax_b = fig.axes
+    assert [b.get_height() for b in ax_a.patches] == [71.0, 81.0]  # the means over the units
+    # plain training recommended: the baseline stays grey, the other bars blue
+    colours = [to_rgba("tab:gray", 0.75), to_rgba("tab:blue", 0.75)]
+    assert [tuple(b.get_facecolor()) for b in ax_a.patches] == colours
+    lines = [(list(ln.get_xdata()), list(ln.get_ydata()), ln.get_marker()) for ln in ax_a.lines]
+    assert ([1], [92.38], "D") in lines  # the paper's SnapMix on site A, at SnapMix's bar
+    assert ([0, 0, 0], [70.0, 71.0, 72.0], ".") in lines  # every unit a dot
+    assert not any(m == "D" and x == [0] for x, _, m in lines)  # no paper figure: no diamond
+    assert ax_a.get_title() == "site-A (3 paired units)"
+    assert [b.get_height() for b in ax_b.patches] == [61.0]
+    assert ([0], [85.23], "D") in [
+        (list(ln.get_xdata()), list(ln.get_ydata()), ln.get_marker()) for ln in ax_b.lines
+    ]
+    # plots.main draws it from the two results files, the leaking split's rows left out
+    results = tmp_path / "results"
+    results.mkdir()
+    leaky = row("site-A", "baseline", 0, 99.0, "leaky-random:5")
+    (results / "site_a_cpu.json").write_text(json.dumps({"rows": [*site_a, leaky]}))
+    (results / "pretrained_cpu.json").write_text(json.dumps({"rows": site_b}))
+    written = plots.main(["--results", str(results), "--out", str(tmp_path)])
+    assert "results_sites.png" in [p.name for p in written]
+
+
 def _tiny_monai_densenet3d():
     """A MONAI 3-D DenseNet of DenseNet121's layer names and stride 32, a thousandth the size."""
     nets = pytest.importorskip("monai.networks.nets")
