@@ -281,22 +281,10 @@ def test_weights_made_nan_by_an_epochs_last_step_stop_the_run(tmp_path, monkeypa
     assert not (tmp_path / "site-B_baseline_seed0.pt").exists()
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def test_reevaluate_refuses_an_unfinished_run_rather_than_training_it(tmp_path, monkeypatch):
+def test_reevaluate_refuses_an_unfinished_run_rather_than_training_it(tmp_path, crash_after_epoch):
     cfg = _cfg(tmp_path, RECIPE.replace(epochs=2))
-    real_save = loop.atomic_save
-
-    def crash_after_the_first_epoch(obj, path):
-        real_save(obj, path)
-        raise _Interrupt
-
-    monkeypatch.setattr(loop, "atomic_save", crash_after_the_first_epoch)
-    with pytest.raises(_Interrupt):
+    with crash_after_epoch(1):
         loop.train(cfg, _data(), torch.device("cpu"), lambda _: None)
-    monkeypatch.undo()
     stamp = loop.checkpoint_path(cfg).stat().st_mtime_ns
     with pytest.raises(ValueError) as info:
         loop.train(cfg, _data(), torch.device("cpu"), lambda _: None, no_training=True)

@@ -135,24 +135,11 @@ def test_a_run_writes_its_rows_and_a_checkpoint_and_a_rerun_skips(tmp_path):
     assert _run(tmp_path)[1] == rows  # done: the rows come from the results file
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @needs_site_b
-def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, crash_after_epoch):
     _, straight = _run(tmp_path / "straight", "snapmix")
-    real_save = loop.atomic_save
-
-    def crash_after_the_first_epoch(obj, path):
-        real_save(obj, path)
-        if obj["epoch"] == 1:
-            raise _Interrupt
-
-    monkeypatch.setattr(loop, "atomic_save", crash_after_the_first_epoch)
-    with pytest.raises(_Interrupt):
+    with crash_after_epoch(1):
         _run(tmp_path / "resumed", "snapmix")
-    monkeypatch.setattr(loop, "atomic_save", real_save)
     logs = []
     runner = Runner(tmp_path / "resumed" / "results.json", torch.device("cpu"), log=logs.append)
     (resumed,) = runner.run(RunConfig("site-B", "snapmix", 0, TINY, tmp_path / "resumed"))
@@ -205,7 +192,9 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
 
 @pytest.mark.slow
 @needs_digits
-def test_the_digits_draw_is_fixed_disjoint_and_a_stream_run_resumes_exactly(tmp_path, monkeypatch):
+def test_the_digits_draw_is_fixed_disjoint_and_a_stream_run_resumes_exactly(
+    tmp_path, crash_after_epoch
+):
     recipe = RECIPES["digits"].replace(train_digits=256, val_digits=64, epochs=2, batch_size=64)
     recipe = recipe.replace(tta_images=16, deletion_images=8, test_subset=3)
     data = runner_data.load_digits(recipe, {}, tmp_path, torch.device("cpu"), lambda _: None)
@@ -221,20 +210,11 @@ def test_the_digits_draw_is_fixed_disjoint_and_a_stream_run_resumes_exactly(tmp_
     # the last epoch is the one reported: what a reader of the checkpoint gets too
     weights = loop.selected_weights(cfg)
     assert all(torch.equal(weights[k], v) for k, v in straight["best_state"].items())
-    real_save = loop.atomic_save
-
-    def crash(obj, path):
-        real_save(obj, path)
-        if obj["epoch"] == 1:
-            raise _Interrupt
-
-    monkeypatch.setattr(loop, "atomic_save", crash)
     resumed_cfg = RunConfig("digits", "snapmix", 0, recipe, tmp_path / "resumed")
-    with pytest.raises(_Interrupt):
+    with crash_after_epoch(1):
         loop.train(resumed_cfg, data, torch.device("cpu"), lambda _: None)
     with pytest.raises(ValueError, match=r"stopped at epoch 1 of 2; run the same command again"):
         loop.selected_weights(resumed_cfg)
-    monkeypatch.setattr(loop, "atomic_save", real_save)
     resumed = loop.train(resumed_cfg, data, torch.device("cpu"), lambda _: None)
     assert resumed["losses"] == straight["losses"]  # the random streams were restored
     assert all(torch.equal(resumed["best_state"][k], v) for k, v in straight["best_state"].items())

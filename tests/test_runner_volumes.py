@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from benchmarks import reproduce
-from benchmarks.runner import loop
 from benchmarks.runner.io import load_checkpoint, merge_results
 from benchmarks.runner.methods import METHODS
 from benchmarks.runner.models import feature_grid, input_shape
@@ -79,25 +78,12 @@ def test_each_method_of_the_table_trains_and_evaluates_on_real_volumes(tmp_path,
     assert _run(tmp_path, method) == row  # done: the row comes from the results file
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @needs_medmnist
-def test_an_interrupted_volume_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+def test_an_interrupted_volume_run_resumes_to_the_uninterrupted_result(tmp_path, crash_after_epoch):
     recipe = TINY3D.replace(epochs=2)
     straight = _run(tmp_path / "straight", "cutmix", recipe)
-    real_save = loop.atomic_save
-
-    def crash_after_the_first_epoch(obj, path):
-        real_save(obj, path)
-        if obj["epoch"] == 1:
-            raise _Interrupt
-
-    monkeypatch.setattr(loop, "atomic_save", crash_after_the_first_epoch)
-    with pytest.raises(_Interrupt):
+    with crash_after_epoch(1):
         _run(tmp_path / "resumed", "cutmix", recipe)
-    monkeypatch.setattr(loop, "atomic_save", real_save)
     logs: list[str] = []
     resumed = _run(tmp_path / "resumed", "cutmix", recipe, log=logs.append)
     assert any("resuming adrenal3d_cutmix_seed0.pt from epoch 1/2" in line for line in logs)
