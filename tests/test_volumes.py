@@ -375,6 +375,30 @@ def test_cutmix_on_volumes_equals_a_per_volume_loop():
         assert boxes[row].tolist() == want
 
 
+def test_a_depth_one_volume_gets_the_images_box_and_mixes():
+    """A singleton axis is spanned, not cut: before, ``floor(1·ratio) = 0`` left every cuboid of
+    a depth-1 volume empty, so CutMix and SnapMix never mixed it."""
+    from camkit.mix._random import _boxes_at, _sample_cuboids
+
+    lam = torch.rand(256, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for far_edge_up in (True, False):
+        boxes = _sample_cuboids(
+            lam, (1, 24, 16), torch.Generator().manual_seed(0), far_edge_up=far_edge_up
+        )
+        centres = torch.rand((256, 3), generator=torch.Generator().manual_seed(0))
+        cy = torch.floor(centres[:, 1] * 24).long().clamp(max=23)
+        cx = torch.floor(centres[:, 2] * 16).long().clamp(max=15)
+        image = _boxes_at(lam, cy, cx, 24, 16, far_edge_up=far_edge_up)
+        assert boxes[:, [0, 3]].tolist() == [[0, 1]] * 256
+        assert torch.equal(boxes[:, [1, 2, 4, 5]], image)
+    # a depth-1 batch is mixed as often as the images it holds
+    x = torch.randn(64, 1, 1, 16, 16)
+    mix = CutMix(64, mode="sample", generator=torch.Generator().manual_seed(1))
+    mixed, soft = mix(x, torch.arange(64), params=mix.sample(64, 16, 16, depth=1))
+    changed = (mixed != x).flatten(1).any(1)
+    assert changed.float().mean() > 0.8 and torch.equal(changed, soft.max(1).values < 1)
+
+
 def test_the_cutmix_step_on_volumes_equals_a_mix_by_hand():
     model, x = _net3d(), _volumes()
     mix = CutMix(2, generator=torch.Generator().manual_seed(1))

@@ -142,16 +142,24 @@ def _sample_cuboids(
         centre ``c`` (one draw of three per cuboid) and timm's far edge: ``c − cut // 2`` to
         ``c + (cut + 1) // 2``, half-open, clipped (``far_edge_up=False``: the SnapMix authors'
         ``c + cut // 2``, SnapMix's cuboids). Boxes are ``(z0, y0, x0, z1, y1, x1)``.
+        An axis of size 1 (a depth-1 volume) is not cut: the cuboid spans it, and the ratio is
+        ``(1 − λ)^(1/r)`` over the ``r`` longer axes, so a depth-1 volume gets the image's box
+        rather than an empty cuboid (``floor(1·ratio) = 0``) that would never mix.
 
     Returns:
         ``(N, 6)`` int64 cuboids on ``lam``'s device.
     """
     rank = len(size)
     centre = torch.rand((lam.shape[0], rank), generator=generator, device=lam.device)
-    ratio = (1.0 - lam).clamp(0.0, 1.0) ** (1.0 / rank)
+    spans = [side == 1 for side in size] if any(side > 1 for side in size) else [False] * rank
+    ratio = (1.0 - lam).clamp(0.0, 1.0) ** (1.0 / (rank - sum(spans)))
     up = 1 if far_edge_up else 0
     low, high = [], []
     for axis, side in enumerate(size):
+        if spans[axis]:
+            low.append(torch.zeros_like(lam, dtype=torch.long))
+            high.append(torch.ones_like(lam, dtype=torch.long))
+            continue
         c = torch.floor(centre[:, axis] * side).long().clamp(max=side - 1)
         cut = torch.floor(side * ratio).long()
         low.append((c - cut // 2).clamp(0, side))
