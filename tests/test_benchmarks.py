@@ -197,7 +197,7 @@ def test_paired_plot_marks_each_methods_mean_paired_difference():
 
 def test_a_partial_perf_run_keeps_the_other_benchmarks(tmp_path):
     """``perf.py --only train`` into a results folder replaces the train numbers only."""
-    from benchmarks.perf import merge_previous
+    from benchmarks.perfcases.report import merge_previous
 
     def run(benchmarks, values, command):
         meta = {"command": command, "smoke": False, "benchmarks": benchmarks, "machine": {}}
@@ -294,7 +294,7 @@ def _tiny_monai_densenet3d():
 def test_cam3d_contenders_return_the_same_maps_as_monai():
     """The 3-D CAM row's contenders: camkit's maps, MONAI's CAM and GradCAM as documented (its
     normaliser maps (min, max) to (1, 0)), on one class for the batch, agree to r ≥ 0.999."""
-    from benchmarks.perf3d import cam3d_agreement, cam3d_contenders
+    from benchmarks.perfcases.volumes import cam3d_agreement, cam3d_contenders
 
     model = _tiny_monai_densenet3d()
     x = torch.randn(2, 1, 64, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -316,7 +316,7 @@ def test_cam3d_contenders_return_the_same_maps_as_monai():
 def test_the_volume_rows_are_kept_and_replaced_by_their_own_runs_and_reported(tmp_path):
     """``--only cam`` keeps the ``cam3d_*`` numbers, ``--only cam3d`` replaces only them; the
     report shows their tables."""
-    from benchmarks.perf import merge_previous, write_report
+    from benchmarks.perfcases.report import merge_previous, write_report
 
     def run(benchmarks, values, details):
         meta = {"command": "c", "smoke": False, "benchmarks": benchmarks, "machine": {}}

@@ -1,4 +1,4 @@
-"""The volume rows of ``perf.py``: 3-D CAMs against MONAI's, and SnapMix on a batch of volumes.
+"""The volume rows of ``benchmarks/perf.py``: 3-D CAMs against MONAI's, and SnapMix on volumes.
 
 - ``cam3d``: ``camkit.CAMExtractor`` on a MONAI ``DenseNet121(spatial_dims=3)``
   (through camkit's MONAI adapter, detected from the model) against ``monai.visualize.CAM`` and
@@ -32,16 +32,11 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.harness import paired
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
+from benchmarks.perfcases.common import _pearson, log
 
 
 def _agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Smallest and mean per-map Pearson r of two ``(N, ...)`` map stacks (``perf._pearson``)."""
-    from benchmarks.perf import _pearson
-
+    """Smallest and mean per-map Pearson r of two ``(N, ...)`` map stacks (``common._pearson``)."""
     corr, skipped = _pearson(a, b)
     return {
         "min": min(corr) if corr else None,
@@ -129,9 +124,9 @@ def bench_cam3d(cfg: dict, device: torch.device) -> dict:
     try:
         import monai.visualize  # noqa: F401  (the peer: camkit's optional extra `monai`)
     except Exception as err:
-        _log(f"[cam3d] monai unavailable ({err}); skipping the row (pip install camkit[monai])")
+        log(f"[cam3d] monai unavailable ({err}); skipping the row (pip install camkit[monai])")
         return {"flat": {}, "details": {"skipped": f"monai unavailable: {err}"}}
-    _log(f"[cam3d] {tag}: {c['reps']} interleaved repetitions")
+    log(f"[cam3d] {tag}: {c['reps']} interleaved repetitions")
     model = monai_densenet121().to(device)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(b, 1, s, s, s, generator=gen).to(device)
@@ -149,7 +144,7 @@ def bench_cam3d(cfg: dict, device: torch.device) -> dict:
         value = details[tag][key]["min"]
         flat[f"cam3d_{key}"] = float("nan") if value is None else value
     times = ", ".join(f"{k}={v['median_ms']:.0f}ms" for k, v in comp.summary().items())
-    _log(f"  {times}; min r vs MONAI CAM {flat['cam3d_corr_vs_monai_cam']:.6f}, "
+    log(f"  {times}; min r vs MONAI CAM {flat['cam3d_corr_vs_monai_cam']:.6f}, "
          f"GradCAM {flat['cam3d_corr_vs_monai_gradcam']:.6f}")  # fmt: skip
     return {"flat": flat, "details": details}
 
@@ -162,7 +157,7 @@ def bench_snapmix3d(cfg: dict, device: torch.device) -> dict:
 
     c = cfg["snapmix3d"]
     b, s, grid = c["batch"], c["size"], max(1, c["size"] // 32)
-    _log(f"[snapmix3d] batch {b} at {s}³: {c['reps']} interleaved repetitions")
+    log(f"[snapmix3d] batch {b} at {s}³: {c['reps']} interleaved repetitions")
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(b, 1, s, s, s, generator=gen).to(device)
     y = torch.randint(0, 2, (b,), generator=gen).to(device)
@@ -180,12 +175,12 @@ def bench_snapmix3d(cfg: dict, device: torch.device) -> dict:
         "snapmix3d_op_ratio_vs_clone": 1.0 / comp.median_ratio("clone"),
         "snapmix3d_op_speedup_vs_loop": comp.median_ratio("loop"),
     }
-    _log("  " + ", ".join(f"{k}={v['median_ms']:.1f}ms" for k, v in details.items()))
+    log("  " + ", ".join(f"{k}={v['median_ms']:.1f}ms" for k, v in details.items()))
     return {"flat": flat, "details": details}
 
 
 def report_lines(details: dict) -> list[str]:
-    """The markdown sections of the volume rows (for ``perf.py``'s report)."""
+    """The markdown sections of the volume rows (for `report.write_report`)."""
     lines: list[str] = []
     for tag, entries in details.get("cam3d", {}).items():
         if tag == "skipped":

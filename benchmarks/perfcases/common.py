@@ -1,0 +1,40 @@
+"""What the benchmark cases share: the results folder, the log, configuration tags, and the
+per-map Pearson r of two stacks of maps (the CAM rows' agreement with their peers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def times_ms(entries: dict) -> list[tuple[str, dict]]:
+    return [(k, v) for k, v in entries.items() if isinstance(v, dict) and "median_ms" in v]
+
+
+def _tag(arch: str, size: int, batch: int) -> str:
+    return f"{arch}_{size}px_b{batch}"
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> tuple[list[float], int]:
+    """Per-map Pearson correlation of ``(N, H, W)`` maps; both-constant maps are skipped."""
+    a = a.double().flatten(1)
+    b = b.double().flatten(1)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    out, skipped = [], 0
+    for i in range(a.shape[0]):
+        if na[i] == 0 and nb[i] == 0:
+            skipped += 1
+        elif na[i] == 0 or nb[i] == 0:
+            out.append(0.0)
+        else:
+            out.append(float((a[i] * b[i]).sum() / (na[i] * nb[i])))
+    return out, skipped
