@@ -2,6 +2,7 @@
 
     python benchmarks/figures.py             # after benchmarks/reproduce.py --table pretrained
     python benchmarks/figures.py --volumes RUNS   # after reproduce.py --table volumes --out RUNS
+    python benchmarks/figures.py --site-a RUNS    # after reproduce.py --table site-a --out RUNS
 
 Which model each figure shows is decided by a rule written here, never by looking at tiles:
 
@@ -13,6 +14,9 @@ Which model each figure shows is decided by a rule written here, never by lookin
   first of each class); the SnapMix pair: the first training image whose partner has the other
   class; the TTA figure: the tile whose vote was closest (the smallest margin between votes for
   and against; the first such); the deletion curves: the first two test images of each class;
+- site A: the site-A table's recommended method (the baseline when plain training is
+  recommended) on the patient-block folds, the fold with the highest validation accuracy (ties:
+  the lowest), on that fold's test block, with the site-B rules for the tiles;
 - volumes: the volume table's baseline, the seed with the highest validation accuracy, on the
   first test volume of the last class (a mass), every class's CAM.
 
@@ -154,9 +158,40 @@ def volume_gallery(rows: list[dict], runs: Path, out: Path) -> Path:
     return shrink_png(raw, out / "gallery_adrenal3d_cams.png", max_width=1000)
 
 
+def site_a_model(results: dict, split: str, epochs: int) -> tuple[str, int]:
+    """The rule for site A's figures: the recommended method (the baseline when plain training
+    is recommended or nothing is), the fold of its best validation accuracy among the rows of
+    ``split`` (the leaking split's baseline rows are not candidates)."""
+    method = results.get("recommended") or "baseline"
+    rows = [r for r in results["rows"] if r["settings"].get("split") == split]
+    return method, best_seed(rows, method, epochs)
+
+
+def site_a_gallery(results: dict, runs: Path, out: Path) -> list[Path]:
+    """The four gallery figures of the site-A table's recommended method (plain training: the
+    baseline), the patient-block fold with the best validation accuracy, on its test block."""
+    from camkit.datasets import SARSCoV2CT
+
+    _, blocks = TABLES["site-a"]
+    block = blocks[0]  # the patient-block folds; the leaking split's rows are another block
+    recipe = block_recipe(block)
+    method, seed = site_a_model(results, recipe.split, recipe.epochs)
+    cfg = RunConfig("site-A", method, seed, recipe, runs / block.folder)
+    data = Runner(runs / "figures.json", torch.device("cpu")).data(cfg)
+    root = Path(data.info["root"])
+    split = data.info["split"]
+    names = [p.name for p, _ in SARSCoV2CT(root, split="test", **split).samples]
+    return gallery(cfg, data, out, "site_a", names)
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=RESULTS / "pretrained_cpu.json")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="the table's results (default: benchmarks/results/pretrained_cpu.json, with "
+        "--site-a site_a_cpu.json)",
+    )
     parser.add_argument(
         "--runs",
         type=Path,
@@ -173,14 +208,26 @@ def main(argv: list[str] | None = None) -> list[Path]:
         help="draw only the volume figure, from the volume table's checkpoints in RUNS "
         "(reproduce.py --table volumes --out RUNS)",
     )
+    parser.add_argument(
+        "--site-a",
+        type=Path,
+        metavar="RUNS",
+        help="draw only the site-A figures, from the site-A table's checkpoints in RUNS "
+        "(reproduce.py --table site-a --out RUNS)",
+    )
     args = parser.parse_args(argv)
+    if args.site_a is not None:
+        path = args.results or RESULTS / "site_a_cpu.json"
+        written = site_a_gallery(json.loads(path.read_text()), args.site_a, args.out)
+        print("\n".join(f"wrote {w}" for w in written))
+        return written
     if args.volumes is not None:
         rows = json.loads((RESULTS / "adrenal3d_cpu.json").read_text())["rows"]
         written = [volume_gallery(rows, args.volumes, args.out)]
         print(f"wrote {written[0]}")
         return written
     torch.manual_seed(0)
-    data_all = json.loads(args.results.read_text())
+    data_all = json.loads((args.results or RESULTS / "pretrained_cpu.json").read_text())
     rows = [r for r in data_all["rows"] if r["dataset"] == "site-B"]
     _, blocks = TABLES["pretrained"]
     main_block = blocks[0]

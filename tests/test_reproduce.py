@@ -310,3 +310,24 @@ def test_site_a_is_recommended_over_both_sites(tmp_path):
     assert both["method"] == "baseline"
     assert both["val_delta_by_method"]["snapmix"] == pytest.approx({"site-A": 1.0, "site-B": -2.0})
     assert "**plain training** (`baseline`)" in (tmp_path / "site_a_cpu.md").read_text()
+
+
+def test_the_site_a_figures_show_the_recommended_methods_best_fold_of_the_patient_split():
+    from benchmarks.figures import site_a_model
+
+    def row(method, seed, val, split="patient-blocks:5"):
+        return {"method": method, "seed": seed, "epochs": 10, "val_acc": val,
+                "settings": {"split": split}}  # fmt: skip
+
+    rows = [row("baseline", 0, 80.0), row("baseline", 1, 84.0), row("baseline", 2, 84.0),
+            row("cpe_norm", 3, 90.0), row("baseline", 0, 99.0, "leaky-random:5")]  # fmt: skip
+    assert site_a_model({"rows": rows}, "patient-blocks:5", 10) == ("baseline", 1)  # ties: lowest
+    assert (
+        site_a_model({"rows": rows, "recommended": None}, "patient-blocks:5", 10)[0] == "baseline"
+    )
+    assert site_a_model({"rows": rows, "recommended": "cpe_norm"}, "patient-blocks:5", 10) == (
+        "cpe_norm",
+        3,
+    )
+    with pytest.raises(SystemExit, match="no cpe_norm rows"):
+        site_a_model({"rows": rows, "recommended": "cpe_norm"}, "patient-blocks:5", 30)
