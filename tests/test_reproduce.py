@@ -237,6 +237,16 @@ def test_the_site_a_table_reports_folds_the_leaking_split_and_the_proxy(tmp_path
     assert "Training the models above took 0.33 h" in md  # 20 trainings of 60 s
     assert "| baseline | 5 | 95.00 ± 1.58 |" in md.split("## Where the CAMs sit")[1]
     assert "evenly over the image would put 90.00 ± 0.00 % inside" in " ".join(md.split())
+    assert "cannot tell" not in md
+    # slices cropped to the body (site A's): the share is said to be uninformative
+    cropped = [{**r, "body_area": 99.9} for r in rows if "body_area" in r]
+    merge_results(tmp_path / "site_a_cpu.json", cropped, key=reproduce.ROW_KEY)
+    _quiet(["--table", "site-a", "--report-only", "--results", str(tmp_path)])
+    where = " ".join(
+        (tmp_path / "site_a_cpu.md").read_text().split("## Where the CAMs sit")[1].split()
+    )
+    assert "cropped to the body (at least 99.90 % of every fold's image area)" in where
+    assert "cannot tell one method's maps from another's" in where
 
 
 def test_the_site_a_recipe_report_shows_the_validation_curves(tmp_path):

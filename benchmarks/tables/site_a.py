@@ -96,17 +96,23 @@ def site_a_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
         if "cam_body_share" in r and not METHODS[r["method"]].tta:
             shares.setdefault(r["method"], []).append(r["cam_body_share"])
     if shares:
+        areas = [r["body_area"] for r in blocks if r["method"] == "baseline" and "body_area" in r]
         lines += [
             "## Where the CAMs sit",
             "",
             "Share of the predicted class's positive CAM mass inside the body on each fold's test",
             "images (`benchmarks.runner.cams`: the body is all but the dark background connected",
             "to the border), mean ± std over the folds. A map spread evenly over the image would",
-            "put "
-            + mean_sd(
-                [r["body_area"] for r in blocks if r["method"] == "baseline" and "body_area" in r]
-            )
-            + " % inside (the body's share of the image area).",
+            "put " + mean_sd(areas) + " % inside (the body's share of the image area).",
+        ]
+        if areas and min(areas) >= UNINFORMATIVE_BODY_AREA:
+            lines += [
+                f"Site A's slices are cropped to the body (at least {min(areas):.2f} % of every",
+                "fold's image area), so nearly any map lies inside it: on this dataset the share",
+                "cannot tell one method's maps from another's (on site B, whose slices show",
+                "the background around the body, it can: `cam_body_share.md`).",
+            ]
+        lines += [
             "",
             "| method | folds | CAM mass inside the body (%) |",
             "|---|---|---|",
@@ -119,6 +125,10 @@ def site_a_markdown(rows: list[dict], path: Path, chosen: dict) -> None:
     lines += ["## CPU time", "", f"Training the models above took {hours:.2f} h of this machine "
               "(evaluation not counted; `full` reuses the `snapmix_cpe` models).", ""]  # fmt: skip
     atomic_write_text("\n".join(lines), path)
+
+
+# a body covering at least this share (%) of the image leaves the CAM's body share uninformative
+UNINFORMATIVE_BODY_AREA = 95.0
 
 
 def choose_site_a_recipe(
