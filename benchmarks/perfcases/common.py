@@ -3,6 +3,7 @@ per-map Pearson r of two stacks of maps (the CAM rows' agreement with their peer
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import torch
@@ -38,3 +39,14 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> tuple[list[float], int]:
         else:
             out.append(float((a[i] * b[i]).sum() / (na[i] * nb[i])))
     return out, skipped
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Smallest and mean per-map Pearson r of two ``(N, ...)`` map stacks (`_pearson`)."""
+    corr, skipped = _pearson(a, b)
+    return {
+        "min": min(corr) if corr else None,
+        "mean": statistics.fmean(corr) if corr else None,
+        "maps": len(corr),
+        "both_constant_skipped": skipped,
+    }

@@ -5,14 +5,13 @@ and ``snapmix`` (the SnapMix op vs a per-sample loop and timm CutMix)."""
 from __future__ import annotations
 
 import importlib
-import statistics
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from benchmarks.harness import paired
-from benchmarks.perfcases.common import _pearson, _tag, log, times_ms
+from benchmarks.perfcases.common import _tag, agreement, log, times_ms
 from benchmarks.reference import loop_snapmix
 from benchmarks.steps import FINITE_VARIANTS, PART_VARIANTS, STEP_VARIANTS, StepBench
 
@@ -167,24 +166,21 @@ def bench_cam(cfg: dict, device: torch.device) -> dict:
         flat[f"cam_ratio_forward_only_{tag}"] = comp.median_ratio("forward_only")
         if "gradcam" in outputs:
             flat[f"cam_speedup_vs_gradcam_{tag}"] = comp.median_ratio("gradcam")
-            corr, skipped = _pearson(outputs["camkit"].cpu(), outputs["gradcam"].cpu())
-            flat[f"cam_corr_vs_gradcam_{tag}"] = min(corr) if corr else float("nan")
-            details[tag]["corr_vs_gradcam"] = {
-                "min": min(corr) if corr else None,
-                "mean": statistics.fmean(corr) if corr else None,
-                "maps": len(corr),
-                "both_constant_skipped": skipped,
-            }
+            agree = agreement(outputs["camkit"].cpu(), outputs["gradcam"].cpu())
+            flat[f"cam_corr_vs_gradcam_{tag}"] = (
+                float("nan") if agree["min"] is None else agree["min"]
+            )
+            details[tag]["corr_vs_gradcam"] = agree
             log(f"  corr vs GradCAM: min {flat[f'cam_corr_vs_gradcam_{tag}']:.6f}")
         if "torchcam" in outputs:
             flat[f"cam_speedup_vs_torchcam_{tag}"] = comp.median_ratio("torchcam")
             raw = upsample_cams(outputs["camkit_raw"], (size, size))
-            corr_tc, skipped_tc = _pearson(raw.cpu(), outputs["torchcam"].cpu())
-            flat[f"cam_corr_vs_torchcam_{tag}"] = min(corr_tc) if corr_tc else float("nan")
+            agree = agreement(raw.cpu(), outputs["torchcam"].cpu())
+            flat[f"cam_corr_vs_torchcam_{tag}"] = (
+                float("nan") if agree["min"] is None else agree["min"]
+            )
             details[tag]["corr_vs_torchcam"] = {
-                "min": min(corr_tc) if corr_tc else None,
-                "maps": len(corr_tc),
-                "both_constant_skipped": skipped_tc,
+                **agree,
                 "note": "torchcam's CAM has no ReLU: compared with camkit's raw CAM",
             }
         log("  " + ", ".join(f"{k}={v['median_ms']:.0f}ms" for k, v in times_ms(details[tag])))

@@ -26,24 +26,12 @@ Both time their contenders in adjacent pairs against camkit's (``harness.paired`
 from __future__ import annotations
 
 import copy
-import statistics
 from collections.abc import Callable
 
 import torch
 
 from benchmarks.harness import paired
-from benchmarks.perfcases.common import _pearson, log
-
-
-def _agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
-    """Smallest and mean per-map Pearson r of two ``(N, ...)`` map stacks (``common._pearson``)."""
-    corr, skipped = _pearson(a, b)
-    return {
-        "min": min(corr) if corr else None,
-        "mean": statistics.fmean(corr) if corr else None,
-        "maps": len(corr),
-        "both_constant_skipped": skipped,
-    }
+from benchmarks.perfcases.common import agreement, log
 
 
 def monai_densenet121(seed: int = 0) -> torch.nn.Module:
@@ -111,8 +99,8 @@ def cam3d_agreement(outputs: dict[str, torch.Tensor], size: tuple[int, ...]) -> 
 
     raw = upsample_cams(outputs["camkit_raw"], size).cpu()
     return {
-        "corr_vs_monai_gradcam": _agreement(outputs["camkit"].cpu(), 1 - outputs["monai_gradcam"]),
-        "corr_vs_monai_cam": _agreement(raw, 1 - outputs["monai_cam"].cpu()),
+        "corr_vs_monai_gradcam": agreement(outputs["camkit"].cpu(), 1 - outputs["monai_gradcam"]),
+        "corr_vs_monai_cam": agreement(raw, 1 - outputs["monai_cam"].cpu()),
     }
 
 
