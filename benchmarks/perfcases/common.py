@@ -50,3 +50,12 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
         "maps": len(corr),
         "both_constant_skipped": skipped,
     }
+
+
+def op_table(heading: str, entries: dict) -> list[str]:
+    """A markdown section of an op's contenders: median ms and the ratio to camkit's."""
+    lines = [f"## {heading}", "", "| op | median ms | ratio |", "|---|---|---|"]
+    for name, e in entries.items():
+        ratio = f"{e['ratio']:.3f}" if "ratio" in e else "1"
+        lines.append(f"| {name} | {e['median_ms']:.1f} | {ratio} |")
+    return [*lines, ""]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.perfcases import volumes
+from benchmarks.perfcases.common import op_table
 from benchmarks.runner.io import atomic_write_text
 
 # key, target text, predicate (None: informational)
@@ -182,16 +183,8 @@ def write_report(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
                     lines.append(f"| {name} | {e['median_ms']:.1f} | {ratio} |")
             lines += ["", f"correlation vs GradCAM: {entries.get('corr_vs_gradcam')}", ""]
     if "snapmix" in details:
-        lines += [
-            "## SnapMix op (median ms; time / camkit; per-sample boxes: time / camkit's)",
-            "",
-            "| op | median ms | ratio |",
-            "|---|---|---|",
-        ]
-        for name, e in details["snapmix"].items():
-            ratio = f"{e['ratio']:.3f}" if "ratio" in e else "1"
-            lines.append(f"| {name} | {e['median_ms']:.1f} | {ratio} |")
-        lines.append("")
+        heading = "SnapMix op (median ms; time / camkit; per-sample boxes: time / camkit's)"
+        lines += op_table(heading, details["snapmix"])
     lines += volumes.report_lines(details)
     if "tta" in details:
         lines += ["## TTA", "", "```", json.dumps(details["tta"], indent=2), "```", ""]

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.harness import paired
-from benchmarks.perfcases.common import agreement, log
+from benchmarks.perfcases.common import agreement, log, op_table
 
 
 def monai_densenet121(seed: int = 0) -> torch.nn.Module:
@@ -193,14 +193,5 @@ def report_lines(details: dict) -> list[str]:
             "",
         ]
     if "snapmix3d" in details:
-        lines += [
-            "## SnapMix op on volumes (median ms; time / camkit)",
-            "",
-            "| op | median ms | ratio |",
-            "|---|---|---|",
-        ]
-        for name, e in details["snapmix3d"].items():
-            ratio = f"{e['ratio']:.3f}" if "ratio" in e else "1"
-            lines.append(f"| {name} | {e['median_ms']:.1f} | {ratio} |")
-        lines.append("")
+        lines += op_table("SnapMix op on volumes (median ms; time / camkit)", details["snapmix3d"])
     return lines
