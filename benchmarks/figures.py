@@ -201,14 +201,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--scratch", type=Path, default=ROOT / "runs" / "figures")
     parser.add_argument("--out", type=Path, default=FIGURES)
     parser.add_argument("--table", type=Path, default=RESULTS / "cam_body_share")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--volumes",
         type=Path,
         metavar="RUNS",
         help="draw only the volume figure, from the volume table's checkpoints in RUNS "
         "(reproduce.py --table volumes --out RUNS)",
     )
-    parser.add_argument(
+    only.add_argument(
         "--site-a",
         type=Path,
         metavar="RUNS",
