@@ -254,6 +254,7 @@ def test_sites_plot_shows_each_methods_units_and_the_papers_figure(tmp_path):
     site_a = [row("site-A", m, s, a + s, "patient-blocks:5")
               for m, a in (("baseline", 70.0), ("snapmix", 80.0)) for s in range(3)]  # fmt: skip
     site_b = [row("site-B", "baseline", s, 60.0 + 2 * s) for s in range(2)]
+    site_b.append(row("site-B", "cutmix", 0, 55.0))  # a method with fewer units
     paper = {"site-A": {"snapmix": (92.38, 91.92)}, "site-B": {"baseline": (85.23, 84.51)}}
     fig = plots.sites_figure({"site-A": site_a, "site-B": site_b}, paper, "baseline")
     ax_a, ax_b = fig.axes
@@ -266,7 +267,8 @@ def test_sites_plot_shows_each_methods_units_and_the_papers_figure(tmp_path):
     assert ([0, 0, 0], [70.0, 71.0, 72.0], ".") in lines  # every unit a dot
     assert not any(m == "D" and x == [0] for x, _, m in lines)  # no paper figure: no diamond
     assert ax_a.get_title() == "site-A (3 paired units)"
-    assert [b.get_height() for b in ax_b.patches] == [61.0]
+    assert [b.get_height() for b in ax_b.patches] == [61.0, 55.0]
+    assert ax_b.get_title() == "site-B (1–2 paired units)"
     assert ([0], [85.23], "D") in [
         (list(ln.get_xdata()), list(ln.get_ydata()), ln.get_marker()) for ln in ax_b.lines
     ]
