@@ -283,7 +283,7 @@ def sites_figure(sites: dict[str, list[dict]], paper: dict, recommended: str | N
             if reported is not None:
                 ax.plot([x], [reported[0]], "D", color="tab:red", markersize=6)
         ax.set_xticks(list(xs), methods, rotation=45, ha="right", fontsize=8)
-        sizes = sorted({len(v) for v in accs.values()})
+        sizes = sorted({len(v) for v in accs.values()}) or [0]
         units = f"{sizes[0]}–{sizes[-1]}" if len(sizes) > 1 else f"{sizes[0]}"
         ax.set_title(f"{site} ({units} paired units)", fontsize=10)
         ax.set_ylabel("test accuracy (%)")
